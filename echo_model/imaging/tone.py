@@ -1,0 +1,98 @@
+"""Grey-level mapping shared by the PNG/JPEG and DICOM paths.
+
+Kept apart from the decoders so that the windowing maths (DICOM PS3.3 C.11.2.1.2) is written
+once and tested on plain arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "Window",
+    "colourfulness",
+    "composite_on_black",
+    "data_range_window",
+    "window_to_uint8",
+]
+
+VOI_FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
+
+
+@dataclass(frozen=True)
+class Window:
+    """A grey window: values at ``center - width/2`` map to black, ``center + width/2`` to white."""
+
+    center: float
+    width: float
+    function: str = "LINEAR_EXACT"
+
+    def __post_init__(self) -> None:
+        if self.function not in VOI_FUNCTIONS:
+            raise ValueError(f"VOI LUT function must be one of {sorted(VOI_FUNCTIONS)}, got {self.function!r}")
+        minimum = 1.0 if self.function == "LINEAR" else 0.0
+        if not (np.isfinite(self.center) and np.isfinite(self.width)) or self.width <= minimum - 1e-12:
+            raise ValueError(f"invalid window centre/width {self.center!r}/{self.width!r} for {self.function}")
+        if self.function != "LINEAR" and self.width <= 0:
+            raise ValueError(f"window width must be > 0 for {self.function}, got {self.width!r}")
+
+
+def data_range_window(values: np.ndarray) -> Window:
+    """The window spanning the data's own min..max (used when a file specifies none)."""
+    low = float(np.min(values))
+    high = float(np.max(values))
+    width = max(high - low, 1.0)
+    return Window(center=low + width / 2.0, width=width, function="LINEAR_EXACT")
+
+
+def window_to_uint8(values: np.ndarray, window: Window) -> np.ndarray:
+    """Map values through ``window`` to 0..255 (uint8), following DICOM PS3.3 C.11.2.1.2/3."""
+    x = np.asarray(values, dtype=np.float64)
+    c, w = window.center, window.width
+    if window.function == "LINEAR":
+        if w <= 1.0:
+            y = (x > c - 0.5).astype(np.float64)
+        else:
+            y = np.clip((x - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0)
+    elif window.function == "LINEAR_EXACT":
+        y = np.clip((x - c) / w + 0.5, 0.0, 1.0)
+    else:  # SIGMOID
+        y = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - c) / w, -700.0, 700.0)))
+    return np.rint(y * 255.0).astype(np.uint8)
+
+
+def composite_on_black(image: Image.Image) -> tuple[Image.Image, bool]:
+    """Drop alpha by compositing on black; return the opaque image and whether any pixel was
+    transparent.
+
+    Why black: radiographs have a black surround, and the training images were prepared the
+    same way, so a transparent margin must not turn into a white frame.
+    """
+    if image.mode not in ("RGBA", "LA"):
+        raise ValueError(f"composite_on_black expects RGBA or LA, got mode {image.mode!r}")
+    alpha = image.getchannel("A")
+    lowest, _ = alpha.getextrema()
+    base_mode = image.mode[:-1]
+    if lowest == 255:
+        return image.convert(base_mode), False
+    background = Image.new(base_mode, image.size, 0)
+    background.paste(image.convert(base_mode), mask=alpha)
+    return background, True
+
+
+def colourfulness(image: Image.Image) -> float:
+    """Hasler & Suesstrunk (2003) colourfulness M of an RGB image; 0 for any grey image.
+
+    Photographs score roughly 15-110, grey radiographs 0, sepia-tinted scans below 10.
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    rgb.thumbnail((256, 256))
+    arr = np.asarray(rgb, dtype=np.float64)
+    rg = arr[..., 0] - arr[..., 1]
+    yb = 0.5 * (arr[..., 0] + arr[..., 1]) - arr[..., 2]
+    spread = float(np.hypot(rg.std(), yb.std()))
+    mean = float(np.hypot(rg.mean(), yb.mean()))
+    return spread + 0.3 * mean

@@ -1,0 +1,432 @@
+"""Rule-based CheXpert 14-observation labeler and clinical-efficacy (CE) scores.
+
+Why: report-generation papers judge *clinical* correctness by labelling the
+generated and the reference report with the 14 CheXpert observations and
+comparing the labels (clinical efficacy, CE; Chen et al., R2Gen, EMNLP 2020;
+Irvin et al., CheXpert, AAAI 2019). The reference CheXpert labeler
+(stanfordmlgroup/chexpert-labeler) needs NegBio, a dependency parser and Java,
+and CheXbert needs weights from the Hugging Face hub; neither runs offline here.
+This module is a dependency-free labeler in the same spirit: per-observation
+mention phrases, negation and uncertainty cues, CheXpert's aggregation rules.
+The phrase and cue lists are our own, written after the categories and examples
+of the CheXpert paper (Irvin et al. 2019, section "Labeler") and NegEx (Chapman
+et al., J Biomed Inform 2001) for the cue-and-scope idea.
+
+Pipeline for one report:
+
+1. Normalise: lower-case; IU X-ray's de-identification mask ``XXXX`` (any run of
+   four or more x) becomes the word ``xxxx``, an unknown word that matches no phrase
+   but does not break a negation or uncertainty scope.
+2. Split into sentences (``.``, ``!``, ``?``, ``;``, new line; not the point of a
+   decimal number), then into clauses at contrast words (``but``, ``however``,
+   ``although``, ``except``, ``otherwise``, ``other than``, ...) and at a new
+   ``there is/are``. A cue never reaches across a clause boundary.
+3. Find every mention of every observation (regular expressions, one list per
+   observation). Some phrases state a normal finding ("heart size is normal",
+   "costophrenic angles are sharp"); those are negative mentions.
+4. Classify each mention, uncertainty first (so that "cannot be excluded" is not
+   read as a negation): *uncertain* if an uncertainty cue occurs in the clause
+   before the end of the mention (``possible``, ``may``, ``likely``, ``suggest``,
+   ``cannot exclude``, ``borderline``, ``versus``...) or a post-cue follows it
+   (``... cannot be excluded``, ``... is suspected``); else *negative* if a
+   negation cue occurs before the end of the mention (``no``, ``not``,
+   ``without``, ``free of``, ``negative for``, ``clear of``, ``resolution of``...)
+   or a post-cue follows it (``... has resolved``, ``... is not seen``); else
+   *positive*. Phrases such as "no change" or "no interval increase" are not
+   negations.
+5. Aggregate per observation as CheXpert does: positive beats uncertain beats
+   negative; an observation that is never mentioned is absent from the result.
+6. "No Finding" is positive when no observation other than Support Devices is
+   positive or uncertain (CheXpert's rule), otherwise absent.
+
+Clinical efficacy: see :func:`ce_scores`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from ._checks import check_pairs
+
+__all__ = [
+    "COMPETITION_OBSERVATIONS",
+    "OBSERVATIONS",
+    "Label",
+    "PRF",
+    "binary_prf",
+    "ce_scores",
+    "label_report",
+    "label_reports",
+]
+
+
+class Label(str, Enum):
+    """CheXpert mention label; an observation that is not mentioned has no label."""
+
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+    UNCERTAIN = "uncertain"
+
+
+OBSERVATIONS: tuple[str, ...] = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+"""The 14 CheXpert observations, in the order of the CheXpert paper (Irvin et al. 2019)."""
+
+COMPETITION_OBSERVATIONS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Pleural Effusion",
+)
+"""The 5 observations of the CheXpert competition, the usual "CE-5" subset."""
+
+# --------------------------------------------------------------------------- phrases
+# A "gap" lets a subject and its attribute be a few words apart ("the heart is
+# mildly enlarged", "heart size and mediastinal contours are within normal limits").
+_GAP = r"(?:\s+[\w-]+){0,5}?\s+"
+_HEART = r"(?:heart|cardiac(?:\s+(?:size|silhouette|shadow|contours?|diameter))?|heart\s+size)"
+_MEDIASTINUM = r"(?:mediastinum|mediastinal(?:\s+(?:silhouette|contours?|width|shadow))?)"
+_CARDIOMED = r"(?:cardiomediastinal|cardio-mediastinal|cardiac\s+and\s+mediastinal)\s+(?:silhouette|contours?|shadow)s?"
+_NORMAL = (
+    r"(?:normal|within\s+normal\s+limits|unremarkable|not\s+enlarged|normal\s+in\s+size"
+    r"|upper\s+limits?\s+of\s+normal|top\s+normal|high\s+normal)"
+)
+_ENLARGED = r"(?:enlarged|enlargement|increased|large|prominent|prominence|widened|widening)"
+
+# Each observation: mention phrases (positive unless a cue says otherwise) and
+# "normal" phrases (negative unless an uncertainty cue says otherwise).
+_MENTIONS: dict[str, tuple[str, ...]] = {
+    "Enlarged Cardiomediastinum": (
+        rf"{_CARDIOMED}{_GAP}{_ENLARGED}",
+        rf"{_ENLARGED}\s+(?:of\s+the\s+)?(?:{_CARDIOMED}|{_MEDIASTINUM})",
+        rf"{_MEDIASTINUM}{_GAP}(?:enlarged|widened|widening|prominent|prominence)",
+        r"mediastinal\s+(?:widening|enlargement|prominence)",
+        r"widened\s+(?:superior\s+)?mediastin\w*",
+    ),
+    "Cardiomegaly": (
+        r"cardiomegaly",
+        r"cardiac\s+enlargement",
+        r"(?:enlarged|large)\s+(?:heart|cardiac\s+(?:silhouette|shadow|size|contour))",
+        r"enlargement\s+of\s+the\s+(?:heart|cardiac\s+(?:silhouette|shadow|contour))",
+        rf"{_HEART}{_GAP}(?:enlarged|increased|large|prominent)",
+    ),
+    "Lung Lesion": (
+        r"nodul(?:e|es|ar\s+(?:densit(?:y|ies)|opacit(?:y|ies)|opacification))",
+        r"(?<!soft\s)(?<!soft\stissue\s)mass(?:es)?\b(?!\s+effect)",
+        r"(?<!bony\s)(?<!osseous\s)(?<!lytic\s)(?<!sclerotic\s)(?<!blastic\s)(?<!skin\s)lesions?",
+        r"tumou?rs?",
+        r"neoplasm\w*",
+        r"carcinoma|malignan\w+|metasta\w+",
+        r"cavitary\s+\w+|cavitation",
+    ),
+    "Lung Opacity": (
+        r"opaci\w+",
+        r"infiltrat\w*",
+        r"air[\s-]?space\s+(?:disease|process|filling)",
+        r"(?<!bone\s)(?<!bony\s)(?<!soft\stissue\s)(?<!calcified\s)densit(?:y|ies)",
+        r"hazy|haziness",
+        r"(?<!pleural\s)(?<!pleural-)(?<!pleural\sand\s)scar(?:s|ring)?\b",
+        r"interstitial\s+(?:markings?|pattern|prominence|disease|changes?|thickening|lung\s+disease)",
+        r"reticul\w+",
+        r"ground[\s-]glass",
+        r"(?:peribronchial|bronchial\s+wall)\s+(?:thickening|cuffing)",
+    ),
+    "Edema": (
+        r"(?<!soft\stissue\s)edema",
+        r"(?:pulmonary|vascular|venous)\s+(?:vascular\s+)?(?:congestion|engorgement|redistribution)",
+        r"congestive\s+heart\s+failure|heart\s+failure|\bchf\b",
+        r"cephalization",
+        r"fluid\s+overload",
+        r"kerley",
+    ),
+    "Consolidation": (r"consolidat\w*",),
+    "Pneumonia": (
+        r"pneumonia|bronchopneumonia|pneumonitis",
+        r"infection|infectious",
+    ),
+    "Atelectasis": (
+        r"atelecta\w+",
+        r"(?<!vertebral\s)(?<!vertebral\sbody\s)(?<!compression\s)collapse",
+    ),
+    "Pneumothorax": (r"pneumothora(?:x|ces)",),
+    "Pleural Effusion": (
+        r"(?<!pericardial\s)effusions?",
+        r"pleural\s+fluid|hydrothorax|fluid\s+in\s+the\s+(?:minor\s+|major\s+)?fissure",
+    ),
+    "Pleural Other": (
+        r"pleural\s+(?:thickening|scar\w*|plaques?|calcifications?|fibrosis)",
+        r"pleural(?:-|\s+and\s+|\s+)parenchymal\s+(?:scar\w*|thickening)",
+        r"pleuroparenchymal\s+(?:scar\w*|thickening)",
+        r"thickening\s+of\s+the\s+pleura",
+        r"fibrothorax",
+    ),
+    "Fracture": (r"fractur\w+|\bfx\b",),
+    "Support Devices": (
+        r"pacemaker|pacer|defibrillator|\baicd\b|\bicd\b",
+        r"catheters?|\bpicc\b|port-?a-?cath|\b(?:chest|mediport|power)\s+port\b|\bport\b",
+        r"(?:endotracheal|tracheostomy|nasogastric|orogastric|feeding|chest|enteric|gastric|"
+        r"et|ng|og|dobhoff)\s+tubes?",
+        r"tracheostomy",
+        r"(?:sternotomy|surgical|cerclage)\s+(?:wires?|clips?|sutures?)",
+        r"\bclips?\b",
+        r"stents?\b",
+        r"(?:prosthetic|mechanical|replacement)\s+(?:aortic\s+|mitral\s+)?valve|valve\s+(?:replacement|prosthesis)",
+        r"\bhardware\b|prosthes[ie]s|\bdevices?\b|\bleads?\b|\bscrews?\b|\bdrains?\b|\bcoils?\b|ivc\s+filter",
+    ),
+}
+
+_NORMALS: dict[str, tuple[str, ...]] = {
+    "Enlarged Cardiomediastinum": (
+        rf"{_CARDIOMED}{_GAP}{_NORMAL}",
+        rf"{_MEDIASTINUM}{_GAP}{_NORMAL}",
+        rf"normal\s+(?:{_CARDIOMED}|{_MEDIASTINUM})",
+    ),
+    "Cardiomegaly": (
+        rf"{_HEART}{_GAP}{_NORMAL}",
+        rf"{_CARDIOMED}{_GAP}{_NORMAL}",
+        rf"normal\s+(?:{_HEART}|{_CARDIOMED})",
+        r"normal[\s-]sized\s+heart",
+    ),
+    "Pleural Effusion": (
+        r"(?:costophrenic|cp)\s+(?:angles?|sulci|sulcus)(?:\s+[\w-]+){0,3}?\s+(?:sharp|clear|normal|preserved)",
+    ),
+}
+
+# ------------------------------------------------------------------------------ cues
+_PRE_UNCERTAIN = re.compile(
+    r"\b(?:may|might|could|possibl[ey]|probabl[ey]|likely|questionabl[ey]|question\s+of|questioned"
+    r"|suspicious|suspect(?:ed)?|concern(?:ing)?\s+for|worrisome|suggest\w*|differential"
+    r"|versus|vs|consider\w*|equivocal|indeterminate|borderline|presum\w+|perhaps|uncertain"
+    r"|cannot\s+(?:be\s+)?(?:exclude[d]?|rule[d]?\s+out)|can\s+not\s+(?:be\s+)?(?:exclude[d]?|rule[d]?\s+out)"
+    r"|not\s+(?:be\s+)?(?:entirely\s+|completely\s+)?(?:excluded|ruled\s+out)"
+    r"|upper\s+limits?\s+of\s+normal|top\s+normal|high\s+normal|difficult\s+to\s+exclude)\b"
+)
+_POST_UNCERTAIN = re.compile(
+    r"\b(?:(?:cannot|can\s+not|could\s+not|not)\s+(?:be\s+)?(?:entirely\s+|completely\s+)?"
+    r"(?:excluded|ruled\s+out)|(?:is|are)\s+(?:also\s+)?(?:possible|suspected|questioned|likely|probable"
+    r"|questionable|not\s+excluded)|suspected|(?:may|might|could)\s+(?:be|represent|reflect))\b"
+)
+_PRE_NEGATION = re.compile(
+    r"\b(?:no|not|without|free\s+of|negative\s+for|clear\s+of|absence\s+of|absent|resolution\s+of"
+    r"|resolved|removal\s+of|nor|neither|never|ruled\s+out)\b"
+)
+_POST_NEGATION = re.compile(
+    r"\b(?:(?:not|no\s+longer)\s+(?:\w+\s+)?(?:seen|identified|present|visualized|demonstrated"
+    r"|appreciated|evident|noted|visible|detected|apparent|shown)|(?:has|have)\s+(?:\w+\s+)?resolved"
+    r"|resolved|(?:is|are|was|were)\s+absent|removed|cleared|(?:is|are)\s+negative)\b"
+)
+# Phrases that contain a negation word but do not negate the finding next to them.
+_PSEUDO_NEGATION = re.compile(
+    r"\b(?:no|without|not)\s+(?:(?:significant|definite|appreciable|substantial|other|interval|acute|"
+    r"significantly|much|major|marked)\s+){0,2}(?:change|changes|changed|increase|increased|decrease"
+    r"|decreased|worsening|worsened|improvement|improved|progression|progressed|difference)\b"
+    r"|\bnot\s+only\b|\bno\s+(?:longer\s+)?(?:evidence\s+)?(?:of\s+)?(?:interval\s+)?(?:change|increase)\b"
+)
+
+_CLAUSE_BOUNDARY = re.compile(
+    r"\b(?:but|however|although|though|whereas|except|otherwise|yet|aside\s+from|apart\s+from"
+    r"|other\s+than|with\s+the\s+exception\s+of|which|there\s+(?:is|are|has\s+been|have\s+been))\b"
+)
+_SENTENCE_SPLIT = re.compile(r"(?<!\d)\.|\.(?!\d)|[!?;\n]")
+_MASK = re.compile(r"x{4,}")
+
+_PRIORITY = {Label.NEGATIVE: 0, Label.UNCERTAIN: 1, Label.POSITIVE: 2}
+
+
+def _compile(table: Mapping[str, tuple[str, ...]]) -> dict[str, re.Pattern[str]]:
+    return {obs: re.compile(r"\b(?:" + "|".join(f"(?:{p})" for p in phrases) + r")") for obs, phrases in table.items()}
+
+
+_MENTION_RE = _compile(_MENTIONS)
+_NORMAL_RE = _compile(_NORMALS)
+
+
+# ------------------------------------------------------------------------- labelling
+def _normalise(text: str) -> str:
+    """Lower-case, mask ``XXXX`` as the unknown word ``xxxx``, collapse spaces."""
+    text = _MASK.sub(" xxxx ", text.lower())
+    return re.sub(r"[ \t\r\f\v]+", " ", text)
+
+
+def _clauses(text: str) -> Iterable[str]:
+    """Sentences, then clauses at contrast words; cues do not cross these boundaries."""
+    for sentence in _SENTENCE_SPLIT.split(text):
+        start = 0
+        for match in _CLAUSE_BOUNDARY.finditer(sentence):
+            yield sentence[start : match.start()]
+            start = match.start()
+        yield sentence[start:]
+
+
+def _has_cue(pattern: re.Pattern[str], text: str) -> bool:
+    return pattern.search(_PSEUDO_NEGATION.sub(" ", text)) is not None
+
+
+def _classify(clause: str, start: int, end: int, *, normal: bool) -> Label:
+    """Label one mention at ``clause[start:end]`` from the cues around it."""
+    before, after = clause[:end], clause[start:]
+    if _PRE_UNCERTAIN.search(before) or _POST_UNCERTAIN.search(clause[end:]):
+        return Label.UNCERTAIN
+    if normal:
+        return Label.NEGATIVE
+    if _has_cue(_PRE_NEGATION, before) or _has_cue(_POST_NEGATION, after):
+        return Label.NEGATIVE
+    return Label.POSITIVE
+
+
+def _merge(labels: dict[str, Label], observation: str, label: Label) -> None:
+    """CheXpert aggregation: positive > uncertain > negative."""
+    old = labels.get(observation)
+    if old is None or _PRIORITY[label] > _PRIORITY[old]:
+        labels[observation] = label
+
+
+def label_report(text: str) -> dict[str, Label]:
+    """Label one free-text report with the 14 CheXpert observations.
+
+    Returns:
+        observation name -> :class:`Label` for every observation the report mentions
+        (keys are a subset of :data:`OBSERVATIONS`); unmentioned ones are absent.
+        "No Finding" is positive when nothing but Support Devices is positive or
+        uncertain. A report with no words gets an empty dict.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"report must be str, got {type(text).__name__}: {text!r}")
+    normalised = _normalise(text)
+    if not re.search(r"[a-z]", normalised):
+        return {}
+    labels: dict[str, Label] = {}
+    for clause in _clauses(normalised):
+        for table, normal in ((_MENTION_RE, False), (_NORMAL_RE, True)):
+            for observation, pattern in table.items():
+                for match in pattern.finditer(clause):
+                    label = _classify(clause, match.start(), match.end(), normal=normal)
+                    _merge(labels, observation, label)
+    findings = (
+        obs
+        for obs, label in labels.items()
+        if obs != "Support Devices" and label in (Label.POSITIVE, Label.UNCERTAIN)
+    )
+    if next(findings, None) is None:
+        labels["No Finding"] = Label.POSITIVE
+    return {obs: labels[obs] for obs in OBSERVATIONS if obs in labels}
+
+
+def label_reports(texts: Sequence[str]) -> list[dict[str, Label]]:
+    """:func:`label_report` for each report, in order."""
+    return [label_report(text) for text in texts]
+
+
+# ------------------------------------------------------------------ clinical efficacy
+@dataclass(frozen=True)
+class PRF:
+    """Counts and precision / recall / F1 of one binary decision over studies.
+
+    Zero denominators give 0.0 (scikit-learn's ``zero_division=0``, the setting of
+    the usual CE evaluation scripts).
+    """
+
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+    @property
+    def f1(self) -> float:
+        denominator = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denominator if denominator else 0.0
+
+    @property
+    def support(self) -> int:
+        """Number of reference positives."""
+        return self.tp + self.fn
+
+
+def binary_prf(predicted: Iterable[bool], actual: Iterable[bool]) -> PRF:
+    """Count true/false positives and false negatives of paired binary decisions."""
+    tp = fp = fn = 0
+    for p, a in zip(predicted, actual, strict=True):
+        tp += p and a
+        fp += p and not a
+        fn += a and not p
+    return PRF(tp=int(tp), fp=int(fp), fn=int(fn))
+
+
+def _is_positive(labels: Mapping[str, Label | str], observation: str) -> bool:
+    return labels.get(observation) in (Label.POSITIVE, Label.POSITIVE.value)
+
+
+def _summarise(per_obs: Mapping[str, PRF], suffix: str) -> dict[str, float]:
+    total = PRF(
+        tp=sum(c.tp for c in per_obs.values()),
+        fp=sum(c.fp for c in per_obs.values()),
+        fn=sum(c.fn for c in per_obs.values()),
+    )
+    k = len(per_obs)
+    return {
+        f"ce_precision_{suffix}": total.precision,
+        f"ce_recall_{suffix}": total.recall,
+        f"ce_f1_{suffix}": total.f1,
+        f"ce_macro_precision_{suffix}": sum(c.precision for c in per_obs.values()) / k,
+        f"ce_macro_recall_{suffix}": sum(c.recall for c in per_obs.values()) / k,
+        f"ce_macro_f1_{suffix}": sum(c.f1 for c in per_obs.values()) / k,
+    }
+
+
+def ce_scores(
+    pred_labels: Sequence[Mapping[str, Label | str]],
+    ref_labels: Sequence[Mapping[str, Label | str]],
+) -> dict[str, float]:
+    """Clinical-efficacy precision / recall / F1 of predicted vs reference labels.
+
+    Convention (R2Gen, Chen et al. 2020, and the CE scripts derived from it): an
+    observation counts as present only when its label is *positive*; uncertain,
+    negative and unmentioned all count as absent. Micro scores pool the
+    true/false positives of all observations of the set; macro scores average the
+    per-observation scores (a score with a zero denominator is 0, as scikit-learn's
+    ``zero_division=0``).
+
+    Returns:
+        ``ce_{precision,recall,f1}_{5,14}`` (micro) and
+        ``ce_macro_{precision,recall,f1}_{5,14}``; "5" is
+        :data:`COMPETITION_OBSERVATIONS`, "14" all of :data:`OBSERVATIONS`.
+
+    Raises:
+        ValueError: if the lists are empty or differ in length.
+    """
+    check_pairs(pred_labels, ref_labels)
+    per_obs = {
+        obs: binary_prf(
+            (_is_positive(p, obs) for p in pred_labels),
+            (_is_positive(r, obs) for r in ref_labels),
+        )
+        for obs in OBSERVATIONS
+    }
+    scores = _summarise({obs: per_obs[obs] for obs in COMPETITION_OBSERVATIONS}, "5")
+    scores.update(_summarise(per_obs, "14"))
+    return scores

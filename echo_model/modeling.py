@@ -1,0 +1,162 @@
+"""The ECHO model: a stock ``Qwen2_5_VLForConditionalGeneration`` driven with block masks and a KV cache.
+
+No attention is re-implemented. Block diffusion needs three things around the stock model (method.md §2, §7):
+
+* an explicit additive 4-D mask ``(B, 1, q, k)`` (block-causal over absolute positions, see :mod:`masks`);
+* explicit M-RoPE position ids ``(3, B, q)`` (``get_rope_index`` for the prompt, text positions after it);
+* control over what a forward leaves in the ``DynamicCache``: the official SDAR-style ``store_kv`` /
+  ``store_kv_len`` become ``keep_kv`` here — the number of leading query positions whose keys/values stay in
+  the cache (``None`` = all, ``0`` = read-only forward, ``b`` = the fused block cache). The stock cache always
+  appends, so the rest is cropped off right after the forward.
+
+:class:`EchoModel` maps tensors to logits and owns no loop; the samplers in :mod:`echo_model.sampling` do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from .processing import StudyPrompt
+from .spec import EchoSpec, read_spec
+
+
+class EchoModel:
+    """A Qwen2.5-VL model plus its :class:`EchoSpec`."""
+
+    def __init__(self, model: Qwen2_5_VLForConditionalGeneration, spec: EchoSpec | None = None):
+        self.model = model
+        self.spec = spec if spec is not None else read_spec(model.config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def block_length(self) -> int:
+        return self.spec.block_length
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    @torch.no_grad()
+    def rope_index(self, prompt: StudyPrompt, image_token_id: int) -> tuple[torch.Tensor, int]:
+        """M-RoPE ids of one prompt and the delta that continues them for generated text.
+
+        Returns:
+            ``positions`` ``(3, P)`` long and ``delta`` such that the text token at sequence index j >= P has
+            position ``j + delta`` on all three axes (Qwen2.5-VL ``get_rope_index``).
+        """
+        ids = prompt.input_ids[None].to(self.device)  # (1, P)
+        mm_types = (ids == image_token_id).int()  # (1, P)
+        grid = prompt.image_grid_thw.to(self.device) if prompt.image_grid_thw is not None else None
+        positions, deltas = self.model.model.get_rope_index(ids, mm_types, image_grid_thw=grid)  # (3,1,P), (1,1)
+        return positions[:, 0], int(deltas.reshape(-1)[0])
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor,
+        attention_bias: torch.Tensor,
+        cache: DynamicCache | None,
+        keep_kv: int | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One forward over query tokens, reading (and optionally extending) the cache.
+
+        Args:
+            input_ids: ``(B, q)``.
+            position_ids: ``(3, B, q)`` M-RoPE ids.
+            attention_bias: ``(B, 1, q, cache_len + q)`` additive mask.
+            cache: the KV cache, or None for a cache-free forward over a whole sequence.
+            keep_kv: how many leading query positions keep their keys/values in the cache (None = all).
+        Returns:
+            logits ``(B, q, V)``.
+        """
+        q = input_ids.shape[1]
+        if keep_kv is not None and not 0 <= keep_kv <= q:
+            raise ValueError(f"keep_kv must be in [0, {q}], got {keep_kv}")
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_bias,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+        )
+        if cache is not None and keep_kv is not None and keep_kv < q:
+            cache.crop(-(q - keep_kv))
+        return out.logits  # (B, q, V)
+
+    __call__ = forward
+
+
+@dataclass(frozen=True)
+class TinyModelSize:
+    """Dimensions of a small Qwen2.5-VL for CPU (tests, embedded checkpoints).
+
+    ``text_layers x text_hidden`` and ``vision_depth x vision_hidden``; a 224x224 image gives 8x8 = 64 merged
+    image tokens (14-px patches, 2x2 merge).
+    """
+
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 704
+    vision_hidden: int = 128
+    vision_depth: int = 4
+    vision_heads: int = 4
+    vision_intermediate: int = 256
+    max_positions: int = 4096
+
+
+def tiny_config(vocab_size: int, *, token_ids: dict[str, int], size: TinyModelSize = TinyModelSize()) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config of the given size whose special ids match ``token_ids``.
+
+    ``token_ids`` maps ``image``, ``video``, ``vision_start``, ``vision_end``, ``eos``, ``pad`` to ids.
+    """
+    head_dim = size.text_hidden // size.text_heads
+    if head_dim % 8:
+        raise ValueError(f"text head dim {head_dim} must be a multiple of 8 for M-RoPE sections")
+    half = head_dim // 2  # rotary frequencies split over (t, h, w) like Qwen2.5-VL's [16, 24, 24] of 64
+    t_sec = half // 4
+    mrope = [t_sec, (half - t_sec) // 2, half - t_sec - (half - t_sec) // 2]
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=size.text_hidden,
+            intermediate_size=size.text_intermediate,
+            num_hidden_layers=size.text_layers,
+            num_attention_heads=size.text_heads,
+            num_key_value_heads=size.text_kv_heads,
+            max_position_embeddings=size.max_positions,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            eos_token_id=token_ids["eos"],
+            pad_token_id=token_ids["pad"],
+            bos_token_id=None,
+        ),
+        vision_config=dict(
+            depth=size.vision_depth,
+            hidden_size=size.vision_hidden,
+            intermediate_size=size.vision_intermediate,
+            num_heads=size.vision_heads,
+            out_hidden_size=size.text_hidden,
+            fullatt_block_indexes=[size.vision_depth - 1],
+            window_size=112,
+        ),
+        image_token_id=token_ids["image"],
+        video_token_id=token_ids["video"],
+        vision_start_token_id=token_ids["vision_start"],
+        vision_end_token_id=token_ids["vision_end"],
+        tie_word_embeddings=True,
+    )

@@ -1,0 +1,112 @@
+"""Autoregressive greedy/sampled decoding with a KV cache: the Stage I baseline ("ECHO-AR").
+
+Same backbone, same prompt, causal attention (the block-causal mask with b = 1). It decodes exactly as
+``model.generate(do_sample=False)`` does (a test checks token for token) and streams in chunks aligned to the
+same absolute block grid as the block samplers, so the app can show both at the same granularity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+
+import torch
+
+from ..masks import block_causal_rows, to_attention_bias, with_key_padding
+from ..modeling import EchoModel
+from ..processing import EchoProcessor, StudyPrompt
+from .base import BlockEvent, Clock, GenerationResult, SamplerConfig, make_generator, sample_tokens
+
+
+class ARSampler:
+    """Next-token decoding; ``forward_passes`` counts every forward that produced a token (TPF = 1)."""
+
+    def __init__(self, model: EchoModel, processor: EchoProcessor, config: SamplerConfig = SamplerConfig(), *, name: str = "ar"):
+        self.model = model
+        self.processor = processor
+        self.config = config
+        self.name = name
+        self.block_length = model.block_length
+
+    def generate(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> list[GenerationResult]:
+        stream = self.stream(prompts)
+        while True:
+            try:
+                next(stream)
+            except StopIteration as stop:
+                return stop.value
+
+    @torch.no_grad()
+    def stream(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> Generator[BlockEvent, None, list[GenerationResult]]:
+        prompts = [prompts] if isinstance(prompts, StudyPrompt) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given")
+        cfg, proc, device = self.config, self.processor, self.model.device
+        clock = Clock(device)
+        generator = make_generator(cfg, device)
+        B = len(prompts)
+        lens = [p.length for p in prompts]
+        P = max(lens)
+        T = P + cfg.max_new_tokens
+        pads = [P - n for n in lens]
+
+        # 1. Left-padded canvas, key validity and M-RoPE ids (text positions continue after the prompt).
+        x = torch.full((B, T), proc.pad_token_id, dtype=torch.long)
+        valid = torch.ones(B, T, dtype=torch.bool)
+        positions = torch.zeros(3, B, T, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            x[i, pads[i] : P] = p.input_ids
+            valid[i, : pads[i]] = False
+            rope, delta = self.model.rope_index(p, proc.image_token_id)  # (3, n), int
+            positions[:, i, pads[i] : P] = rope.cpu()
+            positions[:, i, P:] = (torch.arange(P, T) - pads[i] + delta)[None]
+        x, valid, positions = x.to(device), valid.to(device), positions.to(device)
+        with_images = [p for p in prompts if p.pixel_values is not None]
+        pixels = torch.cat([p.pixel_values for p in with_images]).to(device, self.model.dtype) if with_images else None
+        grid = torch.cat([p.image_grid_thw for p in with_images]).to(device) if with_images else None
+
+        results = [GenerationResult(sampler=self.name, token_ids=[], text="") for _ in range(B)]
+        chunk: list[list[int]] = [[] for _ in range(B)]
+        chunk_conf: list[list[float]] = [[] for _ in range(B)]
+        done = [False] * B
+        cache = self.model.new_cache()
+
+        # 2. Prefill (its last logits give the first token), then one forward per token.
+        lo = 0
+        for t in range(P, T):
+            rows = block_causal_rows(lo, t, t, 1, device=device)  # (q, k) causal
+            bias = to_attention_bias(with_key_padding(rows, valid[:, :t], lo), self.model.dtype)
+            logits = self.model(
+                x[:, lo:t], position_ids=positions[:, :, lo:t], attention_bias=bias, cache=cache,
+                pixel_values=pixels if lo == 0 else None, image_grid_thw=grid if lo == 0 else None,
+            )[:, -1]  # (B, V)
+            tokens, conf = sample_tokens(logits, cfg, generator)  # (B,), (B,)
+            x[:, t] = tokens
+            lo = t
+            now = clock()
+            for i in range(B):
+                if done[i]:
+                    continue
+                r = results[i]
+                r.model_calls += 1
+                r.forward_passes += 1
+                tok = int(tokens[i])
+                r.token_ids.append(tok)
+                chunk[i].append(tok)
+                chunk_conf[i].append(float(conf[i]))
+                hit_eos = tok == proc.eos_token_id and not cfg.fixed_length
+                done[i] = hit_eos or len(r.token_ids) >= cfg.max_new_tokens
+                r.stopped_by_eos = hit_eos
+                own_pos = t - pads[i]
+                if done[i] or (own_pos + 1) % self.block_length == 0:
+                    r.blocks.append(chunk[i])
+                    r.block_confidences.append(chunk_conf[i])
+                    if len(r.blocks) == 1:
+                        r.first_block_seconds = now
+                    if done[i]:
+                        r.text, r.seconds = proc.decode(r.token_ids), now
+                    yield BlockEvent(sample=i, block=len(r.blocks) - 1, token_ids=chunk[i], confidences=chunk_conf[i],
+                                     text=proc.decode(r.token_ids), seconds=now, done=done[i])
+                    chunk[i], chunk_conf[i] = [], []
+            if all(done):
+                break
+        return results

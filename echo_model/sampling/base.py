@@ -1,0 +1,198 @@
+"""Shared pieces of every sampler: configuration, outputs, token sampling, timing and counting."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Decoding settings shared by all samplers (defaults = the official evaluation settings, method.md §2).
+
+    Attributes:
+        max_new_tokens: generation budget (official ``gen_length`` 512).
+        fixed_length: ignore ``<eos>`` and always produce ``max_new_tokens`` (benchmarks).
+        temperature: 0 = greedy (what the official batch evaluation and speed test use).
+        top_k: keep the k most likely tokens before sampling (0 = off).
+        top_p: nucleus sampling mass (1 = off).
+        threshold: tau of ``low_confidence_dynamic``: commit every masked token whose confidence exceeds it.
+        steps: denoising steps per block for block samplers (None = block length; 1 = one-step ECHO).
+        fused: use the fused block KV cache when ``steps == 1`` (one forward per block).
+        seed: seed of the sampling generator (only matters when ``temperature > 0``).
+    """
+
+    max_new_tokens: int = 512
+    fixed_length: bool = False
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    threshold: float = 0.85
+    steps: int | None = None
+    fused: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class BlockEvent:
+    """One committed block of one sample, yielded by ``stream`` the moment it is committed.
+
+    Attributes:
+        sample: index of the study in the batch.
+        block: 0-based index of the block among this sample's generated blocks.
+        token_ids: the block's newly committed generated tokens (the first block may hold fewer than b).
+        confidences: the probability each of those tokens had when it was committed.
+        text: the whole report decoded so far.
+        seconds: time since generation started.
+        done: True if this is the sample's last block.
+    """
+
+    sample: int
+    block: int
+    token_ids: list[int]
+    confidences: list[float]
+    text: str
+    seconds: float
+    done: bool = False
+
+
+@dataclass
+class GenerationResult:
+    """What a sampler produced for one study, and what it cost.
+
+    Counting follows the paper's TPF: ``forward_passes`` are the denoising forwards (prefill and KV-write
+    forwards excluded; for AR every forward that produced a token), ``model_calls`` every forward including
+    the prefill. ``block_tokens[k]`` is how many generated tokens block k committed.
+    """
+
+    sampler: str
+    token_ids: list[int]
+    text: str
+    blocks: list[list[int]] = field(default_factory=list)
+    block_confidences: list[list[float]] = field(default_factory=list)
+    forward_passes: int = 0
+    model_calls: int = 0
+    seconds: float = 0.0
+    first_block_seconds: float = 0.0
+    stopped_by_eos: bool = False
+
+    @property
+    def block_tokens(self) -> list[int]:
+        return [len(b) for b in self.blocks]
+
+    @property
+    def tokens(self) -> int:
+        """Generated tokens kept in the report (up to and including ``<eos>``)."""
+        return len(self.token_ids)
+
+    @property
+    def committed_tokens(self) -> int:
+        """Every token committed by a denoising forward (the last block may run past ``<eos>``)."""
+        return sum(self.block_tokens)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.committed_tokens / self.forward_passes if self.forward_passes else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def stats(self) -> dict[str, float | int | list[int] | str]:
+        return {
+            "sampler": self.sampler,
+            "tokens": self.tokens,
+            "forward_passes": self.forward_passes,
+            "model_calls": self.model_calls,
+            "block_tokens": self.block_tokens,
+            "tokens_per_forward": round(self.tokens_per_forward, 4),
+            "seconds": round(self.seconds, 4),
+            "first_block_seconds": round(self.first_block_seconds, 4),
+            "tokens_per_second": round(self.tokens_per_second, 2),
+        }
+
+
+def num_transfer_tokens(block_length: int, steps: int) -> list[int]:
+    """Tokens to commit at each of ``steps`` steps: b split as evenly as possible, larger shares first
+    (official ``get_num_transfer_tokens``; b=8, steps=8 -> [1]*8; steps=1 -> [8])."""
+    if steps < 1 or steps > block_length:
+        raise ValueError(f"steps must be in [1, {block_length}] for block length {block_length}, got {steps}")
+    base, extra = divmod(block_length, steps)
+    return [base + (1 if s < extra else 0) for s in range(steps)]
+
+
+def sample_tokens(
+    logits: torch.Tensor, config: SamplerConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick a token per position and its confidence (official ``sample_with_temperature_topk_topp``).
+
+    Args:
+        logits: ``(..., V)``.
+    Returns:
+        tokens ``(...)`` long and confidences ``(...)`` float: the probability of the picked token under the
+        (temperature-scaled, filtered) distribution; greedy when ``temperature == 0``.
+    """
+    logits = logits.float()
+    if config.temperature == 0:
+        probs = F.softmax(logits, dim=-1)  # (..., V)
+        conf, tokens = probs.max(dim=-1)  # (...), (...)
+        return tokens, conf
+    shape = logits.shape[:-1]
+    flat = logits.reshape(-1, logits.shape[-1]) / config.temperature  # (N, V)
+    if config.top_k > 0:
+        kth = torch.topk(flat, min(config.top_k, flat.shape[-1]), dim=-1).values[:, -1:]  # (N, 1)
+        flat = flat.masked_fill(flat < kth, -math.inf)
+    if config.top_p < 1.0:
+        sorted_logits, order = torch.sort(flat, descending=True, dim=-1)  # (N, V)
+        cum = F.softmax(sorted_logits, dim=-1).cumsum(-1)  # (N, V)
+        drop = cum > config.top_p
+        drop[:, 1:] = drop[:, :-1].clone()
+        drop[:, 0] = False
+        flat = flat.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -math.inf)
+    probs = F.softmax(flat, dim=-1)  # (N, V)
+    tokens = torch.multinomial(probs, 1, generator=generator)  # (N, 1)
+    conf = probs.gather(-1, tokens)  # (N, 1)
+    return tokens.view(shape), conf.view(shape)
+
+
+def make_generator(config: SamplerConfig, device: torch.device) -> torch.Generator | None:
+    if config.temperature == 0:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed if config.seed is not None else 0)
+    return gen
+
+
+class Clock:
+    """Wall-clock seconds since construction, synchronising CUDA so GPU timings are real."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._sync()
+        self.start = time.perf_counter()
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def __call__(self) -> float:
+        self._sync()
+        return time.perf_counter() - self.start

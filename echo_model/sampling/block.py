@@ -1,0 +1,237 @@
+"""Block-diffusion samplers: the multi-step teacher (ECHO-Base) and one-step ECHO with the fused cache.
+
+Implements the official inference algorithm (method.md §2, ``inference/generate_echo.py``):
+
+1. Prefill the prompt's complete blocks with the block-causal mask; the prompt's last partial block (the
+   "tail") is decoded together with the first generated tokens, as in the official code (which prefills the
+   whole prompt and then crops the tail off the cache; computing the tail's keys there is wasted work).
+2. For each block k of b positions, left to right:
+   * ``steps == 1`` and ``fused`` (ECHO): ONE forward over ``[block k-1, final | block k, masked]``; the
+     cache keeps only block k-1's keys/values (official ``store_kv_len=b``), block k's logits are decoded
+     and all its masks committed. The first block is a read-only forward.
+   * otherwise (teacher): ``steps`` read-only forwards, each committing tokens with the commit rule, then one
+     forward that writes the finished block into the cache.
+3. Stop after the block that contains ``<eos>`` (unless ``fixed_length``), or at ``max_new_tokens``.
+
+Batches: each prompt is left-padded by a *multiple of b* so that every sample keeps the block boundaries of
+its single run and all prompt tails land in the same block; padding keys are masked out. A batch therefore
+reproduces the single runs exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..masks import block_causal_rows, to_attention_bias, with_key_padding
+from ..modeling import EchoModel
+from ..processing import EchoProcessor, StudyPrompt
+from .base import BlockEvent, Clock, GenerationResult, SamplerConfig, make_generator, num_transfer_tokens, sample_tokens
+from .commit import commit_mask
+
+
+@dataclass
+class _Layout:
+    """The padded batch canvas. Columns are absolute positions shared by the batch.
+
+    Attributes:
+        x: ``(B, T)`` token ids (prompt, then mask ids to fill).
+        masked: ``(B, T)`` bool, True where a generated position is still masked.
+        valid: ``(B, T)`` bool, False at left padding.
+        positions: ``(3, B, T)`` M-RoPE ids.
+        start: first generated column per sample.
+        end_block: last block index each sample may decode.
+        prefix_blocks: M, the number of complete blocks prefilled (the block holding every prompt tail).
+        pixel_values / image_grid_thw: the batch's images, in sample order.
+    """
+
+    x: torch.Tensor
+    masked: torch.Tensor
+    valid: torch.Tensor
+    positions: torch.Tensor
+    start: list[int]
+    end_block: list[int]
+    prefix_blocks: int
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+
+
+class BlockDiffusionSampler:
+    """Decode with a block-diffusion checkpoint; ``steps=1, fused=True`` is ECHO, ``steps=b`` the teacher."""
+
+    def __init__(self, model: EchoModel, processor: EchoProcessor, config: SamplerConfig = SamplerConfig(), *, name: str = "echo"):
+        self.model = model
+        self.processor = processor
+        self.config = config
+        self.name = name
+        self.block_length = model.block_length
+        self.steps = config.steps if config.steps is not None else self.block_length
+        self.transfer = num_transfer_tokens(self.block_length, self.steps)
+
+    # ------------------------------------------------------------------ public API
+    def generate(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> list[GenerationResult]:
+        """Decode a batch of studies; one :class:`GenerationResult` per study."""
+        stream = self.stream(prompts)
+        while True:
+            try:
+                next(stream)
+            except StopIteration as stop:
+                return stop.value
+
+    @torch.no_grad()
+    def stream(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> Generator[BlockEvent, None, list[GenerationResult]]:
+        """Yield a :class:`BlockEvent` per committed block; the generator's return value is the results."""
+        prompts = [prompts] if isinstance(prompts, StudyPrompt) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given")
+        cfg, b, device = self.config, self.block_length, self.model.device
+        clock = Clock(device)
+        generator = make_generator(cfg, device)
+        lay = self._layout(prompts)
+        B, T = lay.x.shape
+        results = [GenerationResult(sampler=self.name, token_ids=[], text="") for _ in range(B)]
+        done = [False] * B
+        cache = self.model.new_cache()
+
+        # 1. Prefill the complete prompt blocks (block-causal, padding keys hidden).
+        M = lay.prefix_blocks
+        if M > 0:
+            self._forward(lay, cache, 0, M * b, keep_kv=None, images=True)
+            for r in results:
+                r.model_calls += 1
+
+        # 2. Decode block by block.
+        fused = self.steps == 1 and cfg.fused
+        for k in range(M, T // b):
+            lo, hi = k * b, (k + 1) * b
+            active = [not d for d in done]
+            block_conf = torch.zeros(B, b, device=device)  # (B, b) confidence at commit time
+            if fused:
+                q_lo, keep = (lo, 0) if k == M else (lo - b, b)
+                logits = self._forward(lay, cache, q_lo, hi, keep_kv=keep)[:, -b:]  # (B, b, V)
+                self._count(results, active, denoise=True)
+                block_conf = self._commit(lay, lo, hi, logits, self.transfer[0], generator, block_conf)
+            else:
+                for s in range(self.steps):
+                    has_mask = lay.masked[:, lo:hi].any(-1).tolist()  # (B,)
+                    if not any(has_mask):
+                        break
+                    logits = self._forward(lay, cache, lo, hi, keep_kv=0)  # (B, b, V)
+                    self._count(results, [a and m for a, m in zip(active, has_mask)], denoise=True)
+                    block_conf = self._commit(lay, lo, hi, logits, self.transfer[s], generator, block_conf)
+            now = clock()
+
+            # 3. Record the block, decide who stops.
+            for i in range(B):
+                if done[i]:
+                    continue
+                g_lo = max(lo, lay.start[i])
+                block_ids = lay.x[i, g_lo:hi].tolist()
+                results[i].blocks.append(block_ids)
+                results[i].block_confidences.append(block_conf[i, g_lo - lo :].tolist())
+                if len(results[i].blocks) == 1:
+                    results[i].first_block_seconds = now
+                hit_eos = self.processor.eos_token_id in block_ids and not cfg.fixed_length
+                done[i] = hit_eos or k >= lay.end_block[i]
+                results[i].stopped_by_eos = hit_eos
+                if done[i]:
+                    self._finish(results[i], lay, i, now)
+                yield BlockEvent(
+                    sample=i,
+                    block=len(results[i].blocks) - 1,
+                    token_ids=block_ids,
+                    confidences=results[i].block_confidences[-1],
+                    text=self.processor.decode(lay.x[i, lay.start[i] : hi].tolist()),
+                    seconds=now,
+                    done=done[i],
+                )
+            if all(done):
+                break
+            if not fused:  # teacher: write the finished block's keys/values (official store_kv=True pass)
+                self._forward(lay, cache, lo, hi, keep_kv=None)
+                self._count(results, [not d for d in done], denoise=False)
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _layout(self, prompts: list[StudyPrompt]) -> _Layout:
+        b, cfg, proc = self.block_length, self.config, self.processor
+        lens = [p.length for p in prompts]
+        full = [n // b for n in lens]
+        M = max(full)
+        pads = [b * (M - f) for f in full]
+        start = [pad + n for pad, n in zip(pads, lens)]
+        own_blocks = [math.ceil((n + cfg.max_new_tokens) / b) for n in lens]  # official nb per sample
+        end_block = [nb - 1 + (M - f) for nb, f in zip(own_blocks, full)]
+        T = (max(end_block) + 1) * b
+        B = len(prompts)
+        device = self.model.device
+        x = torch.full((B, T), proc.mask_token_id, dtype=torch.long)
+        masked = torch.zeros(B, T, dtype=torch.bool)
+        valid = torch.ones(B, T, dtype=torch.bool)
+        positions = torch.zeros(3, B, T, dtype=torch.long)
+        cols = torch.arange(T)
+        for i, p in enumerate(prompts):
+            pad, n = pads[i], lens[i]
+            image_cols = (p.input_ids == proc.image_token_id).nonzero().flatten()
+            if len(image_cols) and int(image_cols.max()) >= full[i] * b:
+                raise ValueError(f"prompt {i}: image tokens reach its last partial block ({n} tokens, b={b}); "
+                                 "the prompt must end with text")
+            x[i, :pad] = proc.pad_token_id
+            valid[i, :pad] = False
+            x[i, pad : pad + n] = p.input_ids
+            masked[i, start[i] :] = True
+            rope, delta = self.model.rope_index(p, proc.image_token_id)  # (3, n), int
+            positions[:, i, pad : pad + n] = rope.cpu()
+            positions[:, i, start[i] :] = (cols[start[i] :] - pad + delta)[None]
+        with_images = [p for p in prompts if p.pixel_values is not None]
+        pixel_values = torch.cat([p.pixel_values for p in with_images]) if with_images else None
+        grid = torch.cat([p.image_grid_thw for p in with_images]) if with_images else None
+        return _Layout(
+            x=x.to(device), masked=masked.to(device), valid=valid.to(device), positions=positions.to(device),
+            start=start, end_block=end_block, prefix_blocks=M,
+            pixel_values=pixel_values.to(device, self.model.dtype) if pixel_values is not None else None,
+            image_grid_thw=grid.to(device) if grid is not None else None,
+        )
+
+    def _forward(self, lay: _Layout, cache, q_lo: int, q_hi: int, *, keep_kv: int | None, images: bool = False) -> torch.Tensor:
+        """Forward over columns ``q_lo:q_hi`` against the cache (which holds columns ``0:q_lo``)."""
+        rows = block_causal_rows(q_lo, q_hi, q_hi, self.block_length, device=lay.x.device)  # (q, k)
+        bias = to_attention_bias(with_key_padding(rows, lay.valid[:, :q_hi], q_lo), self.model.dtype)  # (B,1,q,k)
+        return self.model(
+            lay.x[:, q_lo:q_hi],
+            position_ids=lay.positions[:, :, q_lo:q_hi],
+            attention_bias=bias,
+            cache=cache,
+            keep_kv=keep_kv,
+            pixel_values=lay.pixel_values if images else None,
+            image_grid_thw=lay.image_grid_thw if images else None,
+        )
+
+    def _commit(self, lay: _Layout, lo: int, hi: int, logits: torch.Tensor, n: int, generator,
+                block_conf: torch.Tensor) -> torch.Tensor:
+        """Sample, apply the commit rule in place on the canvas; return the updated commit confidences."""
+        tokens, conf = sample_tokens(logits, self.config, generator)  # (B, b), (B, b)
+        cur_masked = lay.masked[:, lo:hi]  # (B, b)
+        sel = commit_mask(cur_masked, conf, n=n, threshold=self.config.threshold)  # (B, b)
+        lay.x[:, lo:hi] = torch.where(sel, tokens, lay.x[:, lo:hi])
+        lay.masked[:, lo:hi] = cur_masked & ~sel
+        return torch.where(sel, conf.float(), block_conf)  # (B, b)
+
+    @staticmethod
+    def _count(results: list[GenerationResult], which: list[bool], *, denoise: bool) -> None:
+        for r, w in zip(results, which):
+            if w:
+                r.model_calls += 1
+                r.forward_passes += int(denoise)
+
+    def _finish(self, result: GenerationResult, lay: _Layout, i: int, now: float) -> None:
+        ids = lay.x[i, lay.start[i] : lay.start[i] + self.config.max_new_tokens].tolist()
+        eos = self.processor.eos_token_id
+        if not self.config.fixed_length and eos in ids:
+            ids = ids[: ids.index(eos) + 1]
+        result.token_ids = ids
+        result.text = self.processor.decode(ids)
+        result.seconds = now
