@@ -144,7 +144,7 @@ class BlockDiffusionSampler:
                     block=len(results[i].blocks) - 1,
                     token_ids=block_ids,
                     confidences=results[i].block_confidences[-1],
-                    text=self.processor.decode(lay.x[i, lay.start[i] : hi].tolist()),
+                    text=results[i].text if done[i] else self.processor.decode(lay.x[i, lay.start[i] : hi].tolist()),
                     seconds=now,
                     done=done[i],
                 )

@@ -1,0 +1,214 @@
+"""The study record: one versioned schema shared by the data adapters, the trainers, the evaluator and the
+app's correction export.
+
+A record is one study (one report, one or more views). Stored as JSON Lines, one object per line; image
+paths are relative to the JSONL file's folder unless absolute. Version 1 fields:
+
+=================  =====================================================================================
+``schema``         ``"echo.study/1"``
+``id``             unique study id (string)
+``images``         list of ``{"path": str, "view": "frontal"|"lateral"|"pa"|"ap"|"unknown"}`` (may be empty)
+``indication``     clinical indication or ``null``
+``findings``       findings text ("" when absent)
+``impression``     impression text ("" when absent); findings and impression are not both empty
+``language``       ``"en"`` or ``"zh"``
+``source``         data set name (``iu_xray``, ``covid_cxr_notes``, ``echo_app``, ...)
+``split``          ``"train"``, ``"val"``, ``"test"`` or ``null``
+``licence``        licence of the text and images
+``correction``     only for radiologist corrections: ``draft_id``, ``model``, ``model_revision``,
+                   ``draft_findings``, ``draft_impression``, ``edit_reasons`` (subset of
+                   :data:`EDIT_REASONS`), ``comment``, ``editor``, ``signed_at`` (ISO 8601)
+=================  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "echo.study/1"
+VIEWS: tuple[str, ...] = ("frontal", "lateral", "pa", "ap", "unknown")
+LANGUAGES: tuple[str, ...] = ("en", "zh")
+SPLITS: tuple[str | None, ...] = ("train", "val", "test", None)
+EDIT_REASONS: tuple[str, ...] = (
+    "false finding", "missed finding", "mislocalised", "severity", "style", "ordering", "other",
+)
+
+
+class RecordError(ValueError):
+    """A record that does not follow the schema; the message names the record and the field."""
+
+    def __init__(self, record_id: str, field_name: str, problem: str, *, line: int | None = None):
+        where = f"line {line}, " if line is not None else ""
+        super().__init__(f"{where}record {record_id!r}, field {field_name!r}: {problem}")
+        self.record_id, self.field_name, self.line = record_id, field_name, line
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    path: str
+    view: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Correction:
+    draft_id: str
+    model: str
+    model_revision: str
+    draft_findings: str
+    draft_impression: str
+    editor: str
+    signed_at: str
+    edit_reasons: tuple[str, ...] = ()
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    id: str
+    findings: str
+    impression: str
+    images: tuple[ImageRef, ...] = ()
+    indication: str | None = None
+    language: str = "en"
+    source: str = "unknown"
+    split: str | None = None
+    licence: str = "unknown"
+    correction: Correction | None = None
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def report(self) -> str:
+        """The reference text in the model's output format (method.md §4.1)."""
+        if self.language == "zh":
+            return f"所见：{self.findings} 结论：{self.impression}"
+        return f"Findings: {self.findings} Impression: {self.impression}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["images"] = [dataclasses.asdict(i) for i in self.images]
+        if self.correction is not None:
+            data["correction"]["edit_reasons"] = list(self.correction.edit_reasons)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, *, line: int | None = None) -> "StudyRecord":
+        """Parse and validate; every problem raises :class:`RecordError` naming the record and field."""
+        if not isinstance(data, dict):
+            raise RecordError("?", "(record)", f"expected a JSON object, got {type(data).__name__}", line=line)
+        rid = data.get("id")
+        if not isinstance(rid, str) or not rid.strip():
+            raise RecordError(str(rid), "id", "must be a non-empty string", line=line)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecordError(rid, unknown[0], f"unknown field (known: {sorted(known)})", line=line)
+        try:
+            images = tuple(_image(rid, i, line) for i in _list(rid, "images", data.get("images", []), line))
+            corr = data.get("correction")
+            correction = _correction(rid, corr, line) if corr is not None else None
+            return cls(**{**data, "images": images, "correction": correction})
+        except RecordError as err:
+            if err.line is None and line is not None:
+                raise RecordError(err.record_id, err.field_name, str(err).split(": ", 1)[1], line=line) from None
+            raise
+        except TypeError as err:
+            raise RecordError(rid, "(record)", str(err), line=line) from None
+
+
+def _list(rid: str, name: str, value: Any, line: int | None) -> list:
+    if not isinstance(value, list):
+        raise RecordError(rid, name, f"must be a list, got {type(value).__name__}", line=line)
+    return value
+
+
+def _image(rid: str, item: Any, line: int | None) -> ImageRef:
+    if isinstance(item, str):
+        return ImageRef(path=item)
+    if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+        raise RecordError(rid, "images", f"each image needs a string 'path', got {item!r}", line=line)
+    extra = set(item) - {"path", "view"}
+    if extra:
+        raise RecordError(rid, "images", f"unknown image keys {sorted(extra)}", line=line)
+    return ImageRef(path=item["path"], view=item.get("view", "unknown"))
+
+
+def _correction(rid: str, value: Any, line: int | None) -> Correction:
+    if not isinstance(value, dict):
+        raise RecordError(rid, "correction", f"must be an object, got {type(value).__name__}", line=line)
+    names = {f.name for f in dataclasses.fields(Correction)}
+    missing = sorted(n for n in names - set(value) if n not in ("edit_reasons", "comment"))
+    if missing:
+        raise RecordError(rid, "correction", f"missing {missing}", line=line)
+    extra = sorted(set(value) - names)
+    if extra:
+        raise RecordError(rid, "correction", f"unknown keys {extra}", line=line)
+    return Correction(**{**value, "edit_reasons": tuple(_list(rid, "correction.edit_reasons", value.get("edit_reasons", []), line))})
+
+
+def validate(rec: StudyRecord) -> None:
+    rid = rec.id
+    if rec.schema != SCHEMA:
+        raise RecordError(rid, "schema", f"unsupported schema {rec.schema!r}; this version reads {SCHEMA!r}")
+    for name in ("findings", "impression"):
+        if not isinstance(getattr(rec, name), str):
+            raise RecordError(rid, name, f"must be a string, got {type(getattr(rec, name)).__name__}")
+    if not (rec.findings.strip() or rec.impression.strip()):
+        raise RecordError(rid, "findings", "findings and impression are both empty")
+    if rec.indication is not None and not isinstance(rec.indication, str):
+        raise RecordError(rid, "indication", f"must be a string or null, got {type(rec.indication).__name__}")
+    if rec.language not in LANGUAGES:
+        raise RecordError(rid, "language", f"must be one of {LANGUAGES}, got {rec.language!r}")
+    if rec.split not in SPLITS:
+        raise RecordError(rid, "split", f"must be one of {SPLITS}, got {rec.split!r}")
+    for img in rec.images:
+        if not img.path:
+            raise RecordError(rid, "images", "empty image path")
+        if img.view not in VIEWS:
+            raise RecordError(rid, "images", f"view must be one of {VIEWS}, got {img.view!r}")
+    if rec.correction is not None:
+        bad = [r for r in rec.correction.edit_reasons if r not in EDIT_REASONS]
+        if bad:
+            raise RecordError(rid, "correction.edit_reasons", f"unknown reasons {bad}; allowed: {list(EDIT_REASONS)}")
+        try:
+            datetime.fromisoformat(rec.correction.signed_at)
+        except (TypeError, ValueError):
+            raise RecordError(rid, "correction.signed_at", f"not an ISO 8601 time: {rec.correction.signed_at!r}") from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[StudyRecord]:
+    """Yield the records of a JSONL file; a malformed line raises :class:`RecordError` with its line number."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise RecordError("?", "(json)", f"{path.name}: invalid JSON ({err.msg})", line=n) from None
+            yield StudyRecord.from_dict(data, line=n)
+
+
+def write_jsonl(records: Iterable[StudyRecord], path: str | Path) -> int:
+    """Write records as JSON Lines (UTF-8); returns how many were written."""
+    count = 0
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec.to_dict(), ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def resolve_image(record_path: str | Path, image: ImageRef) -> Path:
+    """An image's path, relative paths taken from the JSONL file's folder."""
+    p = Path(image.path)
+    return p if p.is_absolute() else Path(record_path).parent / p

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tokenizer trained on hand-written sentences and tiny seeded checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from echo_model.checkpoint import EchoCheckpoint, build_tiny_checkpoint
+from echo_model.modeling import TinyModelSize
+from echo_model.spec import EchoSpec
+from echo_model.tokenization import train_report_tokenizer
+
+SENTENCES = [
+    "Findings: The heart is normal in size. The lungs are clear.",
+    "Impression: No acute cardiopulmonary abnormality.",
+    "There is a small left pleural effusion with adjacent atelectasis.",
+    "No pneumothorax. No focal consolidation. Mediastinal contours are unremarkable.",
+    "Mild cardiomegaly. Pulmonary vascular congestion without frank edema.",
+    "Review this chest X-ray and write a report. Use this format: Findings: {}, Impression: {}.",
+    "Indication: cough and fever. Comparison: none.",
+    "Degenerative changes of the thoracic spine. Sternotomy wires are intact.",
+]
+TINY = TinyModelSize(
+    text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, text_intermediate=128,
+    vision_hidden=32, vision_depth=2, vision_heads=2, vision_intermediate=64, max_positions=2048,
+)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_report_tokenizer(SENTENCES * 20, vocab_size=320)
+
+
+def make_checkpoint(tokenizer, *, block_length: int = 4, seed: int = 0, std: float = 0.3, sharpen: float = 3.0,
+                    role: str = "student") -> EchoCheckpoint:
+    """A tiny seeded checkpoint whose outputs depend on the input.
+
+    Stock initialisation (std 0.02) makes a tiny random model emit one token forever, which would make parity
+    tests vacuous. Re-drawing the matrices with a larger ``std`` and scaling the final norm by ``sharpen``
+    gives varied tokens with confidences spread over (0, 1), so both branches of the commit rule (above tau,
+    top-n) are exercised.
+    """
+    ck = build_tiny_checkpoint(tokenizer, EchoSpec(block_length=block_length, role=role), size=TINY, seed=seed, image_size=112)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in ck.model.model.parameters():
+            if param.dim() == 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+        ck.model.model.model.language_model.norm.weight.mul_(sharpen)
+    return ck
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tokenizer) -> EchoCheckpoint:
+    return make_checkpoint(tokenizer, block_length=4)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_b8(tokenizer) -> EchoCheckpoint:
+    return make_checkpoint(tokenizer, block_length=8, seed=1)
+
+
+def synthetic_cxr(seed: int = 0, size: tuple[int, int] = (120, 100)) -> Image.Image:
+    """A grey image with a radiograph-like layout (bright centre, dark lung fields) plus seeded noise."""
+    rng = np.random.RandomState(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    body = 180 - 90 * np.exp(-(((xx - w * 0.3) / (w * 0.15)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2))
+    body -= 90 * np.exp(-(((xx - w * 0.7) / (w * 0.15)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2))
+    img = np.clip(body + rng.normal(0, 25, size=(h, w)), 0, 255).astype(np.uint8)
+    return Image.fromarray(img, mode="L")
+
+
+@pytest.fixture
+def cxr_image() -> Image.Image:
+    return synthetic_cxr(0)
