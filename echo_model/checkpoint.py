@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+from transformers import PreTrainedTokenizerBase, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
 from .modeling import EchoModel, TinyModelSize, tiny_config
 from .processing import EchoProcessor
@@ -68,7 +68,7 @@ def build_tiny_checkpoint(
     write_spec(config, spec)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    image_processor = Qwen2VLImageProcessor(max_pixels=spec.max_pixels, min_pixels=spec.min_pixels)
+    image_processor = Qwen2VLImageProcessorPil(max_pixels=spec.max_pixels, min_pixels=spec.min_pixels)
     return EchoCheckpoint(EchoModel(model, spec), EchoProcessor(tokenizer, image_processor, spec), source="tiny")
 
 

@@ -1,7 +1,7 @@
 """Study -> model inputs (prompt ids, pixels, image grid) and generated ids -> text.
 
 Mirrors what ``Qwen2_5_VLProcessor`` does (chat template, one ``<|image_pad|>`` per merged 2x2 patch) with
-the PIL-backed ``Qwen2VLImageProcessor``, so it needs no torchvision and works the same for the embedded
+the PIL-backed ``Qwen2VLImageProcessorPil``, so it needs no torchvision and works the same for the embedded
 tokenizer and the real Qwen2.5 one.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2VLImageProcessor
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2VLImageProcessorPil
 
 from .spec import EchoSpec
 from .tokenization import IMAGE_PAD, resolve_mask_token_id
@@ -41,7 +41,7 @@ class StudyPrompt:
 class EchoProcessor:
     """Tokenizer + image processor + the checkpoint's :class:`EchoSpec`."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor: Qwen2VLImageProcessor, spec: EchoSpec):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor: Qwen2VLImageProcessorPil, spec: EchoSpec):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.spec = spec
@@ -55,7 +55,7 @@ class EchoProcessor:
     @classmethod
     def from_pretrained(cls, path: str | Path, spec: EchoSpec) -> "EchoProcessor":
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        image_processor = Qwen2VLImageProcessor.from_pretrained(str(path))
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path))
         return cls(tokenizer, image_processor, spec)
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -1,0 +1,125 @@
+"""Drafting service: studies in, reports out. The one place the CLI, the evaluator and the app go through.
+
+It owns checkpoint loading (lazy, cached per (model, role)), input encoding and sampler choice, and returns
+a :class:`Draft` with the report, its sections, the per-block trace and the cost figures.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from .checkpoint import EchoCheckpoint
+from .loading import load_checkpoint
+from .report_text import parse_report
+from .sampling import SAMPLER_ROLES, SAMPLERS, BlockEvent, GenerationResult, SamplerConfig, build_sampler
+
+
+@dataclass
+class Draft:
+    """A drafted report and how it was produced."""
+
+    report: str
+    findings: str
+    impression: str
+    sampler: str
+    model: str
+    model_revision: str
+    result: GenerationResult
+    block_texts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "report": self.report,
+            "findings": self.findings,
+            "impression": self.impression,
+            "blocks": self.block_texts,
+            "block_tokens": r.block_tokens,
+            "sampler": self.sampler,
+            "model": self.model,
+            "model_revision": self.model_revision,
+            "tokens": r.tokens,
+            "forward_passes": r.forward_passes,
+            "model_calls": r.model_calls,
+            "tokens_per_forward": round(r.tokens_per_forward, 4),
+            "seconds": round(r.seconds, 4),
+            "first_block_seconds": round(r.first_block_seconds, 4),
+            "tokens_per_second": round(r.tokens_per_second, 2),
+            "warnings": list(self.warnings),
+            "settings": dict(self.settings),
+        }
+
+
+class Drafter:
+    """Loads checkpoints on first use and drafts reports with any sampler.
+
+    Args:
+        model: None for the embedded family (each sampler gets its role's checkpoint), or one checkpoint
+            (folder / hub id) used by every sampler.
+        device: None = CUDA when available, else CPU.
+    """
+
+    def __init__(self, model: str | None = None, *, device: str | None = None):
+        self.model = model
+        self.device = device
+        self._cache: dict[tuple[str | None, str], EchoCheckpoint] = {}
+        self._lock = threading.Lock()
+
+    def checkpoint(self, sampler: str) -> EchoCheckpoint:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; available: {list(SAMPLERS)}")
+        role = SAMPLER_ROLES[sampler]
+        key = (self.model, role if self.model is None else "any")
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = load_checkpoint(self.model, role=role, device=self.device)
+            return self._cache[key]
+
+    def stream(
+        self,
+        images: Sequence[Image.Image],
+        *,
+        sampler: str = "echo",
+        indication: str | None = None,
+        lang: str = "en",
+        config: SamplerConfig = SamplerConfig(),
+        warnings: Sequence[str] = (),
+    ) -> Generator[BlockEvent, None, Draft]:
+        """Yield each committed block; the generator returns the :class:`Draft`."""
+        ck = self.checkpoint(sampler)
+        prompt = ck.processor.encode(list(images), indication=indication, lang=lang)
+        runner = build_sampler(sampler, ck.model, ck.processor, config)
+        results = yield from runner.stream(prompt)
+        result = results[0]
+        parsed = parse_report(result.text)
+        tok = ck.processor.tokenizer
+        return Draft(
+            report=result.text,
+            findings=parsed.findings,
+            impression=parsed.impression,
+            sampler=sampler,
+            model=ck.source,
+            model_revision=ck.spec.revision,
+            result=result,
+            block_texts=[tok.decode(b, skip_special_tokens=True) for b in result.blocks],
+            warnings=list(warnings),
+            settings={"indication": indication, "lang": lang, "block_length": ck.spec.block_length,
+                      "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+                      "top_k": config.top_k, "top_p": config.top_p, "threshold": config.threshold,
+                      "seed": config.seed},
+        )
+
+    def draft(self, images: Sequence[Image.Image], **kwargs: Any) -> Draft:
+        stream = self.stream(images, **kwargs)
+        while True:
+            try:
+                next(stream)
+            except StopIteration as stop:
+                return stop.value
