@@ -23,17 +23,22 @@ Pipeline for one report:
    ``there is/are``. A cue never reaches across a clause boundary.
 3. Find every mention of every observation (regular expressions, one list per
    observation). Some phrases state a normal finding ("heart size is normal",
-   "costophrenic angles are sharp"); those are negative mentions.
+   "costophrenic angles are sharp"); those are negative mentions. A few
+   mentions are dropped when their clause shows they describe something else
+   (a "lesion" of a rib, a nodule that is a nipple shadow, "prior granulomatous
+   infection").
 4. Classify each mention, uncertainty first (so that "cannot be excluded" is not
    read as a negation): *uncertain* if an uncertainty cue occurs in the clause
    before the end of the mention (``possible``, ``may``, ``likely``, ``suggest``,
-   ``cannot exclude``, ``borderline``, ``versus``...) or a post-cue follows it
-   (``... cannot be excluded``, ``... is suspected``); else *negative* if a
-   negation cue occurs before the end of the mention (``no``, ``not``,
-   ``without``, ``free of``, ``negative for``, ``clear of``, ``resolution of``...)
-   or a post-cue follows it (``... has resolved``, ``... is not seen``); else
-   *positive*. Phrases such as "no change" or "no interval increase" are not
-   negations.
+   ``cannot exclude``, ``versus``, ``evaluate for``...), ``borderline`` occurs
+   in the same comma-separated phrase, or a post-cue follows it
+   (``... cannot be excluded``, ``... is suspected``, ``... versus ...``); else
+   *negative* if a negation cue occurs before the end of the mention (``no``,
+   ``not``, ``without``, ``free of``, ``negative for``, ``clear of``,
+   ``resolution of``...) or a post-cue follows it (``... has resolved``, ``... is
+   not seen``); else *positive*. "No change" / "no interval increase" are not
+   negations, and "no opacity to suggest pneumonia" negates pneumonia.
+   "Upper limits of normal" heart size counts as normal.
 5. Aggregate per observation as CheXpert does: positive beats uncertain beats
    negative; an observation that is never mentioned is absent from the result.
 6. "No Finding" is positive when no observation other than Support Devices is
@@ -54,8 +59,8 @@ from ._checks import check_pairs
 __all__ = [
     "COMPETITION_OBSERVATIONS",
     "OBSERVATIONS",
-    "Label",
     "PRF",
+    "Label",
     "binary_prf",
     "ce_scores",
     "label_report",
@@ -107,7 +112,12 @@ _MEDIASTINUM = r"(?:mediastinum|mediastinal(?:\s+(?:silhouette|contours?|width|s
 _CARDIOMED = r"(?:cardiomediastinal|cardio-mediastinal|cardiac\s+and\s+mediastinal)\s+(?:silhouette|contours?|shadow)s?"
 _NORMAL = (
     r"(?:normal|within\s+normal\s+limits|unremarkable|not\s+enlarged|normal\s+in\s+size"
-    r"|upper\s+limits?\s+of\s+normal|top\s+normal|high\s+normal)"
+    r"|upper\s+limits?\s+(?:of\s+)?normal|top\s+(?:of\s+)?normal|high\s+normal)"
+)
+# a lesion "of the right 9th rib" or "in the humeral head" is not a lung lesion
+_NOT_ON_BONE = (
+    r"(?![^,]*\b(?:ribs?|clavic\w+|humer\w+|scapul\w+|vertebra\w*|spine|spinal|osseous|bony|bones?"
+    r"|skeletal|stern\w+)\b)"
 )
 _ENLARGED = r"(?:enlarged|enlargement|increased|large|prominent|prominence|widened|widening)"
 
@@ -116,22 +126,23 @@ _ENLARGED = r"(?:enlarged|enlargement|increased|large|prominent|prominence|widen
 _MENTIONS: dict[str, tuple[str, ...]] = {
     "Enlarged Cardiomediastinum": (
         rf"{_CARDIOMED}{_GAP}{_ENLARGED}",
-        rf"{_ENLARGED}\s+(?:of\s+the\s+)?(?:{_CARDIOMED}|{_MEDIASTINUM})",
+        rf"{_ENLARGED}\s+(?:of\s+the\s+)?(?:(?:upper|superior)\s+)?(?:{_CARDIOMED}|{_MEDIASTINUM})",
         rf"{_MEDIASTINUM}{_GAP}(?:enlarged|widened|widening|prominent|prominence)",
         r"mediastinal\s+(?:widening|enlargement|prominence)",
         r"widened\s+(?:superior\s+)?mediastin\w*",
     ),
     "Cardiomegaly": (
         r"cardiomegaly",
-        r"cardiac\s+enlargement",
+        r"(?:cardiac|heart)\s+enlargement",
         r"(?:enlarged|large)\s+(?:heart|cardiac\s+(?:silhouette|shadow|size|contour))",
         r"enlargement\s+of\s+the\s+(?:heart|cardiac\s+(?:silhouette|shadow|contour))",
         rf"{_HEART}{_GAP}(?:enlarged|increased|large|prominent)",
     ),
     "Lung Lesion": (
         r"nodul(?:e|es|ar\s+(?:densit(?:y|ies)|opacit(?:y|ies)|opacification))",
-        r"(?<!soft\s)(?<!soft\stissue\s)mass(?:es)?\b(?!\s+effect)",
-        r"(?<!bony\s)(?<!osseous\s)(?<!lytic\s)(?<!sclerotic\s)(?<!blastic\s)(?<!skin\s)lesions?",
+        r"(?<!soft\s)(?<!soft\stissue\s)mass(?:es|like)?\b(?!\s+effect)",
+        r"(?<!bony\s)(?<!osseous\s)(?<!lytic\s)(?<!sclerotic\s)(?<!blastic\s)(?<!skin\s)lesions?"
+        + _NOT_ON_BONE,
         r"tumou?rs?",
         r"neoplasm\w*",
         r"carcinoma|malignan\w+|metasta\w+",
@@ -141,7 +152,7 @@ _MENTIONS: dict[str, tuple[str, ...]] = {
         r"opaci\w+",
         r"infiltrat\w*",
         r"air[\s-]?space\s+(?:disease|process|filling)",
-        r"(?<!bone\s)(?<!bony\s)(?<!soft\stissue\s)(?<!calcified\s)densit(?:y|ies)",
+        r"(?<!bone\s)(?<!bony\s)(?<!sclerotic\s)(?<!soft\stissue\s)densit(?:y|ies)",
         r"hazy|haziness",
         r"(?<!pleural\s)(?<!pleural-)(?<!pleural\sand\s)scar(?:s|ring)?\b",
         r"interstitial\s+(?:markings?|pattern|prominence|disease|changes?|thickening|lung\s+disease)",
@@ -152,6 +163,9 @@ _MENTIONS: dict[str, tuple[str, ...]] = {
     "Edema": (
         r"(?<!soft\stissue\s)edema",
         r"(?:pulmonary|vascular|venous)\s+(?:vascular\s+)?(?:congestion|engorgement|redistribution)",
+        r"congestion|engorged|pulmonary\s+venous\s+hypertension",
+        r"vascular\s+(?:prominence|indistinctness)|indistinct\s+vascular\w*",
+        r"(?:prominen\w+|increased)\s+(?:of\s+the\s+)?(?:central\s+)?(?:pulmonary\s+|lung\s+)?vascular(?:ity|ture)",
         r"congestive\s+heart\s+failure|heart\s+failure|\bchf\b",
         r"cephalization",
         r"fluid\s+overload",
@@ -166,7 +180,7 @@ _MENTIONS: dict[str, tuple[str, ...]] = {
         r"atelecta\w+",
         r"(?<!vertebral\s)(?<!vertebral\sbody\s)(?<!compression\s)collapse",
     ),
-    "Pneumothorax": (r"pneumothora(?:x|ces)",),
+    "Pneumothorax": (r"(?:hydro)?pneumothora(?:x|ces)",),
     "Pleural Effusion": (
         r"(?<!pericardial\s)effusions?",
         r"pleural\s+fluid|hydrothorax|fluid\s+in\s+the\s+(?:minor\s+|major\s+)?fissure",
@@ -176,20 +190,27 @@ _MENTIONS: dict[str, tuple[str, ...]] = {
         r"pleural(?:-|\s+and\s+|\s+)parenchymal\s+(?:scar\w*|thickening)",
         r"pleuroparenchymal\s+(?:scar\w*|thickening)",
         r"thickening\s+of\s+the\s+pleura",
+        r"apical\s+(?:pleural\s+)?cap(?:ping|s)?\b|fissural\s+thickening|thickening\s+of\s+the\s+(?:minor\s+|major\s+)?fissure",
         r"fibrothorax",
     ),
     "Fracture": (r"fractur\w+|\bfx\b",),
     "Support Devices": (
         r"pacemaker|pacer|defibrillator|\baicd\b|\bicd\b",
-        r"catheters?|\bpicc\b|port-?a-?cath|\b(?:chest|mediport|power)\s+port\b|\bport\b",
-        r"(?:endotracheal|tracheostomy|nasogastric|orogastric|feeding|chest|enteric|gastric|"
-        r"et|ng|og|dobhoff)\s+tubes?",
+        r"catheters?|\bpicc\b|port-?a-?cath\w*|\bport\b|\btips?\b|\btubing\b|\bshunt\s+(?:catheter|tubing)",
+        r"(?:central|venous|picc|arterial|jugular|subclavian|dialysis)\s+(?:venous\s+)?lines?\b|lines\s+and\s+tubes",
+        r"stimulator|sutures?\b|suture\s+material",
+        r"(?:pacer|pacemaker|pacing|icd|aicd|cardiac|transvenous|epicardial|defibrillator|monitor\w*)\s+leads?\b",
+        r"\bleads?\s+(?:in|within|terminat\w*|project\w*|overl\w*|extend\w*)\b",
+        (
+            r"(?:endotracheal|tracheostomy|nasogastric|orogastric|feeding|chest|enteric|gastric"
+            r"|et|ng|og|dobhoff)\s+tubes?"
+        ),
         r"tracheostomy",
         r"(?:sternotomy|surgical|cerclage)\s+(?:wires?|clips?|sutures?)",
         r"\bclips?\b",
         r"stents?\b",
         r"(?:prosthetic|mechanical|replacement)\s+(?:aortic\s+|mitral\s+)?valve|valve\s+(?:replacement|prosthesis)",
-        r"\bhardware\b|prosthes[ie]s|\bdevices?\b|\bleads?\b|\bscrews?\b|\bdrains?\b|\bcoils?\b|ivc\s+filter",
+        r"\bhardware\b|(?<!breast\s)prosthes[ie]s|\bdevices?\b|\bscrews?\b|\bdrains?\b|\bcoils?\b|ivc\s+filter",
     ),
 }
 
@@ -210,28 +231,46 @@ _NORMALS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# A mention in a clause that matches one of these describes something else: a
+# nodule that is a nipple shadow or a mass of the breast or chest wall is not a
+# lung lesion, a "prior granulomatous infection" is not a pneumonia.
+_EXCLUSIONS: dict[str, re.Pattern[str]] = {
+    "Lung Lesion": re.compile(r"\b(?:nipples?|breasts?|chest\s+wall|soft\s+tissues?|thyroid|skin)\b"),
+    "Pneumonia": re.compile(
+        r"\b(?:granulomatous|tubercul\w+|(?:prior|old|previous|remote|healed)\s+(?:\w+\s+)?infection)\b"
+    ),
+}
+
 # ------------------------------------------------------------------------------ cues
 _PRE_UNCERTAIN = re.compile(
-    r"\b(?:may|might|could|possibl[ey]|probabl[ey]|likely|questionabl[ey]|question\s+of|questioned"
-    r"|suspicious|suspect(?:ed)?|concern(?:ing)?\s+for|worrisome|suggest\w*|differential"
-    r"|versus|vs|consider\w*|equivocal|indeterminate|borderline|presum\w+|perhaps|uncertain"
+    r"\b(?:may|might|could|possib\w*|probabl[ey]|likely|question(?:able|ably|ed)?"
+    r"|suspicious\s+(?:for|of)|suspect(?:ed)?|suspicion|concern(?:ing)?\s+for|worrisome|suggest\w*|differential"
+    r"|versus|vs|consider(?:ed|ation)?|equivocal|indeterminate|presum\w+|perhaps|uncertain"
+    r"|evaluat(?:e|ion)\s+(?:for|of)|to\s+(?:identify|exclude|evaluate|assess)|assess(?:ment)?\s+for"
+    r"|rule\s+out|if"
     r"|cannot\s+(?:be\s+)?(?:exclude[d]?|rule[d]?\s+out)|can\s+not\s+(?:be\s+)?(?:exclude[d]?|rule[d]?\s+out)"
     r"|not\s+(?:be\s+)?(?:entirely\s+|completely\s+)?(?:excluded|ruled\s+out)"
-    r"|upper\s+limits?\s+of\s+normal|top\s+normal|high\s+normal|difficult\s+to\s+exclude)\b"
+    r"|difficult\s+to\s+exclude)\b"
 )
+# Uncertainty that only qualifies the phrase right after it ("borderline heart size, <other finding>").
+_LOCAL_UNCERTAIN = re.compile(r"\bborderline\b")
+# "no opacity to suggest pneumonia": the finding is negated, not uncertain.
+_PSEUDO_UNCERTAIN = re.compile(r"\bto\s+suggest\b")
 _POST_UNCERTAIN = re.compile(
     r"\b(?:(?:cannot|can\s+not|could\s+not|not)\s+(?:be\s+)?(?:entirely\s+|completely\s+)?"
     r"(?:excluded|ruled\s+out)|(?:is|are)\s+(?:also\s+)?(?:possible|suspected|questioned|likely|probable"
-    r"|questionable|not\s+excluded)|suspected|(?:may|might|could)\s+(?:be|represent|reflect))\b"
+    r"|questionable|not\s+excluded)|suspected|(?:may|might|could)\s+(?:be|represent|reflect)"
+    r"|versus|vs|(?:a\s+)?consideration)\b"
 )
 _PRE_NEGATION = re.compile(
     r"\b(?:no|not|without|free\s+of|negative\s+for|clear\s+of|absence\s+of|absent|resolution\s+of"
-    r"|resolved|removal\s+of|nor|neither|never|ruled\s+out)\b"
+    r"|resolved|removal\s+of|clearing\s+of|rather\s+than|nor|neither|never|ruled\s+out)\b"
 )
 _POST_NEGATION = re.compile(
-    r"\b(?:(?:not|no\s+longer)\s+(?:\w+\s+)?(?:seen|identified|present|visualized|demonstrated"
+    r"\b(?:(?:not|no\s+longer)\s+(?:\w+[\s-]+)?(?:seen|identified|present|visualized|demonstrated"
     r"|appreciated|evident|noted|visible|detected|apparent|shown)|(?:has|have)\s+(?:\w+\s+)?resolved"
-    r"|resolved|(?:is|are|was|were)\s+absent|removed|cleared|(?:is|are)\s+negative)\b"
+    r"|resolved|(?:is|are|was|were)\s+absent|removed|cleared|(?:is|are)\s+negative"
+    r"|within\s+(?:the\s+)?(?:normal\s+limits|limits\s+of\s+normal))\b"
 )
 # Phrases that contain a negation word but do not negate the finding next to them.
 _PSEUDO_NEGATION = re.compile(
@@ -282,8 +321,13 @@ def _has_cue(pattern: re.Pattern[str], text: str) -> bool:
 
 def _classify(clause: str, start: int, end: int, *, normal: bool) -> Label:
     """Label one mention at ``clause[start:end]`` from the cues around it."""
-    before, after = clause[:end], clause[start:]
-    if _PRE_UNCERTAIN.search(before) or _POST_UNCERTAIN.search(clause[end:]):
+    before, after = _PSEUDO_UNCERTAIN.sub(" ", clause[:end]), clause[start:]
+    local = clause[clause.rfind(",", 0, start) + 1 : end]
+    if (
+        _PRE_UNCERTAIN.search(before)
+        or _LOCAL_UNCERTAIN.search(local)
+        or _POST_UNCERTAIN.search(clause[end:])
+    ):
         return Label.UNCERTAIN
     if normal:
         return Label.NEGATIVE
@@ -317,6 +361,9 @@ def label_report(text: str) -> dict[str, Label]:
     for clause in _clauses(normalised):
         for table, normal in ((_MENTION_RE, False), (_NORMAL_RE, True)):
             for observation, pattern in table.items():
+                exclusion = None if normal else _EXCLUSIONS.get(observation)
+                if exclusion is not None and exclusion.search(clause):
+                    continue
                 for match in pattern.finditer(clause):
                     label = _classify(clause, match.start(), match.end(), normal=normal)
                     _merge(labels, observation, label)

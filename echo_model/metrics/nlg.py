@@ -83,6 +83,7 @@ def compute_nlg(predictions: Sequence[str], references: Sequence[str]) -> dict[s
     Raises:
         ValueError: if the lists are empty or differ in length, or a reference has
             no tokens (an empty prediction is allowed and scores 0).
+        ImportError: if ``pycocoevalcap`` is not installed.
     """
     check_pairs(predictions, references)
     empty = [i for i, ref in enumerate(references) if not tokenize_report(ref)]
@@ -90,11 +91,13 @@ def compute_nlg(predictions: Sequence[str], references: Sequence[str]) -> dict[s
         raise ValueError(
             f"references must not be empty; {len(empty)} empty reference(s) at indices {empty[:10]}"
         )
-    # Imported here so that importing echo_model.metrics stays cheap and works
-    # without the optional dependency until a metric is actually computed.
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
+    # Imported here so that importing echo_model.metrics stays cheap.
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError as error:
+        raise ImportError("compute_nlg needs the coco-caption scorers: pip install pycocoevalcap") from error
 
     res, gts = _to_coco(predictions), _to_coco(references)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
