@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from pydicom import uid as dcm_uid
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.pixels import get_decoder
 
 from echo_model.imaging import (
@@ -17,6 +18,7 @@ from echo_model.imaging import (
     ImageInputError,
     ImageLimits,
     ImageTooLargeError,
+    LoadedImage,
     NoPixelDataError,
     UnsupportedTransferSyntaxError,
     load_image,
@@ -29,8 +31,10 @@ def _phantom12(seed: int = 0) -> np.ndarray:
     return phantom_cxr_array((240, 256), seed=seed, dtype="uint16")
 
 
-def _load(ds: Dataset, **kwargs: object) -> object:
-    return load_image(dicom_bytes(ds), name="view.dcm", **kwargs)
+def _load(ds: FileDataset, *, limits: ImageLimits | None = None) -> LoadedImage:
+    if limits is None:
+        return load_image(dicom_bytes(ds), name="view.dcm")
+    return load_image(dicom_bytes(ds), name="view.dcm", limits=limits)
 
 
 # --- real radiograph from pydicom-data --------------------------------------------------------
@@ -46,8 +50,13 @@ def rg1_path() -> str:
     return str(path)
 
 
-def test_real_cr_chest_radiograph_loads_with_its_own_window(rg1_path: str) -> None:
-    loaded = load_image(rg1_path)
+@pytest.fixture(scope="module")
+def rg1(rg1_path: str) -> LoadedImage:
+    return load_image(rg1_path)
+
+
+def test_real_cr_chest_radiograph_loads_with_its_own_window(rg1: LoadedImage) -> None:
+    loaded = rg1
     assert loaded.name == "RG1_UNCR.dcm"
     assert loaded.image.mode == "L"
     assert loaded.size == (1841, 1955)
@@ -61,7 +70,7 @@ def test_real_cr_chest_radiograph_loads_with_its_own_window(rg1_path: str) -> No
     assert loaded.cxr_likeness >= CXR_LIKENESS_THRESHOLD
 
 
-def test_real_cr_matches_pydicom_windowing_inverted(rg1_path: str) -> None:
+def test_real_cr_matches_pydicom_windowing_inverted(rg1_path: str, rg1: LoadedImage) -> None:
     """Independent rendering with pydicom's own apply_voi_lut, then MONOCHROME1 inversion."""
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -69,17 +78,19 @@ def test_real_cr_matches_pydicom_windowing_inverted(rg1_path: str) -> None:
     ds = pydicom.dcmread(rg1_path)
     windowed = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)  # 0 .. 2**15 - 1
     expected = 255 - np.rint(windowed / (2**15 - 1) * 255).astype(np.int16)
-    ours = np.asarray(load_image(rg1_path).image, dtype=np.int16)
+    ours = np.asarray(rg1.image, dtype=np.int16)
     assert np.abs(ours - expected).max() <= 1
 
 
-def test_real_cr_has_bright_mediastinum_and_dark_lungs(rg1_path: str) -> None:
+def test_real_cr_has_bright_mediastinum_and_dark_lungs(rg1: LoadedImage) -> None:
     """MONOCHROME1 must be inverted: bone/mediastinum bright, aerated lungs dark."""
-    arr = np.asarray(load_image(rg1_path).image, dtype=np.float64)
+    arr = np.asarray(rg1.image, dtype=np.float64)
     h, w = arr.shape
     rows = slice(int(0.25 * h), int(0.6 * h))
     mediastinum = arr[rows, int(0.46 * w) : int(0.54 * w)].mean()
-    lungs = np.r_[arr[rows, int(0.2 * w) : int(0.35 * w)].ravel(), arr[rows, int(0.65 * w) : int(0.8 * w)].ravel()]
+    lungs = np.r_[
+        arr[rows, int(0.2 * w) : int(0.35 * w)].ravel(), arr[rows, int(0.65 * w) : int(0.8 * w)].ravel()
+    ]
     assert mediastinum > lungs.mean() + 20
 
 
@@ -96,10 +107,16 @@ def test_real_cr_has_bright_mediastinum_and_dark_lungs(rg1_path: str) -> None:
     ],
     ids=["window", "sigmoid", "data-range", "8bit-identity"],
 )
-def test_monochrome1_renders_as_exact_inverse_of_monochrome2(window: dict[str, object], dtype: str, bits: int) -> None:
+def test_monochrome1_renders_as_exact_inverse_of_monochrome2(
+    window: dict[str, object], dtype: str, bits: int
+) -> None:
     pixels = phantom_cxr_array((200, 230), dtype=dtype)
-    mono2 = _load(synthetic_dicom_dataset(pixels, photometric="MONOCHROME2", bits_stored=bits, attributes=window))
-    mono1 = _load(synthetic_dicom_dataset(pixels, photometric="MONOCHROME1", bits_stored=bits, attributes=window))
+    mono2 = _load(
+        synthetic_dicom_dataset(pixels, photometric="MONOCHROME2", bits_stored=bits, attributes=window)
+    )
+    mono1 = _load(
+        synthetic_dicom_dataset(pixels, photometric="MONOCHROME1", bits_stored=bits, attributes=window)
+    )
     inverted = 255 - np.asarray(mono2.image, dtype=np.int16)
     assert np.array_equal(np.asarray(mono1.image, dtype=np.int16), inverted)
     assert np.asarray(mono2.image).std() > 10  # not a degenerate all-black rendering
@@ -108,7 +125,9 @@ def test_monochrome1_renders_as_exact_inverse_of_monochrome2(window: dict[str, o
 def test_presentation_lut_shape_inverse_inverts_monochrome2() -> None:
     pixels = _phantom12()
     plain = _load(synthetic_dicom_dataset(pixels, bits_stored=12))
-    inverse = _load(synthetic_dicom_dataset(pixels, bits_stored=12, attributes={"PresentationLUTShape": "INVERSE"}))
+    inverse = _load(
+        synthetic_dicom_dataset(pixels, bits_stored=12, attributes={"PresentationLUTShape": "INVERSE"})
+    )
     assert np.array_equal(np.asarray(inverse.image), 255 - np.asarray(plain.image))
 
 
@@ -132,7 +151,9 @@ def test_first_of_several_windows_is_used_and_reported() -> None:
 
 
 def test_invalid_window_falls_back_to_data_range_with_warning() -> None:
-    ds = synthetic_dicom_dataset(_phantom12(), bits_stored=12, attributes={"WindowCenter": 100, "WindowWidth": 0})
+    ds = synthetic_dicom_dataset(
+        _phantom12(), bits_stored=12, attributes={"WindowCenter": 100, "WindowWidth": 0}
+    )
     loaded = _load(ds)
     assert loaded.metadata["window_source"] == "data_range"
     assert any("window" in w and "invalid" in w for w in loaded.warnings)
@@ -142,7 +163,9 @@ def test_rescale_slope_intercept_applied_before_window() -> None:
     """Stored 0..4095 with slope 2, intercept -1000 -> -1000..7190; window in output units."""
     ramp = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (40, 1))
     attrs = {"RescaleSlope": 2, "RescaleIntercept": -1000, "WindowCenter": 3000, "WindowWidth": 2000}
-    out = np.asarray(_load(synthetic_dicom_dataset(ramp, bits_stored=12, attributes=attrs)).image)[0].astype(int)
+    out = np.asarray(_load(synthetic_dicom_dataset(ramp, bits_stored=12, attributes=attrs)).image)[0].astype(
+        int
+    )
     rescaled = ramp[0] * 2.0 - 1000
     assert (out[rescaled < 2000] == 0).all()
     assert (out[rescaled > 4000] == 255).all()
@@ -226,30 +249,47 @@ def test_radiography_modality_does_not_warn(modality: str) -> None:
     assert not any("Modality" in w for w in loaded.warnings)
 
 
-@pytest.mark.parametrize(("body_part", "warns"), [("CHEST", False), ("PORT CHEST", False), ("THORAX", False), ("KNEE", True), ("ABDOMEN", True)])
+@pytest.mark.parametrize(
+    ("body_part", "warns"),
+    [("CHEST", False), ("PORT CHEST", False), ("THORAX", False), ("KNEE", True), ("ABDOMEN", True)],
+)
 def test_body_part_examined_warns_when_not_chest(body_part: str, warns: bool) -> None:
-    loaded = _load(synthetic_dicom_dataset(_phantom12(), bits_stored=12, attributes={"BodyPartExamined": body_part}))
+    loaded = _load(
+        synthetic_dicom_dataset(_phantom12(), bits_stored=12, attributes={"BodyPartExamined": body_part})
+    )
     assert any("Body Part Examined" in w for w in loaded.warnings) is warns
+
+
+def test_unrecognised_codes_are_not_echoed() -> None:
+    attrs = {"Modality": "XRAYSMITH", "ViewPosition": "ERECT SMITH", "BodyPartExamined": "SMITHS ARM"}
+    loaded = _load(synthetic_dicom_dataset(_phantom12(), bits_stored=12, attributes=attrs))
+    assert loaded.metadata["modality"] is None
+    assert loaded.metadata["view_position"] is None
+    assert any("Modality is not a recognised code" in w for w in loaded.warnings)
+    assert any("Body Part Examined is an unrecognised value" in w for w in loaded.warnings)
+    assert not any("SMITH" in w.upper() for w in loaded.warnings)
 
 
 @pytest.mark.parametrize(("value", "warns"), [("YES", True), ("NO", False)])
 def test_burned_in_annotation_warns(value: str, warns: bool) -> None:
-    loaded = _load(synthetic_dicom_dataset(_phantom12(), bits_stored=12, attributes={"BurnedInAnnotation": value}))
+    loaded = _load(
+        synthetic_dicom_dataset(_phantom12(), bits_stored=12, attributes={"BurnedInAnnotation": value})
+    )
     assert any("burned into the pixels" in w for w in loaded.warnings) is warns
 
 
 def test_dicom_without_preamble_loads_with_warning() -> None:
-    ds = synthetic_dicom_dataset(_phantom12(), bits_stored=12, attributes={"WindowCenter": 2048, "WindowWidth": 4096})
+    ds = synthetic_dicom_dataset(
+        _phantom12(), bits_stored=12, attributes={"WindowCenter": 2048, "WindowWidth": 4096}
+    )
     with_preamble = _load(ds)
     bare = load_image(dicom_bytes(ds, preamble=False), name="old.dcm")
     assert np.array_equal(np.asarray(bare.image), np.asarray(with_preamble.image))
     assert any("preamble" in w for w in bare.warnings)
 
 
-def test_dicom_detected_by_content_even_when_named_png(tmp_path: object) -> None:
-    from pathlib import Path
-
-    path = Path(str(tmp_path)) / "chest.png"
+def test_dicom_detected_by_content_even_when_named_png(tmp_path: Path) -> None:
+    path = tmp_path / "chest.png"
     path.write_bytes(dicom_bytes(synthetic_dicom_dataset(_phantom12(), bits_stored=12)))
     loaded = load_image(path)
     assert loaded.metadata["source_format"] == "dicom"
@@ -262,13 +302,23 @@ def test_dicom_detected_by_content_even_when_named_png(tmp_path: object) -> None
 def test_dicom_without_pixel_data_is_refused() -> None:
     ds = synthetic_dicom_dataset(_phantom12(), bits_stored=12)
     del ds.PixelData
-    with pytest.raises(NoPixelDataError, match=r"^report\.dcm: .*no pixel data"):
+    with pytest.raises(NoPixelDataError, match=r"^report\.dcm: .*no pixel data \(a Digital X-Ray"):
         load_image(dicom_bytes(ds), name="report.dcm")
+
+
+def test_no_pixel_data_message_does_not_echo_a_non_standard_sop_class() -> None:
+    ds = synthetic_dicom_dataset(_phantom12(), bits_stored=12, attributes={"SOPClassUID": "1.2.3.4.5"})
+    del ds.PixelData
+    with pytest.raises(NoPixelDataError) as info:
+        load_image(dicom_bytes(ds), name="sr.dcm")
+    assert "1.2.3.4.5" not in str(info.value)
 
 
 def test_absurd_rows_columns_refused_before_decoding() -> None:
     ds = synthetic_dicom_dataset(_phantom12(), bits_stored=12, attributes={"Rows": 60000, "Columns": 60000})
-    with pytest.raises(ImageTooLargeError, match=r"60000x60000 = 3600\.0 megapixels.*limit of 50\.0 megapixels"):
+    with pytest.raises(
+        ImageTooLargeError, match=r"60000x60000 = 3600\.0 megapixels.*limit of 50\.0 megapixels"
+    ):
         _load(ds)
 
 
@@ -310,7 +360,9 @@ def test_missing_decoder_plugin_names_the_pip_install() -> None:
         transfer_syntax=dcm_uid.JPEGLSLossless,
         encapsulated_frames=[b"\xff\xd8\xff\xf7" + bytes(60)],
     )
-    with pytest.raises(UnsupportedTransferSyntaxError, match=r"JPEG-LS.*pip install pylibjpeg pylibjpeg-libjpeg"):
+    with pytest.raises(
+        UnsupportedTransferSyntaxError, match=r"JPEG-LS.*pip install pylibjpeg pylibjpeg-libjpeg"
+    ):
         _load(ds)
 
 
@@ -334,7 +386,10 @@ def test_jpeg_baseline_dicom_decodes_when_a_plugin_is_present() -> None:
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=95)
     ds = synthetic_dicom_dataset(
-        pixels, bits_stored=8, transfer_syntax=dcm_uid.JPEGBaseline8Bit, encapsulated_frames=[buffer.getvalue()]
+        pixels,
+        bits_stored=8,
+        transfer_syntax=dcm_uid.JPEGBaseline8Bit,
+        encapsulated_frames=[buffer.getvalue()],
     )
     arr = np.asarray(_load(ds).image, dtype=np.int16)
     assert np.abs(arr - pixels.astype(np.int16)).mean() < 3
@@ -348,7 +403,11 @@ def test_rle_lossless_dicom_decodes_pixel_exact() -> None:
 
 
 def test_corrupt_dicom_header_is_refused() -> None:
-    data = bytes(128) + b"DICM" + b"\x02\x00\x10\x00UI\xff\x7f" + b"garbage" * 10
+    meta = b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00"  # Transfer Syntax UID element
+    broken_sequence = (
+        b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\x10\x00\x00\x00\x01\x02"
+    )
+    data = bytes(128) + b"DICM" + meta + broken_sequence
     with pytest.raises(CorruptImageError, match=r"^bad\.dcm: "):
         load_image(data, name="bad.dcm")
 
@@ -357,3 +416,36 @@ def test_truncated_dicom_is_refused() -> None:
     data = dicom_bytes(synthetic_dicom_dataset(_phantom12(), bits_stored=12))
     with pytest.raises(ImageInputError, match=r"^cut\.dcm: "):
         load_image(data[: len(data) // 2], name="cut.dcm")
+
+
+# --- windowing maths (PS3.3 C.11.2.1.2) against pydicom's own implementation ------------------
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize(("center", "width"), [(2048.0, 4096.0), (1000.0, 300.0), (700.5, 1.0)])
+def test_window_to_uint8_matches_pydicom_apply_windowing(function: str, center: float, width: float) -> None:
+    from pydicom.pixels import apply_windowing
+
+    from echo_model.imaging.tone import Window, window_to_uint8
+
+    if function != "LINEAR" and width == 1.0:
+        width = 0.5  # exercise a sub-unit width where the standard allows it
+    values = np.arange(0, 4096, dtype=np.uint16).reshape(64, 64)
+    ds = Dataset()
+    ds.BitsStored, ds.PixelRepresentation, ds.PhotometricInterpretation = 12, 0, "MONOCHROME2"
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = center, width, function
+    with np.errstate(over="ignore"):  # pydicom's SIGMOID overflows exp() harmlessly to 0/1
+        reference = np.rint(apply_windowing(values.astype(np.float64), ds) / 4095.0 * 255.0)
+    ours = window_to_uint8(values, Window(center=center, width=width, function=function))
+    assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("center", "width", "function"),
+    [(0.0, 0.5, "LINEAR"), (0.0, 0.0, "LINEAR_EXACT"), (float("nan"), 10.0, "LINEAR"), (0.0, 10.0, "GAMMA")],
+)
+def test_window_rejects_invalid_parameters(center: float, width: float, function: str) -> None:
+    from echo_model.imaging.tone import Window
+
+    with pytest.raises(ValueError, match=r"window|VOI LUT function"):
+        Window(center=center, width=width, function=function)

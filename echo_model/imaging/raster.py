@@ -46,7 +46,7 @@ def decode_raster(data: bytes, *, fmt: str, name: str, bit_depth: int) -> Decode
         "frames": _frame_count(image),
     }
     if metadata["frames"] != 1:
-        warnings.append(f"{name}: the file holds {metadata['frames']} frames; only the first is used.")
+        warnings.append(f"the file holds {metadata['frames']} frames; only the first is used.")
     return DecodedPicture(grey=grey, metadata=metadata, warnings=warnings, colour=colour)
 
 

@@ -91,7 +91,7 @@ def _looks_like_bare_dicom(data: bytes) -> bool:
         return False
     if data[4:6] in _KNOWN_VRS:
         return True
-    (length,) = struct.unpack_from("<I", data, 4)
+    length = int(struct.unpack_from("<I", data, 4)[0])
     return length < min(len(data), 1024)
 
 
@@ -100,11 +100,13 @@ def describe_unsupported(data: bytes) -> str:
     for signature, offset, description in _OTHER_SIGNATURES:
         if data[offset : offset + len(signature)] == signature:
             return description
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "a WebP image"
     head = data[:2048]
     lowered = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if lowered.startswith((b"<!doctype html", b"<html")) or b"<html" in lowered[:512]:
         return "an HTML page"
-    if lowered.startswith(b"<?xml") or lowered.startswith(b"<svg"):
+    if lowered.startswith((b"<?xml", b"<svg")):
         return "an XML/SVG document"
     if _is_mostly_text(head):
         return "a text file"

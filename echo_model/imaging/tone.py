@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
+    "VOI_FUNCTIONS",
     "Window",
     "colourfulness",
     "composite_on_black",
@@ -31,13 +32,16 @@ class Window:
     function: str = "LINEAR_EXACT"
 
     def __post_init__(self) -> None:
+        """Enforce PS3.3 C.11.2.1.2: width >= 1 for LINEAR, > 0 for LINEAR_EXACT and SIGMOID."""
         if self.function not in VOI_FUNCTIONS:
-            raise ValueError(f"VOI LUT function must be one of {sorted(VOI_FUNCTIONS)}, got {self.function!r}")
-        minimum = 1.0 if self.function == "LINEAR" else 0.0
-        if not (np.isfinite(self.center) and np.isfinite(self.width)) or self.width <= minimum - 1e-12:
-            raise ValueError(f"invalid window centre/width {self.center!r}/{self.width!r} for {self.function}")
-        if self.function != "LINEAR" and self.width <= 0:
-            raise ValueError(f"window width must be > 0 for {self.function}, got {self.width!r}")
+            raise ValueError(
+                f"VOI LUT function must be one of {sorted(VOI_FUNCTIONS)}, got {self.function!r}"
+            )
+        if not (np.isfinite(self.center) and np.isfinite(self.width)):
+            raise ValueError(f"window centre/width must be finite, got {self.center!r}/{self.width!r}")
+        too_narrow = self.width < 1.0 if self.function == "LINEAR" else self.width <= 0.0
+        if too_narrow:
+            raise ValueError(f"window width {self.width!r} is too small for VOI LUT function {self.function}")
 
 
 def data_range_window(values: np.ndarray) -> Window:
@@ -88,7 +92,7 @@ def colourfulness(image: Image.Image) -> float:
 
     Photographs score roughly 15-110, grey radiographs 0, sepia-tinted scans below 10.
     """
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    rgb = image.convert("RGB")  # always a copy: thumbnail() below works in place
     rgb.thumbnail((256, 256))
     arr = np.asarray(rgb, dtype=np.float64)
     rg = arr[..., 0] - arr[..., 1]

@@ -9,7 +9,6 @@ DICOM header by accident (de-identification by construction, issue #3 item 5).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -24,7 +23,6 @@ __all__ = [
     "LoadedImage",
     "MetadataValue",
     "pixel_content_hash",
-    "sanitize_code_string",
 ]
 
 MetadataValue = str | int | float | None
@@ -44,21 +42,6 @@ ALLOWED_METADATA_KEYS: frozenset[str] = frozenset(
         "frames",  # number of frames in the file (only the first is used)
     }
 )
-
-_CODE_STRING_JUNK = re.compile(r"[^A-Z0-9 _\-]")
-
-
-def sanitize_code_string(value: object, *, max_len: int = 16) -> str | None:
-    """Reduce a DICOM code string (CS) to ``[A-Z0-9 _-]{0,16}``, or None when empty.
-
-    Why: Modality, View Position and Body Part are coded values, but a misbehaving modality can
-    write free text into them; clipping the alphabet and length keeps anything name-like from
-    reaching metadata or warning messages.
-    """
-    if value is None:
-        return None
-    text = _CODE_STRING_JUNK.sub("", str(value).strip().upper())[:max_len].strip()
-    return text or None
 
 
 @dataclass(frozen=True)
