@@ -11,10 +11,12 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from PIL import Image
 
 from .checkpoint import EchoCheckpoint
 from .loading import load_checkpoint
+from .processing import StudyPrompt
 from .report_text import parse_report
 from .sampling import SAMPLER_ROLES, SAMPLERS, BlockEvent, GenerationResult, SamplerConfig, build_sampler
 
@@ -91,13 +93,26 @@ class Drafter:
         lang: str = "en",
         config: SamplerConfig = SamplerConfig(),
         warnings: Sequence[str] = (),
+        prefix: str | None = None,
     ) -> Generator[BlockEvent, None, Draft]:
-        """Yield each committed block; the generator returns the :class:`Draft`."""
+        """Yield each committed block; the generator returns the :class:`Draft`.
+
+        ``prefix`` ("re-draft from my edit") is report text the radiologist fixed: it is appended to the prompt
+        as already-committed response tokens and the model writes the rest. Under the block-causal mask this is
+        exactly the state the sampler would be in had it committed those tokens itself (their keys/values are
+        computed the same way), so no special sampler path is needed. The returned report starts with it.
+        """
         ck = self.checkpoint(sampler)
         prompt = ck.processor.encode(list(images), indication=indication, lang=lang)
+        prefix_text = (prefix or "").strip()
+        if prefix_text:
+            ids = ck.processor.tokenizer(prefix_text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+            prompt = StudyPrompt(torch.cat([prompt.input_ids, ids]), prompt.pixel_values, prompt.image_grid_thw)
         runner = build_sampler(sampler, ck.model, ck.processor, config)
         results = yield from runner.stream(prompt)
         result = results[0]
+        if prefix_text:
+            result.text = " ".join(f"{prefix_text} {result.text}".split())
         parsed = parse_report(result.text)
         tok = ck.processor.tokenizer
         return Draft(
@@ -113,7 +128,7 @@ class Drafter:
             settings={"indication": indication, "lang": lang, "block_length": ck.spec.block_length,
                       "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                       "top_k": config.top_k, "top_p": config.top_p, "threshold": config.threshold,
-                      "seed": config.seed},
+                      "seed": config.seed, "prefix": prefix_text or None},
         )
 
     def draft(self, images: Sequence[Image.Image], **kwargs: Any) -> Draft:

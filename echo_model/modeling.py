@@ -29,6 +29,7 @@ class EchoModel:
     def __init__(self, model: Qwen2_5_VLForConditionalGeneration, spec: EchoSpec | None = None):
         self.model = model
         self.spec = spec if spec is not None else read_spec(model.config)
+        self.dtype_override: torch.dtype | None = None  # set when ``model`` is a wrapper (DDP) without .dtype
 
     @property
     def device(self) -> torch.device:
@@ -36,7 +37,7 @@ class EchoModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.dtype
+        return self.dtype_override or self.model.dtype
 
     @property
     def block_length(self) -> int:

@@ -9,7 +9,7 @@ from ..modeling import EchoModel
 from ..processing import EchoProcessor
 from .ar import ARSampler
 from .base import BlockEvent, GenerationResult, SamplerConfig, num_transfer_tokens, sample_tokens
-from .block import BlockDiffusionSampler
+from .block import BlockDiffusionSampler, CommitStep
 from .commit import commit_mask
 
 SAMPLERS: tuple[str, ...] = ("ar", "teacher", "echo", "vanilla")
@@ -30,6 +30,6 @@ def build_sampler(name: str, model: EchoModel, processor: EchoProcessor, config:
 
 
 __all__ = [
-    "ARSampler", "BlockDiffusionSampler", "BlockEvent", "GenerationResult", "SamplerConfig", "SAMPLERS",
+    "ARSampler", "BlockDiffusionSampler", "BlockEvent", "CommitStep", "GenerationResult", "SamplerConfig", "SAMPLERS",
     "SAMPLER_ROLES", "build_sampler", "commit_mask", "num_transfer_tokens", "sample_tokens",
 ]

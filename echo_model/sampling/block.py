@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,28 @@ from ..modeling import EchoModel
 from ..processing import EchoProcessor, StudyPrompt
 from .base import BlockEvent, Clock, GenerationResult, SamplerConfig, make_generator, num_transfer_tokens, sample_tokens
 from .commit import commit_mask
+
+
+@dataclass
+class CommitStep:
+    """What one denoising step committed, for callers that record teacher trajectories (DCD, method.md §3.4).
+
+    Attributes:
+        block: 0-based index of the block among the batch's decoded blocks.
+        step: 1-based denoising step within the block at which these positions were committed.
+        committed: ``(B, b)`` bool, positions committed at this step.
+        tokens: ``(B, b)`` the committed tokens (valid where ``committed``).
+        logits: ``(B, b, V)`` the model's logits at this step (the distribution *at commit time*).
+        response_index: ``(B, b)`` long, index of each position in its sample's generated response
+            (negative for the prompt tail).
+    """
+
+    block: int
+    step: int
+    committed: torch.Tensor
+    tokens: torch.Tensor
+    logits: torch.Tensor
+    response_index: torch.Tensor
 
 
 @dataclass
@@ -82,8 +105,13 @@ class BlockDiffusionSampler:
                 return stop.value
 
     @torch.no_grad()
-    def stream(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> Generator[BlockEvent, None, list[GenerationResult]]:
-        """Yield a :class:`BlockEvent` per committed block; the generator's return value is the results."""
+    def stream(
+        self, prompts: StudyPrompt | Sequence[StudyPrompt], *, on_commit: Callable[[CommitStep], None] | None = None
+    ) -> Generator[BlockEvent, None, list[GenerationResult]]:
+        """Yield a :class:`BlockEvent` per committed block; the generator's return value is the results.
+
+        ``on_commit`` is called after every denoising step with a :class:`CommitStep`.
+        """
         prompts = [prompts] if isinstance(prompts, StudyPrompt) else list(prompts)
         if not prompts:
             raise ValueError("no prompts given")
@@ -113,7 +141,8 @@ class BlockDiffusionSampler:
                 q_lo, keep = (lo, 0) if k == M else (lo - b, b)
                 logits = self._forward(lay, cache, q_lo, hi, keep_kv=keep)[:, -b:]  # (B, b, V)
                 self._count(results, active, denoise=True)
-                block_conf = self._commit(lay, lo, hi, logits, self.transfer[0], generator, block_conf)
+                block_conf = self._commit(lay, lo, hi, logits, self.transfer[0], generator, block_conf,
+                                          on_commit=on_commit, block=k - M, step=1)
             else:
                 for s in range(self.steps):
                     has_mask = lay.masked[:, lo:hi].any(-1).tolist()  # (B,)
@@ -121,7 +150,8 @@ class BlockDiffusionSampler:
                         break
                     logits = self._forward(lay, cache, lo, hi, keep_kv=0)  # (B, b, V)
                     self._count(results, [a and m for a, m in zip(active, has_mask)], denoise=True)
-                    block_conf = self._commit(lay, lo, hi, logits, self.transfer[s], generator, block_conf)
+                    block_conf = self._commit(lay, lo, hi, logits, self.transfer[s], generator, block_conf,
+                                              on_commit=on_commit, block=k - M, step=s + 1)
             now = clock()
 
             # 3. Record the block, decide who stops.
@@ -211,13 +241,17 @@ class BlockDiffusionSampler:
         )
 
     def _commit(self, lay: _Layout, lo: int, hi: int, logits: torch.Tensor, n: int, generator,
-                block_conf: torch.Tensor) -> torch.Tensor:
+                block_conf: torch.Tensor, *, on_commit, block: int, step: int) -> torch.Tensor:
         """Sample, apply the commit rule in place on the canvas; return the updated commit confidences."""
         tokens, conf = sample_tokens(logits, self.config, generator)  # (B, b), (B, b)
         cur_masked = lay.masked[:, lo:hi]  # (B, b)
         sel = commit_mask(cur_masked, conf, n=n, threshold=self.config.threshold)  # (B, b)
         lay.x[:, lo:hi] = torch.where(sel, tokens, lay.x[:, lo:hi])
         lay.masked[:, lo:hi] = cur_masked & ~sel
+        if on_commit is not None:
+            cols = torch.arange(lo, hi, device=lay.x.device)
+            index = cols[None] - torch.tensor(lay.start, device=lay.x.device)[:, None]  # (B, b)
+            on_commit(CommitStep(block=block, step=step, committed=sel, tokens=tokens, logits=logits, response_index=index))
         return torch.where(sel, conf.float(), block_conf)  # (B, b)
 
     @staticmethod

@@ -1,0 +1,70 @@
+"""The drafting service and the echo-report command line, end to end on a saved tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from echo_model.cli import main
+from echo_model.drafting import Drafter
+from echo_model.sampling import SamplerConfig
+from conftest import synthetic_cxr
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, checkpoint):
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    checkpoint.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "frontal.png"
+    synthetic_cxr(3, (256, 240)).save(path)
+    return path
+
+
+def test_json_mode(model_dir, image_file, capsys):
+    assert main(["--model", str(model_dir), "--json", "--max-new-tokens", "24", str(image_file)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("report", "findings", "impression", "blocks", "block_tokens", "sampler", "model", "model_revision",
+                "tokens", "forward_passes", "model_calls", "tokens_per_forward", "seconds", "first_block_seconds", "warnings"):
+        assert key in out, key
+    assert out["sampler"] == "echo"
+    assert out["forward_passes"] == len(out["blocks"]) == len(out["block_tokens"])
+    assert out["model"] == str(model_dir)
+
+
+def test_text_mode_and_sampler_choice(model_dir, image_file, capsys):
+    assert main(["--model", str(model_dir), "--sampler", "teacher", "--indication", "cough", "--max-new-tokens", "16", str(image_file)]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.startswith("Findings:") and "\nImpression:" in cap.out
+    assert "[teacher |" in cap.err and "not for clinical use" in cap.err
+
+
+def test_bad_input_exits_non_zero_with_message(model_dir, tmp_path, capsys):
+    bad = tmp_path / "scan.png"
+    bad.write_text("<html>not an image</html>")
+    assert main(["--model", str(model_dir), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("echo-report: error:") and "scan.png" in err
+    assert main(["--model", str(tmp_path / "missing"), str(bad)]) != 0
+
+
+def test_redraft_keeps_the_prefix(model_dir):
+    drafter = Drafter(str(model_dir))
+    img = synthetic_cxr(1)
+    cfg = SamplerConfig(max_new_tokens=12, fixed_length=True)
+    draft = drafter.draft([img], config=cfg, prefix="Findings: The lungs are clear.")
+    assert draft.report.startswith("Findings: The lungs are clear.")
+    assert draft.settings["prefix"] == "Findings: The lungs are clear."
+    assert draft.result.tokens == 12
+
+
+def test_embedded_checkpoint_runs(image_file, capsys):
+    assert main(["--json", "--max-new-tokens", "16", str(image_file)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "embedded:student"
+    assert 1 <= out["tokens"] <= 16

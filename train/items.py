@@ -1,0 +1,91 @@
+"""Study records -> encoded training items (prompt ids, pixels, M-RoPE ids, response ids).
+
+Encoding happens once, before training, so that image preprocessing and tokenisation are not repeated every
+epoch. The response is the record's report in the model's format, ``Findings: ... Impression: ...``, followed
+by ``<eos>``; for the diffusion stages it is padded with more ``<eos>`` up to the end of its block, so the model
+learns to fill the rest of the block that holds ``<eos>`` with ``<eos>`` (what the sampler's stop rule reads).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from echo_model.modeling import EchoModel
+from echo_model.processing import EchoProcessor, StudyPrompt
+from echo_model.records import StudyRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainItem:
+    """One encoded study.
+
+    Attributes:
+        prompt: the encoded prompt (ids, pixels, grid).
+        positions: ``(3, P + R)`` M-RoPE ids of prompt + response.
+        response: ``(R,)`` response ids ending with ``<eos>`` (block-padded with ``<eos>`` for diffusion).
+        record_id: the study id (for logs and de-duplication).
+    """
+
+    prompt: StudyPrompt
+    positions: torch.Tensor
+    response: torch.Tensor
+    record_id: str
+
+    @property
+    def sequence(self) -> torch.Tensor:
+        return torch.cat([self.prompt.input_ids, self.response])  # (P + R,)
+
+
+def load_record_images(record: StudyRecord, base: Path | None) -> list:
+    """The record's views as grey PIL images (via the project's image loader)."""
+    from echo_model.imaging import load_image
+
+    images = []
+    for ref in record.images:
+        path = Path(ref.path)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        images.append(load_image(path).image)
+    return images
+
+
+def encode_items(
+    records: Sequence[StudyRecord],
+    model: EchoModel,
+    processor: EchoProcessor,
+    *,
+    block_pad: bool,
+    max_response_tokens: int = 256,
+    image_base: Path | None = None,
+    use_images: bool = True,
+) -> list[TrainItem]:
+    """Encode records; responses longer than ``max_response_tokens`` are cut (and logged)."""
+    b = model.block_length
+    eos = processor.eos_token_id
+    items: list[TrainItem] = []
+    cut = 0
+    for rec in tqdm(records, desc="encoding studies", leave=False):
+        images = load_record_images(rec, image_base) if use_images and rec.images else []
+        prompt = processor.encode(images, indication=rec.indication, lang=rec.language)
+        ids = processor.tokenizer(rec.report, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_response_tokens - 1:
+            ids, cut = ids[: max_response_tokens - 1], cut + 1
+        ids.append(eos)
+        if block_pad:
+            ids += [eos] * ((-(prompt.length + len(ids))) % b)
+        response = torch.tensor(ids, dtype=torch.long)
+        rope, delta = model.rope_index(prompt, processor.image_token_id)  # (3, P)
+        P, R = prompt.length, len(ids)
+        positions = torch.cat([rope.cpu(), (torch.arange(P, P + R) + delta)[None].expand(3, -1)], 1)  # (3, P+R)
+        items.append(TrainItem(prompt=prompt, positions=positions, response=response, record_id=rec.id))
+    if cut:
+        log.info("cut %d of %d responses to %d tokens", cut, len(records), max_response_tokens)
+    return items
