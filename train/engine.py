@@ -53,6 +53,7 @@ class TrainConfig:
     save_every: int = 0  # 0 = only at the end
     resume: bool = False
     freeze_vision: bool = False
+    shuffle: bool = True
     mixed_precision: str = "auto"  # auto = bf16 on CUDA, none on CPU
 
     def __post_init__(self) -> None:
@@ -113,7 +114,7 @@ def train(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, warmup=cfg.warmup, total=cfg.steps))
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(list(items), batch_size=cfg.batch_size, shuffle=True, collate_fn=objective.collate, generator=gen,
+    loader = DataLoader(list(items), batch_size=cfg.batch_size, shuffle=cfg.shuffle, collate_fn=objective.collate, generator=gen,
                         drop_last=len(items) >= cfg.batch_size * acc.num_processes)
     wrapped, opt, loader, sched = acc.prepare(hf, opt, loader, sched)
     model = EchoModel(wrapped, checkpoint.spec)

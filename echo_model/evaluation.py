@@ -1,0 +1,610 @@
+"""Evaluate one checkpoint + sampler (or the majority-template baseline) over a set of studies.
+
+Why a library module (and not only the ``echo-eval`` script): the numbers we publish must come from one code
+path, whether they are produced from the command line, a notebook or a test. The pipeline is
+
+1. :func:`predict_records` drafts a report for every study (batched, with a progress bar) and returns one
+   :class:`StudyPrediction` per study, in the order of the records; :func:`majority_predictions` does the same
+   for the baseline that predicts the most frequent training report for every study;
+2. :func:`score_predictions` scores them with :func:`echo_model.metrics.evaluate_reports` and adds the cost
+   figures (tokens per forward, seconds, tokens);
+3. :func:`compare_predictions` pairs two runs on their study ids and gives the difference of ROUGE-L,
+   BLEU-4 and CE-F1 (5) with a paired-bootstrap interval.
+
+Predictions are stored as JSON Lines (:func:`write_predictions` / :func:`read_predictions`) so that two runs
+made at different times can be compared without re-generating.
+
+Studies whose image files cannot be read are drafted text-only (their images are dropped and counted); the
+indication always goes in the prompt, which for text-only studies is the only study-specific input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .metrics import evaluate_reports, majority_template
+from .records import StudyRecord
+
+if TYPE_CHECKING:  # heavy modules (torch, transformers) only when a model is actually run
+    from PIL import Image
+
+    from .checkpoint import EchoCheckpoint
+    from .sampling import SamplerConfig
+
+log = logging.getLogger(__name__)
+
+PREDICTION_FIELDS: tuple[str, ...] = (
+    "id",
+    "prediction",
+    "reference",
+    "sampler",
+    "model",
+    "tokens",
+    "forward_passes",
+    "tokens_per_forward",
+    "seconds",
+)
+"""Keys every line of a predictions JSONL file has (``images`` and ``missing_images`` follow them)."""
+
+COMPARE_METRICS: tuple[str, ...] = ("rougeL", "bleu4", "ce_f1_5")
+"""Metrics :func:`compare_predictions` gives intervals for (the headline NLG, n-gram and clinical scores)."""
+
+MAJORITY_SAMPLER = "majority"
+MAJORITY_MODEL = "majority-template"
+
+
+# ------------------------------------------------------------------------------------------ records
+@dataclass
+class StudyPrediction:
+    """One study's drafted report, its reference and what drafting it cost.
+
+    The cost fields are None for predictions that no model produced (the majority baseline), so that their
+    means are not reported as zeros.
+
+    Attributes:
+        id: the study id (pairs runs in :func:`compare_predictions`).
+        prediction: the drafted report.
+        reference: the reference report (``StudyRecord.report``).
+        sampler: ``ar``, ``teacher``, ``echo``, ``vanilla`` or ``majority``.
+        model: the checkpoint (folder, hub id or ``embedded:ROLE``), or ``majority-template``.
+        tokens: generated tokens kept in the report (up to and including ``<eos>``).
+        forward_passes: denoising forwards (the paper's TPF denominator).
+        tokens_per_forward: committed tokens per denoising forward.
+        seconds: wall-clock seconds until this study's report was finished (with batches: since the batch
+            started, so the means of batched runs are not per-study latencies).
+        images: number of views given to the model.
+        missing_images: views listed by the record that could not be read (the study went without them).
+    """
+
+    id: str
+    prediction: str
+    reference: str
+    sampler: str
+    model: str
+    tokens: int | None = None
+    forward_passes: int | None = None
+    tokens_per_forward: float | None = None
+    seconds: float | None = None
+    images: int = 0
+    missing_images: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if self.tokens_per_forward is not None:
+            data["tokens_per_forward"] = round(self.tokens_per_forward, 4)
+        if self.seconds is not None:
+            data["seconds"] = round(self.seconds, 4)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str = "") -> StudyPrediction:
+        """Parse one JSONL line; a missing or mistyped field raises ValueError naming ``where`` and the field
+        (a ValueError, not a TypeError: it is bad input data, reported like any other malformed file)."""
+        prefix = f"{where}: " if where else ""
+        if not isinstance(data, dict):
+            raise ValueError(f"{prefix}expected a JSON object, got {type(data).__name__}")  # noqa: TRY004
+        missing = [k for k in ("id", "prediction", "reference") if k not in data]
+        if missing:
+            raise ValueError(
+                f"{prefix}missing field(s) {missing}; a predictions line needs {list(PREDICTION_FIELDS)}"
+            )
+        for key in ("id", "prediction", "reference"):
+            if not isinstance(data[key], str):
+                raise ValueError(f"{prefix}field {key!r} must be a string, got {data[key]!r}")  # noqa: TRY004
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(
+            **{k: v for k, v in data.items() if k in known}
+            | {
+                "sampler": str(data.get("sampler", "")),
+                "model": str(data.get("model", "")),
+            }
+        )
+
+
+def write_predictions(predictions: Sequence[StudyPrediction], path: str | Path) -> int:
+    """Write one JSON object per line (UTF-8); returns the number of lines."""
+    with Path(path).open("w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in predictions)
+    return len(predictions)
+
+
+def read_predictions(path: str | Path) -> list[StudyPrediction]:
+    """Read a predictions JSONL file written by :func:`write_predictions` (or by hand: id, prediction,
+    reference are required). Errors name the file and line; duplicate ids are refused because pairing two
+    runs by id would be ambiguous."""
+    path = Path(path)
+    out: list[StudyPrediction] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path.name}: line {n}"
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
+            pred = StudyPrediction.from_json(data, where=where)
+            if pred.id in seen:
+                raise ValueError(f"{where}: duplicate study id {pred.id!r}")
+            seen.add(pred.id)
+            out.append(pred)
+    if not out:
+        raise ValueError(f"{path}: no predictions in the file")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- inputs
+@dataclass
+class StudyInput:
+    """A record with its views loaded (grey PIL images) and the views that could not be read."""
+
+    record: StudyRecord
+    images: list[Image.Image]
+    missing: list[str] = field(default_factory=list)
+
+
+def load_study_input(record: StudyRecord) -> StudyInput:
+    """Load a record's views; unreadable or missing files are dropped (logged), never raised.
+
+    Why: one broken file in a shared set must not end an evaluation of hundreds of studies; the study is
+    drafted from what is left (text-only with its indication when nothing is left) and the loss is counted.
+    """
+    from .imaging import ImageInputError, load_image
+
+    images, missing = [], []
+    for ref in record.images:
+        try:
+            images.append(load_image(Path(ref.path)).image)
+        except (OSError, ImageInputError) as err:
+            missing.append(ref.path)
+            log.warning(
+                "study %s: image %s not used (%s); the study goes without it", record.id, ref.path, err
+            )
+    return StudyInput(record=record, images=images, missing=missing)
+
+
+def check_languages(records: Sequence[StudyRecord], languages: Sequence[str]) -> None:
+    """Refuse, before any drafting, records in a language the checkpoint was not trained for."""
+    bad = [r.id for r in records if r.language not in languages]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} studies are in a language the checkpoint does not support ({list(languages)}), "
+            f"e.g. {bad[:5]}"
+        )
+
+
+# ----------------------------------------------------------------------------------------- drafting
+def predict_records(
+    records: Sequence[StudyRecord],
+    checkpoint: EchoCheckpoint,
+    *,
+    sampler: str = "echo",
+    config: SamplerConfig | None = None,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> list[StudyPrediction]:
+    """Draft a report for every record with one checkpoint and sampler; one prediction per record, in order.
+
+    Args:
+        records: the studies (their ``report`` is the reference).
+        checkpoint: the loaded checkpoint (``Drafter.checkpoint(sampler)``).
+        sampler: ``ar``, ``teacher``, ``echo`` or ``vanilla``.
+        config: decoding settings (default: the official ones, 512 new tokens, greedy).
+        batch_size: studies decoded together (batches reproduce single runs; larger is faster).
+        progress: show a tqdm bar (stderr).
+    """
+    from tqdm.auto import tqdm
+
+    from .sampling import SamplerConfig, build_sampler
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not records:
+        raise ValueError("no studies to evaluate")
+    check_languages(records, checkpoint.spec.languages)
+    runner = build_sampler(sampler, checkpoint.model, checkpoint.processor, config or SamplerConfig())
+    out: list[StudyPrediction] = []
+    with tqdm(total=len(records), desc=f"drafting ({sampler})", unit="study", disable=not progress) as bar:
+        for start in range(0, len(records), batch_size):
+            inputs = [load_study_input(r) for r in records[start : start + batch_size]]
+            prompts = [
+                checkpoint.processor.encode(s.images, indication=s.record.indication, lang=s.record.language)
+                for s in inputs
+            ]
+            for s, res in zip(inputs, runner.generate(prompts)):
+                out.append(
+                    StudyPrediction(
+                        id=s.record.id,
+                        prediction=res.text,
+                        reference=s.record.report,
+                        sampler=sampler,
+                        model=checkpoint.source,
+                        tokens=res.tokens,
+                        forward_passes=res.forward_passes,
+                        tokens_per_forward=res.tokens_per_forward,
+                        seconds=res.seconds,
+                        images=len(s.images),
+                        missing_images=len(s.missing),
+                    )
+                )
+            bar.update(len(inputs))
+    return out
+
+
+def majority_predictions(
+    records: Sequence[StudyRecord], train_records: Sequence[StudyRecord]
+) -> list[StudyPrediction]:
+    """The majority-template baseline: the most frequent training report, predicted for every study.
+
+    Why: many chest X-ray reports are word-for-word normal templates, so a constant answer already scores
+    well on n-gram metrics; every model is read against this floor on the same studies.
+    """
+    if not records:
+        raise ValueError("no studies to evaluate")
+    if not train_records:
+        raise ValueError("the majority baseline needs training reports, got none")
+    template = majority_template(r.report for r in train_records)
+    return [
+        StudyPrediction(
+            id=r.id,
+            prediction=template,
+            reference=r.report,
+            sampler=MAJORITY_SAMPLER,
+            model=MAJORITY_MODEL,
+            images=0,
+        )
+        for r in records
+    ]
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def _mean(values: Sequence[float | int | None]) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def score_predictions(
+    predictions: Sequence[StudyPrediction], *, embeddings: bool = False
+) -> dict[str, float]:
+    """:func:`evaluate_reports` of the predictions plus the mean cost figures.
+
+    Returns:
+        ``n``, BLEU-1..4, ``rougeL``, ``cider``, the CE keys (``ce_f1_5``...), and — when a model produced the
+        predictions — ``tokens_mean``, ``forward_passes_mean``, ``tokens_per_forward_mean``, ``seconds_mean``.
+    """
+    if not predictions:
+        raise ValueError("score_predictions needs at least one prediction, got none")
+    results = evaluate_reports(
+        [p.prediction for p in predictions], [p.reference for p in predictions], embeddings=embeddings
+    )
+    for key in ("tokens", "forward_passes", "tokens_per_forward", "seconds"):
+        mean = _mean([getattr(p, key) for p in predictions])
+        if mean is not None:
+            results[f"{key}_mean"] = mean
+    return results
+
+
+# --------------------------------------------------------------------------------------- comparison
+def _bleu_stats(
+    predictions: Sequence[str], references: Sequence[str]
+) -> list[tuple[int, int, tuple[int, ...], tuple[int, ...]]]:
+    """Per-study BLEU sufficient statistics, computed by coco-caption's own ``cook_*`` functions."""
+    from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
+
+    from .metrics.nlg import tokenize_report
+
+    stats = []
+    for pred, ref in zip(predictions, references):
+        cooked = cook_test(
+            " ".join(tokenize_report(pred)), cook_refs([" ".join(tokenize_report(ref))]), eff="closest"
+        )
+        stats.append((cooked["testlen"], cooked["reflen"], tuple(cooked["guess"]), tuple(cooked["correct"])))
+    return stats
+
+
+def _bleu4_of(
+    stats: Sequence[tuple[int, int, tuple[int, ...], tuple[int, ...]]], _refs: Sequence[Any] = ()
+) -> float:
+    """Corpus BLEU-4 from per-study statistics (the arithmetic of coco-caption's ``compute_score``)."""
+    small, tiny = 1e-9, 1e-15
+    testlen = sum(s[0] for s in stats)
+    reflen = sum(s[1] for s in stats)
+    bleu = 1.0
+    for k in range(4):
+        bleu *= (sum(s[3][k] for s in stats) + tiny) / (sum(s[2][k] for s in stats) + small)
+    score = bleu ** (1.0 / 4)
+    ratio = (testlen + tiny) / (reflen + small)
+    return score * math.exp(1 - 1 / ratio) if ratio < 1 else score
+
+
+def _rouge_stats(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Per-study ROUGE-L (coco-caption's scorer; the corpus score is their mean)."""
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    from .metrics.nlg import tokenize_report
+
+    scorer = Rouge()
+    return [
+        float(scorer.calc_score([" ".join(tokenize_report(p))], [" ".join(tokenize_report(r))]))
+        for p, r in zip(predictions, references)
+    ]
+
+
+def _mean_of(values: Sequence[float], _refs: Sequence[Any] = ()) -> float:
+    return sum(values) / len(values)
+
+
+def _ce5_stats(predictions: Sequence[str], references: Sequence[str]) -> list[tuple[int, int, int]]:
+    """Per-study (tp, fp, fn) pooled over the 5 competition observations (micro CE, positive = present)."""
+    from .metrics.chexpert import COMPETITION_OBSERVATIONS, Label, label_reports
+
+    def positive(labels: Mapping[str, Any], obs: str) -> bool:
+        return labels.get(obs) in (Label.POSITIVE, Label.POSITIVE.value)
+
+    stats = []
+    for p, r in zip(label_reports(predictions), label_reports(references)):
+        tp = fp = fn = 0
+        for obs in COMPETITION_OBSERVATIONS:
+            a, b = positive(p, obs), positive(r, obs)
+            tp, fp, fn = tp + (a and b), fp + (a and not b), fn + (b and not a)
+        stats.append((tp, fp, fn))
+    return stats
+
+
+def _ce_f1_of(stats: Sequence[tuple[int, int, int]], _refs: Sequence[Any] = ()) -> float:
+    from .metrics.chexpert import PRF
+
+    return PRF(tp=sum(s[0] for s in stats), fp=sum(s[1] for s in stats), fn=sum(s[2] for s in stats)).f1
+
+
+# metric -> (per-study statistics, corpus score of a list of statistics). Per-study statistics make each
+# bootstrap resample a sum instead of a re-tokenisation; the full-set values equal evaluate_reports'.
+_PAIRED: dict[str, tuple[Callable[[Sequence[str], Sequence[str]], list[Any]], Callable[..., float]]] = {
+    "bleu4": (_bleu_stats, _bleu4_of),
+    "rougeL": (_rouge_stats, _mean_of),
+    "ce_f1_5": (_ce5_stats, _ce_f1_of),
+}
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """``a - b`` of one metric on the paired studies, with its paired-bootstrap interval."""
+
+    metric: str
+    a: float
+    b: float
+    delta: float
+    low: float
+    high: float
+    p_value: float
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0.0 or self.high < 0.0
+
+
+@dataclass
+class Comparison:
+    """Two runs compared on the same studies (run ``a`` minus run ``b``)."""
+
+    a: str
+    b: str
+    n: int
+    n_resamples: int
+    alpha: float
+    seed: int
+    metrics: dict[str, MetricComparison]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "n": self.n,
+            "n_resamples": self.n_resamples,
+            "alpha": self.alpha,
+            "seed": self.seed,
+            "metrics": {k: dataclasses.asdict(v) for k, v in self.metrics.items()},
+        }
+
+    def markdown(self) -> str:
+        level = f"{100 * (1 - self.alpha):g} %"
+        lines = [
+            f"| metric | {self.a} | {self.b} | delta (a - b) | {level} interval | p |",
+            "| --- | ---: | ---: | ---: | --- | ---: |",
+        ]
+        for m in self.metrics.values():
+            lines.append(
+                f"| {m.metric} | {m.a:.4f} | {m.b:.4f} | {m.delta:+.4f} | [{m.low:+.4f}, {m.high:+.4f}] "
+                f"| {m.p_value:.3f} |"
+            )
+        return "\n".join(lines)
+
+
+def pair_predictions(
+    a: Sequence[StudyPrediction], b: Sequence[StudyPrediction]
+) -> tuple[list[StudyPrediction], list[StudyPrediction]]:
+    """Match run ``b`` to run ``a`` by study id (order of ``a``).
+
+    Every id of ``a`` must be in ``b`` (``b`` may hold more, e.g. a full run compared with a ``--limit`` run)
+    and the paired references must agree; otherwise the runs were not made on the same studies and the
+    comparison would be meaningless, so a ValueError names the offending ids.
+    """
+    by_id = {p.id: p for p in b}
+    missing = [p.id for p in a if p.id not in by_id]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(a)} studies are missing from the other run, e.g. {missing[:5]}"
+        )
+    paired = [by_id[p.id] for p in a]
+    differ = [
+        p.id for p, q in zip(a, paired) if " ".join(p.reference.split()) != " ".join(q.reference.split())
+    ]
+    if differ:
+        raise ValueError(
+            f"{len(differ)} studies have different references in the two runs, e.g. {differ[:5]}; "
+            f"were they made on the same data?"
+        )
+    return list(a), paired
+
+
+def compare_predictions(
+    a: Sequence[StudyPrediction],
+    b: Sequence[StudyPrediction],
+    *,
+    metrics: Sequence[str] = COMPARE_METRICS,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    names: tuple[str, str] = ("a", "b"),
+) -> Comparison:
+    """Paired-bootstrap comparison of two runs over the studies of ``a`` (see :func:`pair_predictions`).
+
+    Why paired: resampling the same studies for both runs cancels study difficulty out of the difference,
+    so small but consistent differences get tight intervals (``echo_model.metrics.bootstrap``).
+    """
+    from .metrics import paired_bootstrap
+
+    unknown = [m for m in metrics if m not in _PAIRED]
+    if unknown:
+        raise ValueError(f"no paired bootstrap for metric(s) {unknown}; available: {list(_PAIRED)}")
+    pa, pb = pair_predictions(a, b)
+    refs = [p.reference for p in pa]
+    out: dict[str, MetricComparison] = {}
+    for metric in metrics:
+        stats_fn, corpus_fn = _PAIRED[metric]
+        sa = stats_fn([p.prediction for p in pa], refs)
+        sb = stats_fn([p.prediction for p in pb], refs)
+        res = paired_bootstrap(
+            corpus_fn, sa, sb, list(range(len(refs))), n_resamples=n_resamples, seed=seed, alpha=alpha
+        )
+        out[metric] = MetricComparison(
+            metric=metric,
+            a=corpus_fn(sa),
+            b=corpus_fn(sb),
+            delta=res.delta,
+            low=res.low,
+            high=res.high,
+            p_value=res.p_value,
+        )
+    return Comparison(
+        a=names[0], b=names[1], n=len(pa), n_resamples=n_resamples, alpha=alpha, seed=seed, metrics=out
+    )
+
+
+# ------------------------------------------------------------------------------------------ one run
+@dataclass
+class EvaluationResult:
+    """One evaluated run: its predictions, scores and the settings that produced them."""
+
+    predictions: list[StudyPrediction]
+    metrics: dict[str, float]
+    run: dict[str, Any] = field(default_factory=dict)
+    comparison: Comparison | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Metrics at the top level (``n``, ``rougeL``, ``bleu4``, ``ce_f1_5``...), then ``run`` and
+        ``comparison``; the predictions go to their own JSONL file."""
+        data: dict[str, Any] = dict(self.metrics)
+        data["n"] = int(self.metrics["n"])
+        data["run"] = dict(self.run)
+        if self.comparison is not None:
+            data["comparison"] = self.comparison.to_json()
+        return data
+
+
+def evaluate_records(
+    records: Sequence[StudyRecord],
+    checkpoint: EchoCheckpoint,
+    *,
+    sampler: str = "echo",
+    config: SamplerConfig | None = None,
+    batch_size: int = 1,
+    progress: bool = True,
+    embeddings: bool = False,
+) -> EvaluationResult:
+    """:func:`predict_records` then :func:`score_predictions`, with the run's settings recorded."""
+    from .sampling import SamplerConfig
+
+    config = config or SamplerConfig()
+    preds = predict_records(
+        records, checkpoint, sampler=sampler, config=config, batch_size=batch_size, progress=progress
+    )
+    run = {
+        "sampler": sampler,
+        "model": checkpoint.source,
+        "model_revision": checkpoint.spec.revision,
+        "block_length": checkpoint.spec.block_length,
+        "max_new_tokens": config.max_new_tokens,
+        "batch_size": batch_size,
+        "images_used": sum(p.images for p in preds),
+        "images_missing": sum(p.missing_images for p in preds),
+        "text_only_studies": sum(1 for p in preds if p.images == 0),
+    }
+    return EvaluationResult(
+        predictions=preds, metrics=score_predictions(preds, embeddings=embeddings), run=run
+    )
+
+
+def evaluate_majority(
+    records: Sequence[StudyRecord], train_records: Sequence[StudyRecord], *, embeddings: bool = False
+) -> EvaluationResult:
+    """The majority-template baseline scored exactly as a model run is."""
+    preds = majority_predictions(records, train_records)
+    run = {
+        "sampler": MAJORITY_SAMPLER,
+        "model": MAJORITY_MODEL,
+        "template": preds[0].prediction,
+        "train_studies": len(train_records),
+    }
+    return EvaluationResult(
+        predictions=preds, metrics=score_predictions(preds, embeddings=embeddings), run=run
+    )
+
+
+__all__ = [
+    "COMPARE_METRICS",
+    "PREDICTION_FIELDS",
+    "Comparison",
+    "EvaluationResult",
+    "MetricComparison",
+    "StudyInput",
+    "StudyPrediction",
+    "check_languages",
+    "compare_predictions",
+    "evaluate_majority",
+    "evaluate_records",
+    "load_study_input",
+    "majority_predictions",
+    "pair_predictions",
+    "predict_records",
+    "read_predictions",
+    "score_predictions",
+    "write_predictions",
+]

@@ -1,0 +1,555 @@
+"""Image sensitivity: does the model look at the radiograph?
+
+A report generator can score well on text metrics while ignoring the image (normal templates are common).
+Two checks expose that, each on studies that have images:
+
+(a) **Likelihood.** The reference report's negative log-likelihood (mean nats per scored token) given the
+    study's own images, and given the images of a shuffled partner study. The partner's views are resized to
+    the study's own view sizes, so both prompts have the same tokens and only the pixels differ; the
+    partners are a seeded derangement (nobody is their own partner). The per-study difference
+    ``NLL(own) - NLL(partner)`` is averaged, with a paired-bootstrap interval. A model that uses the image
+    explains its own study's report better: the difference is negative. A model that ignores the image gives
+    exactly 0.
+
+    The NLL follows the sampler family:
+
+    * ``ar``: causal next-token NLL of the response (report + ``<eos>``) under the causal mask.
+    * ``teacher`` / ``echo`` / ``vanilla`` (block diffusion): the masked-diffusion NLL in the RAD training
+      layout (``train.layouts``, method.md §3.3) with a fixed masking: by default **every** response token is
+      masked (t = 1 in every block), each noisy block seeing the context and the *clean* previous blocks.
+      This is deterministic (no noise to average over), it is the conditional the one-step ECHO sampler
+      decodes from (a fully masked block after committed ones), and it is the t = 1 term of the block
+      diffusion ELBO. ``mask_ratio < 1`` masks a seeded random subset instead (the same subset under both
+      images). The response is block-padded with ``<eos>`` as in training; only the report tokens and the
+      first ``<eos>`` are scored.
+
+(b) **Generation.** Reports drafted from the true images, from a blank image (uniform mid-grey, 128, same
+    size) and from the true images shifted by +1 and -1 grey level. Reported: the share of reports that
+    change under the blank image, the share that stay identical under both ±1 shifts, and the share that do
+    both. A model that ignores the image changes nothing under the blank (share 0); a healthy model changes
+    under the blank but not under an invisible ±1 shift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .evaluation import check_languages, load_study_input
+from .records import StudyRecord
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from .checkpoint import EchoCheckpoint
+    from .processing import StudyPrompt
+    from .sampling import SamplerConfig
+
+log = logging.getLogger(__name__)
+
+NLL_METHODS: tuple[str, ...] = ("causal", "masked-diffusion")
+BLANK_LEVEL = 128
+
+
+def nll_method(sampler: str) -> str:
+    """The NLL that matches a sampler: ``causal`` for ``ar``, ``masked-diffusion`` for the block samplers."""
+    from .sampling import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; available: {list(SAMPLERS)}")
+    return "causal" if sampler == "ar" else "masked-diffusion"
+
+
+# ------------------------------------------------------------------------------------------- images
+def shuffled_partners(n: int, seed: int = 0) -> list[int]:
+    """A seeded derangement of ``range(n)``: ``partner[i] != i`` for every i.
+
+    A random order followed by a cyclic shift by one place, so every study gets another study's images.
+    """
+    import random
+
+    if n < 2:
+        raise ValueError(f"shuffled partners need at least 2 studies with images, got {n}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    partner = [0] * n
+    for pos, i in enumerate(order):
+        partner[i] = order[(pos + 1) % n]
+    return partner
+
+
+def partner_images(own: Sequence[Image.Image], other: Sequence[Image.Image]) -> list[Image.Image]:
+    """The partner's views in the study's own view sizes (view k <- partner view k mod m).
+
+    Why resize: the image processor turns the image size into the number of image tokens, so equal sizes
+    keep the two prompts token-for-token identical and the NLLs comparable position by position.
+    """
+    from PIL import Image
+
+    if not own or not other:
+        raise ValueError(f"both studies need images, got {len(own)} and {len(other)}")
+    return [
+        other[k % len(other)].convert("L").resize(im.size, Image.Resampling.BILINEAR)
+        for k, im in enumerate(own)
+    ]
+
+
+def blank_images(images: Sequence[Image.Image], level: int = BLANK_LEVEL) -> list[Image.Image]:
+    """Uniform grey images of the same sizes (no anatomy at all)."""
+    from PIL import Image
+
+    if not 0 <= level <= 255:
+        raise ValueError(f"grey level must be in [0, 255], got {level}")
+    return [Image.new("L", im.size, color=level) for im in images]
+
+
+def shift_grey(images: Sequence[Image.Image], delta: int) -> list[Image.Image]:
+    """The images with every pixel shifted by ``delta`` grey levels (clipped to 0..255)."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for im in images:
+        arr = np.asarray(im.convert("L"), dtype=np.int16) + int(delta)
+        out.append(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- NLL
+@dataclass
+class _Scored:
+    """One study's sequence for the NLL forward: ids, M-RoPE ids, mask, targets (-100 = not scored)."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    allow: torch.Tensor
+    targets: torch.Tensor
+    prompt: StudyPrompt
+
+
+def _response_ids(
+    checkpoint: EchoCheckpoint, report: str, *, block_pad_from: int | None
+) -> tuple[list[int], int]:
+    """Report ids + ``<eos>`` (block-padded with ``<eos>`` after a prompt of ``block_pad_from`` tokens);
+    returns the ids and how many leading ones are scored (report + first ``<eos>``)."""
+    proc = checkpoint.processor
+    ids = list(proc.tokenizer(report, add_special_tokens=False)["input_ids"]) + [proc.eos_token_id]
+    scored = len(ids)
+    if block_pad_from is not None:
+        ids += [proc.eos_token_id] * ((-(block_pad_from + len(ids))) % checkpoint.model.block_length)
+    return ids, scored
+
+
+def _build_scored(
+    checkpoint: EchoCheckpoint, prompt: StudyPrompt, report: str, *, method: str, mask: torch.Tensor | None
+) -> _Scored:
+    import torch
+
+    from .masks import block_causal_mask
+
+    model, proc = checkpoint.model, checkpoint.processor
+    P = prompt.length
+    response, n_scored = _response_ids(
+        checkpoint, report, block_pad_from=P if method == "masked-diffusion" else None
+    )
+    R = len(response)
+    rope, delta = model.rope_index(prompt, proc.image_token_id)  # (3, P), int
+    positions = torch.cat([rope.cpu(), (torch.arange(P, P + R) + delta)[None].expand(3, -1)], 1)  # (3, P+R)
+    clean = torch.cat([prompt.input_ids, torch.tensor(response, dtype=torch.long)])  # (P+R,)
+    if method == "causal":
+        targets = torch.full_like(clean, -100)
+        targets[P - 1 : P - 1 + n_scored] = clean[P : P + n_scored]  # position j predicts token j+1
+        return _Scored(clean, positions, block_causal_mask(P + R, 1), targets, prompt)
+    from train.layouts import assemble, build_layout
+
+    masked = torch.ones(R, dtype=torch.bool) if mask is None else mask
+    noisy = clean.clone()
+    noisy[P:][masked] = proc.mask_token_id
+    lay = build_layout(P, R, model.block_length, "rad")
+    ids, pos = assemble(lay, clean, noisy, positions)  # (L,), (3, L)
+    targets = torch.full_like(ids, -100)
+    resp = lay.noisy_response()  # (L,)
+    idx = (lay.source - P).clamp(min=0)  # response index of each position
+    hit = resp & masked[idx] & (idx < n_scored)
+    targets[hit] = clean[lay.source[hit]]
+    return _Scored(ids, pos, lay.allow, targets, prompt)
+
+
+def _nll_batch(checkpoint: EchoCheckpoint, items: Sequence[_Scored]) -> list[tuple[float, int]]:
+    """One padded forward; per item (mean NLL over its scored tokens, number of scored tokens)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .masks import to_attention_bias
+
+    model, device = checkpoint.model, checkpoint.model.device
+    B, L = len(items), max(len(it.ids) for it in items)
+    ids = torch.full((B, L), checkpoint.processor.pad_token_id, dtype=torch.long)
+    pos = torch.zeros(3, B, L, dtype=torch.long)
+    allow = torch.eye(L, dtype=torch.bool).repeat(B, 1, 1)  # padding rows see only themselves
+    targets = torch.full((B, L), -100, dtype=torch.long)
+    for i, it in enumerate(items):
+        n = len(it.ids)
+        ids[i, :n], pos[:, i, :n], allow[i, :n, :n], targets[i, :n] = (
+            it.ids,
+            it.positions,
+            it.allow,
+            it.targets,
+        )
+    with_px = [it.prompt for it in items if it.prompt.pixel_values is not None]
+    pixels = torch.cat([p.pixel_values for p in with_px]).to(device, model.dtype) if with_px else None
+    grid = torch.cat([p.image_grid_thw for p in with_px]).to(device) if with_px else None
+    with torch.no_grad():
+        logits = model(
+            ids.to(device),
+            position_ids=pos.to(device),
+            attention_bias=to_attention_bias(allow.to(device), model.dtype),
+            cache=None,
+            pixel_values=pixels,
+            image_grid_thw=grid,
+        )  # (B, L, V)
+    ce = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=-100, reduction="none"
+    ).view(B, L)  # (B, L)
+    keep = targets.to(device) != -100
+    counts = keep.sum(-1)  # (B,)
+    return [(float(ce[i][keep[i]].sum() / counts[i]), int(counts[i])) for i in range(B)]
+
+
+def reference_nll(
+    checkpoint: EchoCheckpoint,
+    prompts: Sequence[StudyPrompt],
+    reports: Sequence[str],
+    *,
+    method: str,
+    batch_size: int = 4,
+    mask_ratio: float = 1.0,
+    seed: int = 0,
+    masks: Sequence[torch.Tensor | None] | None = None,
+) -> list[tuple[float, int]]:
+    """Mean NLL (nats per scored token) of each report given its prompt, and the number of scored tokens.
+
+    Args:
+        method: ``causal`` or ``masked-diffusion`` (see the module docstring).
+        mask_ratio: masked-diffusion only: share of response tokens masked (1 = all, deterministic).
+        seed: seed of the masking when ``mask_ratio < 1`` (study i uses ``seed + i``).
+        masks: explicit per-study response masks (overrides ``mask_ratio``; used to give two image conditions
+            the very same masking).
+    """
+    if method not in NLL_METHODS:
+        raise ValueError(f"unknown NLL method {method!r}; available: {list(NLL_METHODS)}")
+    if len(prompts) != len(reports):
+        raise ValueError(f"got {len(prompts)} prompts and {len(reports)} reports")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if masks is None:
+        masks = [
+            response_mask(checkpoint, p, r, mask_ratio=mask_ratio, seed=seed + i)
+            if method == "masked-diffusion"
+            else None
+            for i, (p, r) in enumerate(zip(prompts, reports))
+        ]
+    items = [
+        _build_scored(checkpoint, p, r, method=method, mask=m) for p, r, m in zip(prompts, reports, masks)
+    ]
+    out: list[tuple[float, int]] = []
+    for start in range(0, len(items), batch_size):
+        out.extend(_nll_batch(checkpoint, items[start : start + batch_size]))
+    return out
+
+
+def response_mask(
+    checkpoint: EchoCheckpoint, prompt: StudyPrompt, report: str, *, mask_ratio: float = 1.0, seed: int = 0
+) -> torch.Tensor | None:
+    """The masked-diffusion masking of one study's response (None = all masked), seeded.
+
+    At least one scored token is masked so that every study has an NLL.
+    """
+    import torch
+
+    if not 0 < mask_ratio <= 1:
+        raise ValueError(f"mask_ratio must be in (0, 1], got {mask_ratio}")
+    if mask_ratio == 1:
+        return None
+    response, n_scored = _response_ids(checkpoint, report, block_pad_from=prompt.length)
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(len(response), generator=gen) < mask_ratio
+    if not mask[:n_scored].any():
+        mask[int(torch.randint(n_scored, (1,), generator=gen))] = True
+    return mask
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class StudyNLL:
+    """One study's reference NLL under its own and its partner's images (mean nats per scored token)."""
+
+    id: str
+    partner_id: str
+    tokens: int
+    nll_own: float
+    nll_partner: float
+
+    @property
+    def difference(self) -> float:
+        """``nll_own - nll_partner``: negative when the own image explains the report better."""
+        return self.nll_own - self.nll_partner
+
+
+@dataclass(frozen=True)
+class StudyChange:
+    """Reports drafted from the true, blank, +1 and -1 grey-level images of one study."""
+
+    id: str
+    report: str
+    blank: str
+    brighter: str
+    darker: str
+
+    @property
+    def changed_by_blank(self) -> bool:
+        return self.blank != self.report
+
+    @property
+    def stable_under_shift(self) -> bool:
+        return self.brighter == self.report and self.darker == self.report
+
+
+@dataclass
+class SensitivityResult:
+    """Both checks over the studies with images.
+
+    Attributes:
+        nll_difference: mean of ``nll_own - nll_partner`` (0 for a model that ignores the image), with
+            ``low``/``high`` its paired-bootstrap interval at level ``1 - alpha`` and ``p_value``.
+        blank_change_share: share of studies whose report changes with a blank image.
+        shift_stable_share: share whose report is identical under both ±1 grey-level shifts.
+        blank_change_and_shift_stable_share: share with both properties.
+        skipped: studies without readable images (not part of either check).
+    """
+
+    sampler: str
+    model: str
+    method: str
+    n: int
+    nll_own: float
+    nll_partner: float
+    nll_difference: float
+    low: float
+    high: float
+    p_value: float
+    alpha: float
+    n_resamples: int
+    seed: int
+    mask_ratio: float
+    blank_change_share: float | None = None
+    shift_stable_share: float | None = None
+    blank_change_and_shift_stable_share: float | None = None
+    skipped: int = 0
+    studies: list[StudyNLL] = field(default_factory=list)
+    changes: list[StudyChange] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("studies", "changes")}
+        data["studies"] = [dataclasses.asdict(s) | {"difference": s.difference} for s in self.studies]
+        data["changes"] = [
+            dataclasses.asdict(c)
+            | {"changed_by_blank": c.changed_by_blank, "stable_under_shift": c.stable_under_shift}
+            for c in self.changes
+        ]
+        return data
+
+    def markdown(self) -> str:
+        level = f"{100 * (1 - self.alpha):g} %"
+        share = "all" if self.mask_ratio == 1 else f"{self.mask_ratio:g} of"
+        method = (
+            "causal next-token NLL"
+            if self.method == "causal"
+            else f"masked-diffusion NLL, RAD layout, {share} response tokens masked"
+        )
+        rows = [
+            ("sampler / model", f"{self.sampler} / {self.model}"),
+            ("NLL", method),
+            ("studies with images", str(self.n)),
+            ("studies skipped (no readable image)", str(self.skipped)),
+            ("NLL own image (nats/token)", f"{self.nll_own:.4f}"),
+            ("NLL partner image (nats/token)", f"{self.nll_partner:.4f}"),
+            (
+                f"NLL own - partner ({level} interval)",
+                f"{self.nll_difference:+.4f} [{self.low:+.4f}, {self.high:+.4f}], p = {self.p_value:.3f}",
+            ),
+        ]
+        if self.changes:
+            k = len(self.changes)
+            rows += [
+                (
+                    "reports changed by a blank image",
+                    f"{sum(c.changed_by_blank for c in self.changes)}/{k} ({self.blank_change_share:.2f})",
+                ),
+                (
+                    "reports unchanged under ±1 grey level",
+                    f"{sum(c.stable_under_shift for c in self.changes)}/{k} ({self.shift_stable_share:.2f})",
+                ),
+                ("both", f"{self.blank_change_and_shift_stable_share:.2f}"),
+            ]
+        return "\n".join(["| check | value |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)])
+
+
+# ------------------------------------------------------------------------------------------- driver
+def image_sensitivity(
+    records: Sequence[StudyRecord],
+    checkpoint: EchoCheckpoint,
+    *,
+    sampler: str = "echo",
+    config: SamplerConfig | None = None,
+    batch_size: int = 4,
+    seed: int = 0,
+    mask_ratio: float = 1.0,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    generation: bool = True,
+    progress: bool = True,
+) -> SensitivityResult:
+    """Run both checks (module docstring) on the records that have readable images.
+
+    Args:
+        records: studies; those without readable images are skipped (counted in ``skipped``).
+        checkpoint: the loaded checkpoint; ``sampler`` picks the NLL method and the decoder of check (b).
+        config: decoding settings of check (b) (default: the official ones).
+        batch_size: studies per forward / per decoding batch.
+        seed: seed of the partner shuffle, of the bootstrap and of the masking when ``mask_ratio < 1``.
+        generation: run check (b) as well (four decodings per study).
+    """
+    from tqdm.auto import tqdm
+
+    from .metrics import paired_bootstrap
+    from .sampling import SamplerConfig, build_sampler
+
+    method = nll_method(sampler)
+    check_languages(records, checkpoint.spec.languages)
+    inputs = [
+        s
+        for s in (
+            load_study_input(r)
+            for r in tqdm(records, desc="loading images", unit="study", disable=not progress, leave=False)
+        )
+        if s.images
+    ]
+    skipped = len(records) - len(inputs)
+    partners = shuffled_partners(len(inputs), seed)
+    proc = checkpoint.processor
+
+    def encode(s: Any, images: Sequence[Image.Image]) -> StudyPrompt:
+        return proc.encode(list(images), indication=s.record.indication, lang=s.record.language)
+
+    studies: list[StudyNLL] = []
+    changes: list[StudyChange] = []
+    runner = build_sampler(sampler, checkpoint.model, proc, config or SamplerConfig()) if generation else None
+    with tqdm(
+        total=len(inputs), desc=f"image sensitivity ({sampler})", unit="study", disable=not progress
+    ) as bar:
+        for start in range(0, len(inputs), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(inputs))))
+            own = [encode(inputs[i], inputs[i].images) for i in chunk]
+            swapped = [
+                encode(inputs[i], partner_images(inputs[i].images, inputs[partners[i]].images)) for i in chunk
+            ]
+            reports = [inputs[i].record.report for i in chunk]
+            masks = [
+                response_mask(checkpoint, p, r, mask_ratio=mask_ratio, seed=seed + i)
+                if method == "masked-diffusion"
+                else None
+                for i, p, r in zip(chunk, own, reports)
+            ]
+            nll_own = reference_nll(
+                checkpoint, own, reports, method=method, batch_size=batch_size, masks=masks
+            )
+            nll_swap = reference_nll(
+                checkpoint, swapped, reports, method=method, batch_size=batch_size, masks=masks
+            )
+            for i, (a, n_tok), (b, _) in zip(chunk, nll_own, nll_swap):
+                studies.append(
+                    StudyNLL(
+                        id=inputs[i].record.id,
+                        partner_id=inputs[partners[i]].record.id,
+                        tokens=n_tok,
+                        nll_own=a,
+                        nll_partner=b,
+                    )
+                )
+            if runner is not None:
+                true = runner.generate(own)
+                blank = runner.generate([encode(inputs[i], blank_images(inputs[i].images)) for i in chunk])
+                up = runner.generate([encode(inputs[i], shift_grey(inputs[i].images, 1)) for i in chunk])
+                down = runner.generate([encode(inputs[i], shift_grey(inputs[i].images, -1)) for i in chunk])
+                for i, t, bl, u, d in zip(chunk, true, blank, up, down):
+                    changes.append(
+                        StudyChange(
+                            id=inputs[i].record.id,
+                            report=t.text,
+                            blank=bl.text,
+                            brighter=u.text,
+                            darker=d.text,
+                        )
+                    )
+            bar.update(len(chunk))
+
+    own_v, swap_v = [s.nll_own for s in studies], [s.nll_partner for s in studies]
+    boot = paired_bootstrap(
+        lambda v, _r: sum(v) / len(v),
+        own_v,
+        swap_v,
+        list(range(len(studies))),
+        n_resamples=n_resamples,
+        seed=seed,
+        alpha=alpha,
+    )
+
+    def share(flags: Sequence[bool]) -> float | None:
+        return sum(flags) / len(flags) if flags else None
+
+    return SensitivityResult(
+        sampler=sampler,
+        model=checkpoint.source,
+        method=method,
+        n=len(studies),
+        nll_own=sum(own_v) / len(own_v),
+        nll_partner=sum(swap_v) / len(swap_v),
+        nll_difference=boot.delta,
+        low=boot.low,
+        high=boot.high,
+        p_value=boot.p_value,
+        alpha=alpha,
+        n_resamples=n_resamples,
+        seed=seed,
+        mask_ratio=mask_ratio,
+        blank_change_share=share([c.changed_by_blank for c in changes]),
+        shift_stable_share=share([c.stable_under_shift for c in changes]),
+        blank_change_and_shift_stable_share=share(
+            [c.changed_by_blank and c.stable_under_shift for c in changes]
+        ),
+        skipped=skipped,
+        studies=studies,
+        changes=changes,
+    )
+
+
+__all__ = [
+    "BLANK_LEVEL",
+    "NLL_METHODS",
+    "SensitivityResult",
+    "StudyChange",
+    "StudyNLL",
+    "blank_images",
+    "image_sensitivity",
+    "nll_method",
+    "partner_images",
+    "reference_nll",
+    "response_mask",
+    "shift_grey",
+    "shuffled_partners",
+]

@@ -1,0 +1,283 @@
+"""Image sensitivity: a model with zeroed vision output scores exactly 0, an image-dominated one does not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_checkpoint, synthetic_cxr
+
+from echo_model.masks import block_causal_mask, to_attention_bias
+from echo_model.records import ImageRef, StudyRecord
+from echo_model.sampling import SamplerConfig
+from echo_model.sensitivity import (
+    blank_images,
+    image_sensitivity,
+    nll_method,
+    partner_images,
+    reference_nll,
+    response_mask,
+    shift_grey,
+    shuffled_partners,
+)
+
+REPORTS = [
+    ("The heart is normal in size. The lungs are clear.", "No acute cardiopulmonary abnormality."),
+    ("There is a small left pleural effusion with adjacent atelectasis.", "Small left pleural effusion."),
+    ("Mild cardiomegaly. Pulmonary vascular congestion without frank edema.", "Mild cardiomegaly."),
+    ("No pneumothorax. No focal consolidation.", "Sternotomy wires are intact."),
+]
+CFG = SamplerConfig(max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> list[StudyRecord]:
+    """Four studies with synthetic images of different sizes (one with two views) and one without images."""
+    root = tmp_path_factory.mktemp("sens")
+    sizes = [(120, 100), (100, 130), (140, 110), (112, 112)]
+    out = []
+    for i, ((findings, impression), size) in enumerate(zip(REPORTS, sizes)):
+        views = []
+        for k in range(2 if i == 1 else 1):
+            path = root / f"s{i}_{k}.png"
+            synthetic_cxr(100 + 7 * i + k, size).save(path)
+            views.append(ImageRef(path=str(path), view="frontal" if k == 0 else "lateral"))
+        out.append(StudyRecord(id=f"s{i}", findings=findings, impression=impression, images=tuple(views)))
+    out.append(
+        StudyRecord(id="text-only", findings="The lungs are clear.", impression="Normal.", indication="cough")
+    )
+    return out
+
+
+def _merger_last(ck):
+    return ck.model.model.model.visual.merger.mlp[-1]
+
+
+@pytest.fixture(scope="module")
+def blind(tokenizer):
+    """Vision output zeroed: the image tokens carry nothing, whatever the pixels."""
+    ck = make_checkpoint(tokenizer, block_length=4, seed=5)
+    with torch.no_grad():
+        _merger_last(ck).weight.zero_()
+        _merger_last(ck).bias.zero_()
+    return ck
+
+
+@pytest.fixture(scope="module")
+def seeing(tokenizer):
+    """Vision output scaled up so that the image tokens dominate the hidden states."""
+    ck = make_checkpoint(tokenizer, block_length=4, seed=5)
+    with torch.no_grad():
+        _merger_last(ck).weight.mul_(30.0)
+        _merger_last(ck).bias.mul_(30.0)
+    return ck
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def test_partners_are_a_seeded_derangement():
+    for n in (2, 3, 10):
+        p = shuffled_partners(n, seed=4)
+        assert sorted(p) == list(range(n)) and all(p[i] != i for i in range(n))
+        assert p == shuffled_partners(n, seed=4)
+    assert shuffled_partners(10, seed=1) != shuffled_partners(10, seed=2)
+    with pytest.raises(ValueError, match="got 1"):
+        shuffled_partners(1)
+
+
+def test_image_substitutes_keep_the_sizes():
+    own = [synthetic_cxr(1, (120, 100)), synthetic_cxr(2, (90, 140))]
+    other = [synthetic_cxr(3, (200, 180))]
+    assert [im.size for im in partner_images(own, other)] == [im.size for im in own]
+    blank = blank_images(own)
+    assert [im.size for im in blank] == [im.size for im in own]
+    assert set(np.unique(np.asarray(blank[0]))) == {128}
+    base = np.asarray(own[0], dtype=np.int16)
+    up, down = (
+        np.asarray(shift_grey(own, 1)[0], dtype=np.int16),
+        np.asarray(shift_grey(own, -1)[0], dtype=np.int16),
+    )
+    assert np.array_equal(up, np.clip(base + 1, 0, 255)) and np.array_equal(down, np.clip(base - 1, 0, 255))
+
+
+def test_nll_method_follows_the_sampler():
+    assert nll_method("ar") == "causal"
+    assert {nll_method(s) for s in ("teacher", "echo", "vanilla")} == {"masked-diffusion"}
+    with pytest.raises(ValueError, match="'beam'"):
+        nll_method("beam")
+
+
+# ---------------------------------------------------------------------------------- NLL definitions
+def _prompt_and_report(ck, rec):
+    from echo_model.imaging import load_image
+
+    images = [load_image(ref.path).image for ref in rec.images]
+    return ck.processor.encode(images, indication=rec.indication), rec.report
+
+
+def _full_positions(ck, prompt, R):
+    rope, delta = ck.model.rope_index(prompt, ck.processor.image_token_id)
+    P = prompt.length
+    return torch.cat([rope, (torch.arange(P, P + R) + delta)[None].expand(3, -1)], 1)  # (3, P+R)
+
+
+def test_causal_nll_is_the_next_token_loss(checkpoint, records):
+    prompt, report = _prompt_and_report(checkpoint, records[0])
+    [(nll, n)] = reference_nll(checkpoint, [prompt], [report], method="causal")
+    resp = checkpoint.processor.tokenizer(report, add_special_tokens=False)["input_ids"] + [
+        checkpoint.processor.eos_token_id
+    ]
+    seq = torch.cat([prompt.input_ids, torch.tensor(resp)])
+    P, R = prompt.length, len(resp)
+    with torch.no_grad():
+        logits = checkpoint.model(
+            seq[None],
+            position_ids=_full_positions(checkpoint, prompt, R)[:, None],
+            attention_bias=to_attention_bias(block_causal_mask(P + R, 1), checkpoint.model.dtype),
+            cache=None,
+            pixel_values=prompt.pixel_values,
+            image_grid_thw=prompt.image_grid_thw,
+        )[0]
+    expected = torch.nn.functional.cross_entropy(logits[P - 1 : P + R - 1], seq[P:]).item()
+    assert n == R and nll == pytest.approx(expected, rel=1e-5)
+
+
+def test_all_masked_diffusion_nll_is_what_the_one_step_sampler_conditions_on(checkpoint, records):
+    """RAD layout, all response tokens masked == for each block, a plain block-causal forward over
+    [prompt | clean previous blocks | this block masked] (the inference-time view), summed over blocks."""
+    ck = checkpoint
+    b, proc = ck.model.block_length, ck.processor
+    prompt, report = _prompt_and_report(ck, records[3])
+    [(nll, n)] = reference_nll(ck, [prompt], [report], method="masked-diffusion")
+    text = proc.tokenizer(report, add_special_tokens=False)["input_ids"] + [proc.eos_token_id]
+    P = prompt.length
+    resp = text + [proc.eos_token_id] * ((-(P + len(text))) % b)
+    clean = torch.cat([prompt.input_ids, torch.tensor(resp)])
+    positions = _full_positions(ck, prompt, len(resp))
+    total, count = 0.0, 0
+    for k in range(P // b, (P + len(resp)) // b):
+        lo, hi = k * b, (k + 1) * b
+        x = clean[:hi].clone()
+        x[max(lo, P) : hi] = proc.mask_token_id
+        with torch.no_grad():
+            logits = ck.model(
+                x[None],
+                position_ids=positions[:, None, :hi],
+                attention_bias=to_attention_bias(block_causal_mask(hi, b), ck.model.dtype),
+                cache=None,
+                pixel_values=prompt.pixel_values,
+                image_grid_thw=prompt.image_grid_thw,
+            )[0]
+        for j in range(max(lo, P), min(hi, P + len(text))):
+            total += torch.nn.functional.cross_entropy(logits[j], clean[j]).item()
+            count += 1
+    assert n == count == len(text)
+    assert nll == pytest.approx(total / count, rel=1e-4)
+
+
+def test_nll_does_not_depend_on_the_batch(checkpoint, records):
+    pairs = [_prompt_and_report(checkpoint, r) for r in records[:3]]
+    prompts, reports = [p for p, _ in pairs], [r for _, r in pairs]
+    for method in ("causal", "masked-diffusion"):
+        one = reference_nll(checkpoint, prompts, reports, method=method, batch_size=1)
+        three = reference_nll(checkpoint, prompts, reports, method=method, batch_size=3)
+        assert [n for _, n in one] == [n for _, n in three]
+        assert [v for v, _ in one] == pytest.approx([v for v, _ in three], rel=1e-4)
+
+
+def test_partial_masking_is_seeded_and_scores_only_masked_tokens(checkpoint, records):
+    prompt, report = _prompt_and_report(checkpoint, records[2])
+    m1 = response_mask(checkpoint, prompt, report, mask_ratio=0.5, seed=3)
+    assert torch.equal(m1, response_mask(checkpoint, prompt, report, mask_ratio=0.5, seed=3))
+    assert response_mask(checkpoint, prompt, report, mask_ratio=1.0) is None
+    [(_, n_all)] = reference_nll(checkpoint, [prompt], [report], method="masked-diffusion")
+    [(_, n_half)] = reference_nll(checkpoint, [prompt], [report], method="masked-diffusion", masks=[m1])
+    assert 1 <= n_half < n_all
+    with pytest.raises(ValueError, match="mask_ratio"):
+        response_mask(checkpoint, prompt, report, mask_ratio=0.0)
+
+
+# ---------------------------------------------------------------------------------------- the check
+@pytest.mark.parametrize("sampler", ["echo", "ar"])
+def test_a_blind_model_scores_exactly_zero(blind, records, sampler):
+    res = image_sensitivity(
+        records, blind, sampler=sampler, config=CFG, batch_size=2, n_resamples=100, progress=False
+    )
+    assert res.n == 4 and res.skipped == 1
+    assert res.method == ("causal" if sampler == "ar" else "masked-diffusion")
+    assert all(s.difference == 0.0 for s in res.studies)
+    assert res.nll_difference == 0.0 and res.low == 0.0 and res.high == 0.0
+    assert res.blank_change_share == 0.0
+    assert res.shift_stable_share == 1.0 and res.blank_change_and_shift_stable_share == 0.0
+    assert all(s.partner_id != s.id for s in res.studies)
+
+
+@pytest.mark.parametrize("sampler", ["echo", "ar"])
+def test_an_image_dominated_model_has_a_non_zero_difference(seeing, records, sampler):
+    generation = sampler == "echo"  # decoding is exercised once; the AR run checks the causal NLL
+    res = image_sensitivity(
+        records,
+        seeing,
+        sampler=sampler,
+        config=CFG,
+        batch_size=4,
+        n_resamples=100,
+        generation=generation,
+        progress=False,
+    )
+    assert res.n == 4
+    assert all(abs(s.difference) > 1e-4 for s in res.studies)
+    assert abs(res.nll_difference) > 1e-3
+    if generation:
+        assert res.blank_change_share > 0.0
+        md = res.markdown()
+        assert "NLL own - partner" in md and "blank image" in md
+
+
+def test_generation_check_can_be_skipped_and_json_has_both_parts(seeing, records):
+    res = image_sensitivity(
+        records, seeing, sampler="teacher", config=CFG, generation=False, n_resamples=50, progress=False
+    )
+    data = res.to_json()
+    assert data["changes"] == [] and data["blank_change_share"] is None
+    assert len(data["studies"]) == 4 and {"nll_own", "nll_partner", "difference", "partner_id"} <= set(
+        data["studies"][0]
+    )
+
+
+def test_cli_sensitivity_mode(tmp_path, checkpoint, records, capsys):
+    import dataclasses
+    import json
+
+    from echo_model.eval_cli import main
+    from echo_model.records import write_jsonl
+
+    model = tmp_path / "model"
+    checkpoint.save_pretrained(model)
+    data = tmp_path / "studies.jsonl"
+    write_jsonl([dataclasses.replace(r, split="test") for r in records], data)
+    out = tmp_path / "sens.json"
+    assert (
+        main(
+            [
+                "--data",
+                str(data),
+                "--model",
+                str(model),
+                "--sensitivity",
+                "--max-new-tokens",
+                "4",
+                "--limit",
+                "3",
+                "--n-resamples",
+                "50",
+                "--json",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["n"] == 3 and result["method"] == "masked-diffusion"
+    assert {"nll_difference", "low", "high", "blank_change_share", "shift_stable_share"} <= set(result)
+    assert "| NLL own - partner" in capsys.readouterr().out

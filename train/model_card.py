@@ -1,0 +1,99 @@
+"""Model cards for the embedded checkpoints, and their installation into ``assets/``.
+
+``python -m train.model_card --run runs/echo-b8 --metrics results/eval.json --to assets/checkpoints/echo-b8``
+copies each trained role (ar, teacher, student) into ``assets/`` in fp16, with a ``README.md`` model card
+(data and licences, steps, wall time, measured metrics, intended use). Installation is refused when the
+held-out metrics of the new student are not better than those recorded in the installed card, unless
+``--force`` is given (the first trained family replaces random weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from echo_model.loading import load_checkpoint
+
+ROLES = {"ar": "ar", "teacher": "teacher", "student": "student"}
+STAGE_DIR = {"ar": "ar", "teacher": "teacher", "student": "student"}
+STAGE_KEY = {"ar": "ar", "teacher": "rad", "student": "dcd"}
+
+
+def card_text(role: str, *, summary: dict, metrics: dict | None, spec) -> str:
+    stage = STAGE_KEY[role]
+    s = summary.get(stage, {})
+    lines = [
+        f"# ECHO embedded checkpoint: {role} (b = {spec.block_length})",
+        "",
+        "**Intended use: demonstration and testing of the ECHO software. Not for diagnosis, not for clinical use.**",
+        "",
+        f"* Role: `{role}` — " + {
+            "ar": "Stage I, autoregressive (ECHO-AR); decode with the `ar` sampler.",
+            "teacher": "Stage II, RAD block-diffusion teacher (ECHO-Base); decode with `teacher` (or `vanilla`).",
+            "student": "Stage III, DCD one-step student (ECHO); decode with `echo`.",
+        }[role],
+        f"* Revision: `{spec.revision}`; architecture: Qwen2.5-VL (stock transformers class), "
+        f"one checkpoint of the b = {spec.block_length} family; stored in fp16, loaded in fp32 on CPU.",
+        f"* Training: {s.get('steps', '?')} optimiser steps, {s.get('wall_seconds', '?')} s wall time on 2 CPU cores, "
+        f"loss {s.get('first_loss', float('nan')):.3f} -> {s.get('last_loss', float('nan')):.3f}.",
+        f"* Training studies: {summary.get('studies', '?')} (train splits of the data below, de-duplicated against val/test images).",
+        "",
+        "## Data and licences",
+        "",
+        "* IU X-ray (Open-i) reports, CC BY-NC-ND 4.0 (Demner-Fushman et al., JAMIA 2016): text only (no images here);",
+        "  the prompt carries each study's indication.",
+        "* covid_cxr_notes: only images whose licence allows derivatives (CC BY / BY-SA / BY-NC / BY-NC-SA / CC0);",
+        "  only the note sentences that describe the radiograph.",
+        "* Consequently these weights are for **non-commercial** use only.",
+        "",
+    ]
+    if metrics:
+        lines += ["## Measured (held-out test split)", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def install(run: Path, to: Path, *, metrics: dict[str, dict] | None, force: bool, gate_key: str = "ce_f1_5") -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    old_card = to / "student" / "metrics.json"
+    if metrics and old_card.is_file() and not force:
+        old = json.loads(old_card.read_text()).get(gate_key)
+        new = metrics.get("student", {}).get(gate_key)
+        if old is not None and (new is None or new <= old):
+            raise SystemExit(f"refusing to install: student {gate_key} {new} does not improve on the installed {old}")
+    for role in ROLES:
+        src = run / STAGE_DIR[role]
+        ck = load_checkpoint(str(src), device="cpu")
+        ck.model.model.to(torch.float16)
+        dst = to / role
+        if dst.exists():
+            shutil.rmtree(dst)
+        ck.save_pretrained(dst)
+        for extra in ("loss.csv", "loss.png"):
+            if (src / extra).is_file():
+                shutil.copy(src / extra, dst / extra)
+        m = (metrics or {}).get(role)
+        (dst / "README.md").write_text(card_text(role, summary=summary, metrics=m, spec=ck.spec))
+        if m:
+            (dst / "metrics.json").write_text(json.dumps(m, indent=2))
+        print(f"installed {role} -> {dst}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="output folder of echo-train all")
+    ap.add_argument("--to", type=Path, default=Path("assets/checkpoints/echo-b8"))
+    ap.add_argument("--metrics", type=Path, default=None, help="JSON {role: {metric: value}} from echo-eval")
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+    install(args.run, args.to, metrics=metrics, force=args.force)
+
+
+if __name__ == "__main__":
+    main()
