@@ -78,7 +78,8 @@ class Drafter:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; available: {list(SAMPLERS)}")
         role = SAMPLER_ROLES[sampler]
-        key = (self.model, role if self.model is None else "any")
+        embedded = self.model is None or self.model == "embedded"
+        key = (self.model, role if embedded else "any")
         with self._lock:
             if key not in self._cache:
                 self._cache[key] = load_checkpoint(self.model, role=role, device=self.device)

@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                            grad_accum=args.grad_accum, lr=lr, seed=args.seed, save_every=args.save_every,
                            resume=args.resume, warmup=min(100, (args.steps or steps) // 10 + 1))
 
-    summary: dict = {"studies": len(records), "data": args.data}
+    summary_path = args.out / "summary.json"
+    summary: dict = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.update(studies=len(records), data=args.data)
     stages = ["ar", "rad", "dcd"] if args.stage == "all" else [args.stage]
     ck = None
     for stage in stages:
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[stage] = {"wall_seconds": round(time.perf_counter() - t0, 1), "steps": rep.steps,
                           "first_loss": rep.first_loss, "last_loss": rep.last_loss,
                           "tokens_per_step": rep.tokens_per_step, "seconds_per_step": rep.seconds_per_step}
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary_path.write_text(json.dumps(summary, indent=2))
         logging.info("%s done: %s", stage, summary[stage])
     return 0
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -54,6 +54,7 @@ class TrainConfig:
     resume: bool = False
     freeze_vision: bool = False
     shuffle: bool = True
+    optimizer: str = "adamw"  # "sgd" gives updates linear in the gradient (used to compare DDP with one process)
     mixed_precision: str = "auto"  # auto = bf16 on CUDA, none on CPU
 
     def __post_init__(self) -> None:
@@ -89,6 +90,14 @@ def _mixed_precision(cfg: TrainConfig) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def make_accelerator(cfg: TrainConfig, **kwargs) -> Accelerator:
+    """The accelerator of a run. DDP must look for unused parameters: a text-only batch never touches the
+    vision tower, and DDP would otherwise wait for those gradients forever and never all-reduce the rest."""
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=_mixed_precision(cfg),
+                       kwargs_handlers=[ddp], **kwargs)
+
+
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -104,14 +113,19 @@ def train(
     """Train ``checkpoint``'s model in place on ``items`` with ``objective``; save it to ``cfg.out_dir``."""
     if not items:
         raise ValueError("no training items")
-    acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=_mixed_precision(cfg))
+    acc = accelerator or make_accelerator(cfg)
     set_seed(cfg.seed)
     hf = checkpoint.model.model
     hf.train()
     if cfg.freeze_vision:
         hf.model.visual.requires_grad_(False)
     params = [p for p in hf.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr)
+    else:
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, warmup=cfg.warmup, total=cfg.steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(list(items), batch_size=cfg.batch_size, shuffle=cfg.shuffle, collate_fn=objective.collate, generator=gen,

@@ -1,0 +1,505 @@
+"""Gradio callbacks: component values in, component values out; the work happens in services and the store.
+
+Why a class: every callback needs the same :class:`~app.service.Services` (settings, model service,
+store); binding them once keeps the callbacks' signatures exactly what Gradio shows API clients.
+Callback parameters are positional-or-keyword on purpose (Gradio passes component values positionally
+and injects ``gr.Request``/``gr.Progress`` by position), an exception to the keyword-only rule.
+
+Error policy: problems the user can fix (unreadable upload, unsupported language, signed report...)
+raise ``gr.Error`` with the message naming the problem, which API clients receive verbatim; anything
+else is logged with its traceback and reported by type only (internal details stay in the server log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from echo_model.report_text import format_report
+
+from .export import EXPORT_PREFIX, export_corrections, parse_day, prune_exports
+from .service import (
+    MASK_GLYPH,
+    Services,
+    TokenPiece,
+    confidence_band,
+    ingest_uploads,
+    load_study_images,
+    redraft_prefix,
+    render_window,
+    report_language,
+    split_report,
+)
+from .store import DraftInfo, NewDraft, StoreError, StudyInfo
+
+__all__ = ["DRAFT_FIELDS", "VIEWER_FIELDS", "DraftView", "Handlers"]
+
+log = logging.getLogger(__name__)
+
+#: Categories of the report view (HighlightedText), in legend order.
+REPORT_COLOURS: dict[str, str] = {
+    "high": "#2e7d32",
+    "medium": "#f9a825",
+    "low": "#c62828",
+    "masked": "#555555",
+    "kept": "#1565c0",
+}
+#: Output order of every callback that shows a draft (generate, re-draft, open).
+DRAFT_FIELDS: tuple[str, ...] = (
+    "report_view", "findings", "impression", "copy_text", "summary", "timing", "blocks", "warnings",
+    "study_id", "draft_id", "status",
+)
+#: Output order of the viewer callbacks (upload, open study).
+VIEWER_FIELDS: tuple[str, ...] = ("study_id", "view_select", "viewer", "view_info", "center", "width", "warnings")
+BLOCK_HEADERS = ["block", "ms", "tokens", "min confidence", "text"]
+HISTORY_HEADERS = ["created (UTC)", "status", "sampler", "model", "signed (UTC)", "views", "study", "draft"]
+DEFAULT_WINDOW = (128.0, 256.0)
+
+# Errors whose message is written for the user, naming the file/object and the problem: ImageInputError and
+# the store's errors are ValueErrors, CheckpointError and NotImplementedError are RuntimeErrors.
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn our errors into ``gr.Error`` with their message; hide the details of anything unexpected."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except _USER_ERRORS as err:
+        raise gr.Error(str(err)) from None
+    except Exception as err:
+        log.exception("unexpected error in a request")
+        raise gr.Error(f"internal error ({type(err).__name__}); the server log has the details") from None
+
+
+@dataclass
+class DraftView:
+    """Everything the Draft tab shows about one draft; :meth:`outputs` follows :data:`DRAFT_FIELDS`."""
+
+    report_view: list[tuple[str, str | None]] = field(default_factory=list)
+    findings: str = ""
+    impression: str = ""
+    language: str = "en"
+    summary: str = ""
+    timing: dict[str, Any] = field(default_factory=dict)
+    blocks: list[list[Any]] = field(default_factory=list)
+    warnings: str = ""
+    study_id: str = ""
+    draft_id: str = ""
+    status: str = ""
+
+    def outputs(self) -> tuple[Any, ...]:
+        """Plain values (API clients get strings); whether the editor is locked is set by ``editor_lock``."""
+        copy = (format_report(self.findings, self.impression, lang=report_language(self.language))
+                if (self.findings or self.impression) else "")
+        return (self.report_view, self.findings, self.impression, copy, self.summary, self.timing, self.blocks,
+                self.warnings, self.study_id, self.draft_id, self.status)
+
+
+def _block_rows(trace: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """The per-block table: index, milliseconds, tokens, lowest commit confidence, text."""
+    return [[t["block"], t["ms"], len(t["token_ids"]), round(min(t["confidences"], default=0.0), 3), t["text"]]
+            for t in trace]
+
+
+def _pieces_view(pieces: Sequence[TokenPiece]) -> list[tuple[str, str | None]]:
+    return [(p.text, p.band) for p in pieces]
+
+
+def _status_text(draft: DraftInfo) -> str:
+    if draft.signed_at:
+        addenda = f" · {len(draft.addenda)} addend{'um' if len(draft.addenda) == 1 else 'a'}" if draft.addenda else ""
+        return (f"**Signed** by {draft.signed_by} at {draft.signed_at:%Y-%m-%d %H:%M} UTC; the report is locked, "
+                f"changes go in an addendum{addenda}.")
+    if draft.versions:
+        last = draft.versions[-1]
+        return f"**Edited** (version {len(draft.versions)} saved at {last.created_at:%H:%M:%S} UTC), not signed."
+    return "**Draft**, not edited, not signed. Check every sentence against the images before signing."
+
+
+def _summary(timing: dict[str, Any]) -> str:
+    n = timing["blocks"]
+    parts = [f"{n} block{'' if n == 1 else 's'}", f"first block {timing['time_to_first_block_s']:.2f} s"]
+    if timing.get("done"):
+        parts += [f"total {timing['total_s']:.2f} s", f"{timing['tokens']} tokens",
+                  f"{timing['tokens_per_forward']:.2f} tokens/forward"]
+    else:
+        parts += [f"elapsed {timing['elapsed_s']:.2f} s", f"last block {timing['per_block_ms'][-1]:.0f} ms"]
+    parts.append(f"{timing['sampler']} · {timing['model']} (revision {timing['revision']})")
+    return " · ".join(parts)
+
+
+def _history_rows(rows: Sequence[Any]) -> list[list[Any]]:
+    return [[f"{r.created_at:%Y-%m-%d %H:%M}", r.status, r.sampler, r.model,
+             f"{r.signed_at:%Y-%m-%d %H:%M}" if r.signed_at else "", r.views, r.study_id, r.draft_id or ""]
+            for r in rows]
+
+
+def _view_info(study: StudyInfo, index: int) -> str:
+    img = study.images[index]
+    meta = img.metadata
+    bits = [f"**{img.label}** · {meta.get('source_format', '?').upper()} · {img.view}"]
+    if meta.get("modality"):
+        bits.append(f"modality {meta['modality']}")
+    if meta.get("window_source") and meta.get("window_source") != "none":
+        centre, width = meta.get("window_center"), meta.get("window_width")
+        bits.append(f"window C {centre} / W {width} ({meta['window_source']})")
+    bits.append(f"chest-likeness {img.cxr_likeness:.2f}")
+    return " · ".join(bits) + ".  \nWindow/level below adjusts the display of the stored 8-bit image only."
+
+
+class Handlers:
+    """The app's callbacks, bound to one :class:`Services`."""
+
+    def __init__(self, services: Services):
+        self.services = services
+        self.settings = services.settings
+        self.store = services.store
+        self.drafting = services.drafting
+        # Exports hold clinical text: a private temporary folder, pruned after an hour (see prune_exports).
+        self.export_root = Path(tempfile.gettempdir()) / "echo-exports"
+
+    def _user(self, request: gr.Request | None) -> str:
+        name = getattr(request, "username", None) if request is not None else None
+        return str(name) if name else self.settings.local_user
+
+    # ------------------------------------------------------------------ upload and viewer
+    def upload(self, files: list[str] | None, study_id: str = "", request: gr.Request | None = None) -> tuple[Any, ...]:
+        """De-identify and store uploaded views (originals deleted); show the first. Outputs: VIEWER_FIELDS + files."""
+        with _user_errors():
+            if not files:
+                return (*self._viewer(None, 0), None)
+            study, warnings = ingest_uploads(
+                _as_paths(files), store=self.store, owner=self._user(request),
+                upload_cache_dir=self.settings.upload_cache_dir, study_id=study_id or None,
+            )
+            outputs = list(self._viewer(study, len(study.images) - len(_as_paths(files))))
+            outputs[-1] = "\n".join(warnings)
+            return (*outputs, None)
+
+    def new_study(self) -> tuple[Any, ...]:
+        """Forget the current study in this browser tab (nothing is deleted). Outputs: VIEWER_FIELDS."""
+        return self._viewer(None, 0)
+
+    def show_study(self, study_id: str, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Show the views of a stored study. Outputs: VIEWER_FIELDS."""
+        with _user_errors():
+            study = self.store.get_study(study_id, self._user(request)) if study_id else None
+            return self._viewer(study, 0)
+
+    def _viewer(self, study: StudyInfo | None, index: int) -> tuple[Any, ...]:
+        if study is None or not study.images:
+            return ("", gr.update(choices=[], value=None), None, "", *DEFAULT_WINDOW, "")
+        index = min(max(index, 0), len(study.images) - 1)
+        choices = [(f"{img.label} ({img.view})", img.position) for img in study.images]
+        with Image.open(study.images[index].path) as img:
+            picture = img.convert("L")
+        notes = "\n".join(f"{img.label}: {w}" for img in study.images for w in img.warnings)
+        return (study.id, gr.update(choices=choices, value=study.images[index].position), picture,
+                _view_info(study, index), *DEFAULT_WINDOW, notes)
+
+    def render_view(self, study_id: str, view: int | None, center: float = 128.0, width: float = 256.0,
+                    request: gr.Request | None = None) -> tuple[Image.Image | None, str]:
+        """The chosen view re-windowed for display. Outputs: viewer, view_info."""
+        with _user_errors():
+            if not study_id:
+                return None, ""
+            study = self.store.get_study(study_id, self._user(request))
+            positions = [img.position for img in study.images]
+            index = positions.index(int(view)) if view is not None and int(view) in positions else 0
+            with Image.open(study.images[index].path) as img:
+                return render_window(img, center=float(center), width=float(width)), _view_info(study, index)
+
+    # ------------------------------------------------------------------ drafting
+    def generate(
+        self,
+        files: list[str] | None = None,
+        indication: str = "",
+        language: str = "en",
+        model: str = "",
+        sampler: str = "echo",
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        threshold: float = 0.85,
+        seed: int = 0,
+        study_id: str = "",
+        request: gr.Request | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008  (Gradio injects progress through this default)
+    ) -> Iterator[tuple[Any, ...]]:
+        """Draft a report for the uploaded views (or the views of ``study_id``), one update per block.
+
+        Outputs follow :data:`DRAFT_FIELDS`; the last update carries the saved draft's id.
+        """
+        with _user_errors():
+            user = self._user(request)
+            progress(0.0, desc="Reading the images")
+            if files:
+                study, _ = ingest_uploads(_as_paths(files), store=self.store, owner=user,
+                                          upload_cache_dir=self.settings.upload_cache_dir,
+                                          study_id=study_id or None)
+            elif study_id:
+                study = self.store.get_study(study_id, user)
+            else:
+                raise ValueError("no image: upload one or more views (PNG, JPEG or DICOM) first")
+            progress(0.0, desc="Loading the model and encoding the images")
+            yield from self._draft_stream(
+                study, user=user, indication=indication, language=language, model=model, sampler=sampler,
+                config=_sampler_config(max_new_tokens, temperature, threshold, seed), prefix=None, parent=None,
+            )
+
+    def redraft(
+        self,
+        draft_id: str,
+        findings: str,
+        impression: str,
+        model: str = "",
+        sampler: str = "echo",
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        threshold: float = 0.85,
+        seed: int = 0,
+        request: gr.Request | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008  (Gradio injects progress through this default)
+    ) -> Iterator[tuple[Any, ...]]:
+        """Keep the radiologist's text up to their last edited section and let the model rewrite the rest.
+
+        The edit is saved first (so the audit shows what was kept), then a new draft (child of
+        ``draft_id``) streams like ``generate``. Where the installed model code cannot continue from a
+        prefix, the user is told so and nothing changes.
+        """
+        with _user_errors():
+            user = self._user(request)
+            source = self.store.get_draft(draft_id, user)
+            if not self.drafting.supports_prefix(model):
+                gr.Info("Re-draft from edit is not available with this model.")
+                yield tuple(gr.skip() for _ in DRAFT_FIELDS)
+                return
+            if source.current != (findings, impression):
+                self.store.save_edit(draft_id, user, findings=findings, impression=impression)
+            prefix = redraft_prefix(findings, impression, draft_impression=source.impression, lang=source.language)
+            study = self.store.get_study(source.study_id, user)
+            progress(0.0, desc="Re-drafting after your edit")
+            yield from self._draft_stream(
+                study, user=user, indication=source.settings.get("indication") or "", language=source.language,
+                model=model, sampler=sampler, config=_sampler_config(max_new_tokens, temperature, threshold, seed),
+                prefix=prefix, parent=source.id,
+            )
+
+    def _draft_stream(self, study: StudyInfo, *, user: str, indication: str, language: str, model: str,
+                      sampler: str, config: Any, prefix: str | None, parent: str | None) -> Iterator[tuple[Any, ...]]:
+        """Stream one :class:`DraftView` per committed block and save the draft with the last one."""
+        label = self.drafting.check_model(model)
+        input_warnings = [f"{img.label}: {w}" for img in study.images for w in img.warnings]
+        for note in input_warnings:
+            gr.Warning(note)
+        images = load_study_images(study)
+        kwargs = {"model": label, "sampler": sampler, "language": language, "config": config,
+                  "indication": indication.strip() or None, "warnings": input_warnings}
+        steps = (self.drafting.redraft_from(prefix, images, **kwargs) if prefix
+                 else self.drafting.stream(images, **kwargs))
+        shown: list[tuple[str, str | None]] = [(prefix + " ", "kept")] if prefix else []
+        trace: list[dict[str, Any]] = []
+        per_block_ms: list[float] = []
+        first_block_s = 0.0
+        for step in steps:
+            if step.index >= 0:
+                shown += _pieces_view(step.pieces)
+                trace.append(step.trace())
+                per_block_ms.append(round(step.block_ms, 2))
+                first_block_s = first_block_s or step.seconds
+            elif step.pieces:
+                shown += _pieces_view(step.pieces)
+            timing = {
+                "blocks": len(trace), "time_to_first_block_s": round(first_block_s, 4),
+                "per_block_ms": per_block_ms, "elapsed_s": round(step.seconds, 4), "done": step.done,
+                "sampler": sampler, "model": label, "revision": step.model_revision,
+            }
+            view = DraftView(
+                report_view=shown + ([] if step.done else [(MASK_GLYPH * step.block_length, "masked")]),
+                language=language, study_id=study.id,
+                blocks=_block_rows(trace),
+                warnings="\n".join(input_warnings), status="Drafting…",
+            )
+            view.findings, view.impression = split_report(step.report)
+            if step.draft is not None:
+                saved = self._save_draft(step.draft, study=study, user=user, label=label, trace=trace,
+                                         timing=timing, parent=parent, seed=config.seed)
+                view.timing, view.draft_id, view.status = saved.timings, saved.id, _status_text(saved)
+                view.findings, view.impression = saved.findings, saved.impression
+            else:
+                view.timing = timing
+            view.summary = _summary(view.timing)
+            yield view.outputs()
+
+    def _save_draft(self, draft: Any, *, study: StudyInfo, user: str, label: str, trace: list[dict[str, Any]],
+                    timing: dict[str, Any], parent: str | None, seed: int | None) -> DraftInfo:
+        result = draft.result
+        timings = {
+            **timing,
+            "done": True,
+            "time_to_first_block_s": round(result.first_block_seconds, 4),
+            "total_s": round(result.seconds, 4),
+            "tokens": result.tokens,
+            "forward_passes": result.forward_passes,
+            "model_calls": result.model_calls,
+            "tokens_per_forward": round(result.tokens_per_forward, 4),
+            "revision": draft.model_revision,
+            "model": label,
+        }
+        return self.store.add_draft(NewDraft(
+            study_id=study.id, author=user, model=draft.model, model_revision=draft.model_revision,
+            sampler=draft.sampler, language=draft.settings.get("lang", "en"), report=draft.report,
+            findings=draft.findings, impression=draft.impression, seed=seed,
+            settings={**draft.settings, "model_label": label}, trace=trace, timings=timings,
+            warnings=list(draft.warnings), parent_id=parent,
+        ))
+
+    def open_draft(self, draft_id: str, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Show a stored draft with its latest text. Outputs: DRAFT_FIELDS."""
+        with _user_errors():
+            draft = self.store.get_draft(draft_id.strip(), self._user(request))
+            return self._draft_view(draft).outputs()
+
+    def _draft_view(self, draft: DraftInfo) -> DraftView:
+        shown: list[tuple[str, str | None]] = []
+        prefix = draft.settings.get("prefix")
+        if prefix:
+            shown.append((prefix + " ", "kept"))
+        for block in draft.trace:
+            shown.append((block["text"], None) if not block.get("confidences") else
+                         (block["text"], confidence_band(min(block["confidences"]))))
+        findings, impression = draft.current
+        view = DraftView(
+            report_view=shown, findings=findings, impression=impression, language=draft.language,
+            timing=draft.timings, study_id=draft.study_id, draft_id=draft.id, status=_status_text(draft),
+            blocks=_block_rows(draft.trace),
+            warnings="\n".join(draft.warnings),
+        )
+        view.summary = _summary(draft.timings) if draft.timings.get("blocks") else ""
+        return view
+
+    # ------------------------------------------------------------------ correct and sign
+    def save_edit(self, draft_id: str, findings: str, impression: str, reasons: list[str] | None = None,
+                  comment: str = "", request: gr.Request | None = None) -> tuple[str, str]:
+        """Save the text exactly as sent (a new version; the draft stays unsigned). Outputs: status, copy_text."""
+        with _user_errors():
+            user = self._user(request)
+            edit = self.store.save_edit(draft_id.strip(), user, findings=findings, impression=impression,
+                                        reasons=list(reasons or []), comment=comment)
+            draft = self.store.get_draft(draft_id.strip(), user)
+            return (f"Saved version {len(draft.versions)} at {edit.created_at:%H:%M:%S} UTC (not signed).",
+                    format_report(findings, impression, lang=report_language(draft.language)))
+
+    def sign(self, draft_id: str, findings: str, impression: str, reasons: list[str] | None = None,
+             comment: str = "", request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Sign the text as sent; the report becomes read-only. Outputs: status, findings, impression, copy_text."""
+        with _user_errors():
+            draft = self.store.sign(draft_id.strip(), self._user(request), findings=findings, impression=impression,
+                                    reasons=list(reasons or []), comment=comment)
+            return (_status_text(draft), findings, impression,
+                    format_report(findings, impression, lang=report_language(draft.language)))
+
+    def editor_lock(self, draft_id: str, request: gr.Request | None = None) -> tuple[Any, Any]:
+        """Findings and Impression editable unless the shown draft is signed (chained after showing a draft)."""
+        signed = False
+        if (draft_id or "").strip():
+            try:
+                signed = self.store.get_draft(draft_id.strip(), self._user(request)).signed_at is not None
+            except StoreError:
+                signed = False
+        return gr.update(interactive=not signed), gr.update(interactive=not signed)
+
+    def add_addendum(self, draft_id: str, text: str, request: gr.Request | None = None) -> tuple[str, str]:
+        """Append an addendum to a signed report. Outputs: status, addendum box (cleared)."""
+        with _user_errors():
+            user = self._user(request)
+            self.store.add_addendum(draft_id.strip(), user, text)
+            return _status_text(self.store.get_draft(draft_id.strip(), user)), ""
+
+    # ------------------------------------------------------------------ history, export, deletion
+    def history(self, request: gr.Request | None = None) -> list[list[Any]]:
+        """The signed-in user's studies and drafts, newest first. Output: history table."""
+        with _user_errors():
+            return _history_rows(self.store.history(self._user(request)))
+
+    def pick_history_row(self, table: Any, evt: gr.SelectData) -> tuple[str, str]:
+        """Fill the study/draft id boxes from a clicked history row."""
+        row = evt.row_value if getattr(evt, "row_value", None) else []
+        if len(row) < len(HISTORY_HEADERS):
+            return gr.skip(), gr.skip()
+        return str(row[-2] or ""), str(row[-1] or "")
+
+    def export_corrections(self, since: str | float | None = None, until: str | float | None = None,
+                           request: gr.Request | None = None) -> tuple[str, str]:
+        """Zip the user's signed corrections (records.jsonl + de-identified PNGs). Outputs: file, status."""
+        with _user_errors():
+            self.export_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            prune_exports(self.export_root)
+            out_dir = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX, dir=self.export_root))
+            result = export_corrections(
+                self.store, self._user(request), out_dir=out_dir, since=parse_day(since, name="from"),
+                until=parse_day(until, name="to"), licence=self.settings.export_licence,
+            )
+            return str(result.zip_path), f"Exported {result.records} signed reports with {result.images} images."
+
+    def delete_study(self, study_id: str, confirm: bool = False,
+                     request: gr.Request | None = None) -> tuple[str, list[list[Any]]]:
+        """Delete a study with its images, drafts and edits (the audit keeps a PHI-free event). Outputs: status, history."""
+        with _user_errors():
+            study_id = (study_id or "").strip()
+            if not study_id:
+                raise ValueError("choose a study to delete (click a row of the history table)")
+            if not confirm:
+                raise ValueError(f"tick the confirmation box to delete study {study_id!r}; this cannot be undone")
+            user = self._user(request)
+            counts = self.store.delete_study(study_id, user)
+            message = (f"Deleted study {study_id}: {counts['views']} views, {counts['drafts']} drafts, "
+                       f"{counts['edits']} edits.")
+            return message, _history_rows(self.store.history(user))
+
+    def languages(self, model: str = "") -> Any:
+        """Language choices of the chosen model (read from its config, without loading weights)."""
+        with _user_errors():
+            info = self.drafting.model_info(model)
+            return gr.update(choices=list(info.languages), value=info.languages[0])
+
+    def audit(self, study_id: str = "", request: gr.Request | None = None) -> list[list[Any]]:
+        """The audit events of one of the user's studies (or of all the user's actions)."""
+        with _user_errors():
+            user = self._user(request)
+            if study_id.strip():
+                self.store.get_study(study_id.strip(), user)
+                events = self.store.audit_trail(study_id=study_id.strip())
+            else:
+                events = [e for e in self.store.audit_trail() if e.actor == user]
+            return [[f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.study_id or "", e.draft_id or "", str(e.detail)]
+                    for e in events]
+
+
+def _as_paths(files: Any) -> list[str]:
+    """``gr.File`` values (a path, a list of paths, or file objects with ``.name``) -> paths."""
+    if files is None:
+        return []
+    items = files if isinstance(files, (list, tuple)) else [files]
+    return [str(getattr(f, "name", f) if not isinstance(f, dict) else f.get("path")) for f in items]
+
+
+def _sampler_config(max_new_tokens: float, temperature: float, threshold: float, seed: float | None) -> Any:
+    """The sampler settings from UI values (Gradio numbers may arrive as floats)."""
+    from echo_model.sampling import SamplerConfig
+
+    return SamplerConfig(
+        max_new_tokens=int(max_new_tokens), temperature=float(temperature), threshold=float(threshold),
+        seed=None if seed is None else int(seed),
+    )
+

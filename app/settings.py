@@ -1,0 +1,161 @@
+"""Settings of the web app, read once from the environment into a frozen dataclass.
+
+Why one place: the console script, the Spaces entry point and the tests must agree on what each
+variable means, and a typo in a number should fail at start-up with a message naming the variable,
+not deep inside a request.
+
+=============================  ==========================================================================
+``ECHO_MODEL``                 checkpoint(s): ``embedded`` (default), a folder, or a hub id such as
+                               ``Midea-AIRC/ECHO_block8``; several comma-separated become a model menu
+``ECHO_DATA_DIR``              where the database and de-identified PNGs live (default ``./echo-data``)
+``ECHO_AUTH``                  ``user1:pass1,user2:pass2`` or a path to a file of ``user:pass`` lines
+``ECHO_DB_SINGLE_CONNECTION``  ``1`` forces one SQLite connection without WAL, ``0`` forbids it; unset =
+                               automatic (on for network/FUSE file systems)
+``ECHO_DEVICE``                ``cpu``, ``cuda``, ``cuda:1`` ...; unset = CUDA when available
+``ECHO_MAX_NEW_TOKENS``        default generation budget shown in the UI (default 512)
+``ECHO_QUEUE_SIZE``            most generation requests waiting in the queue (default 16)
+``ECHO_GENERATION_CONCURRENCY`` generations that run at once (default 1: one model on one device)
+``ECHO_EXPORT_LICENCE``        licence string written into exported records (default ``unknown``)
+``ECHO_MAX_FILE_SIZE``         largest accepted upload, Gradio syntax (default ``200mb``)
+``GRADIO_SERVER_NAME``         interface to listen on (Gradio's default 127.0.0.1)
+``GRADIO_SERVER_PORT``         port (Gradio's default: first free from 7860)
+``SPACE_ID``                   set by Hugging Face Spaces; enables the persistence check
+=============================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["EMBEDDED", "AppSettings", "SettingsError"]
+
+#: The model-menu label of the embedded checkpoint family (each sampler gets its own role).
+EMBEDDED = "embedded"
+#: Where Spaces mounts persistent storage; anything else on a Space is lost at restart.
+SPACES_PERSISTENT_ROOT = Path("/data")
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value the app cannot use; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _tristate(env: Mapping[str, str], name: str) -> bool | None:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1/0 (or true/false), got {raw!r}")
+
+
+def _default_upload_cache() -> Path:
+    """Gradio's upload cache (``GRADIO_TEMP_DIR`` or ``<tmp>/gradio``), the only place we delete files from."""
+    env = os.environ.get("GRADIO_TEMP_DIR")
+    return Path(env) if env else Path(tempfile.gettempdir()) / "gradio"
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything the app needs to know about its deployment.
+
+    Attributes:
+        models: model-menu entries; ``"embedded"`` means the embedded family, otherwise a folder or hub id.
+            The first is the default.
+        data_dir: database (``echo.sqlite``), ``images/`` (de-identified PNGs by content hash).
+        auth: raw ``ECHO_AUTH`` value (see :mod:`app.auth`); ``None`` = no login, every user is ``local_user``.
+        single_connection: ``True``/``False`` forces the SQLite mode; ``None`` decides from the file system.
+        device: torch device for the model; ``None`` = CUDA when available.
+        max_new_tokens: default generation budget.
+        queue_size: bounded queue of generation requests (``queue(max_size=...)``).
+        generation_concurrency: generation events running at once (``concurrency_limit`` of the "gpu" id).
+        export_licence: licence string of exported correction records.
+        max_file_size: largest upload Gradio accepts.
+        server_name / server_port: where to listen (``None`` = Gradio's defaults).
+        space_id: the Hugging Face Space id when running on Spaces.
+        local_user: the name recorded as author when no login is configured.
+        upload_cache_dir: Gradio's upload cache; uploads inside it are deleted once de-identified.
+    """
+
+    models: tuple[str, ...] = (EMBEDDED,)
+    data_dir: Path = Path("echo-data")
+    auth: str | None = None
+    single_connection: bool | None = None
+    device: str | None = None
+    max_new_tokens: int = 512
+    queue_size: int = 16
+    generation_concurrency: int = 1
+    export_licence: str = "unknown"
+    max_file_size: str = "200mb"
+    server_name: str | None = None
+    server_port: int | None = None
+    space_id: str | None = None
+    local_user: str = "local"
+    upload_cache_dir: Path = field(default_factory=_default_upload_cache)
+
+    def __post_init__(self) -> None:
+        if not self.models or any(not m.strip() for m in self.models):
+            raise SettingsError(f"ECHO_MODEL must name at least one model, got {self.models!r}")
+        if self.max_new_tokens < 1 or self.queue_size < 1 or self.generation_concurrency < 1:
+            raise SettingsError("max_new_tokens, queue_size and generation_concurrency must be >= 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AppSettings:
+        """Read the variables listed in the module docstring (``env`` defaults to ``os.environ``)."""
+        env = os.environ if env is None else env
+        models = tuple(m.strip() for m in env.get("ECHO_MODEL", EMBEDDED).split(",") if m.strip()) or (EMBEDDED,)
+        port = env.get("GRADIO_SERVER_PORT", "").strip()
+        return cls(
+            models=models,
+            data_dir=Path(env.get("ECHO_DATA_DIR", "").strip() or "echo-data").expanduser(),
+            auth=env.get("ECHO_AUTH", "").strip() or None,
+            single_connection=_tristate(env, "ECHO_DB_SINGLE_CONNECTION"),
+            device=env.get("ECHO_DEVICE", "").strip() or None,
+            max_new_tokens=_int(env, "ECHO_MAX_NEW_TOKENS", 512),
+            queue_size=_int(env, "ECHO_QUEUE_SIZE", 16),
+            generation_concurrency=_int(env, "ECHO_GENERATION_CONCURRENCY", 1),
+            export_licence=env.get("ECHO_EXPORT_LICENCE", "").strip() or "unknown",
+            max_file_size=env.get("ECHO_MAX_FILE_SIZE", "").strip() or "200mb",
+            server_name=env.get("GRADIO_SERVER_NAME", "").strip() or None,
+            server_port=_int(env, "GRADIO_SERVER_PORT", 0, minimum=0) if port else None,
+            space_id=env.get("SPACE_ID", "").strip() or None,
+            upload_cache_dir=Path(env["GRADIO_TEMP_DIR"]) if env.get("GRADIO_TEMP_DIR") else _default_upload_cache(),
+        )
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+    def persistence_warning(self) -> str | None:
+        """A sentence for the log and the UI banner when saved work will not survive a restart.
+
+        Why only on Spaces: there the container disk is wiped at every restart and only ``/data``
+        (persistent storage, a paid option) survives; elsewhere the operator chose the folder.
+        """
+        if self.space_id is None:
+            return None
+        data = self.data_dir.expanduser().absolute()
+        if data == SPACES_PERSISTENT_ROOT or SPACES_PERSISTENT_ROOT in data.parents:
+            return None
+        return (
+            f"This Space stores reports in {data}, which is NOT persistent: every draft, edit and signature is "
+            "lost when the Space restarts. Enable persistent storage and set ECHO_DATA_DIR=/data/echo."
+        )

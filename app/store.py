@@ -1,0 +1,729 @@
+"""Persistent store of studies, drafts, edits and the audit trail (SQLite through SQLAlchemy 2).
+
+Layout under the data directory::
+
+    echo.sqlite          tables study, image, study_image, draft, edit, audit
+    images/<sha256>.png  de-identified pixels (IHDR/IDAT/IEND only), named by their pixel hash
+
+Rules the schema enforces, not just the code:
+
+* foreign keys are ON (``PRAGMA foreign_keys``): deleting a study deletes its image links, drafts and
+  edits (``ON DELETE CASCADE``); the audit references studies by plain id so it survives deletion;
+* a signed draft is immutable and only addenda may be added to it; edits and the audit are append-only
+  (SQLite triggers raise ``ABORT``), so even a bug in this module cannot rewrite signed text;
+* no raw upload, file name or DICOM header is stored: images arrive as de-identified PNG bytes plus an
+  allow-listed metadata dict.
+
+Concurrency: on a local disk the database runs in WAL mode with a connection pool (readers never
+block the writer). On network or FUSE file systems (NFS, SMB, Spaces bucket mounts) SQLite's locks
+are unreliable and WAL is unsupported, so the store uses one connection, ``locking_mode=EXCLUSIVE``
+and a rollback journal, and serialises sessions with a lock (``ECHO_DB_SINGLE_CONNECTION`` forces
+either mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+from echo_model.records import EDIT_REASONS
+
+__all__ = [
+    "AccessError", "AuditInfo", "DraftInfo", "EditInfo", "HistoryRow", "ImageInfo", "NewDraft", "NewImage",
+    "NotFoundError", "SignedReportError", "Store", "StoreError", "StudyInfo", "needs_single_connection",
+]
+
+DB_NAME = "echo.sqlite"
+#: File-system types on which SQLite locking/WAL cannot be trusted (network and FUSE mounts).
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb", "smbfs", "smb3", "9p", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
+    "afs", "davfs", "sshfs", "virtiofs", "s3fs", "gcsfuse", "fuse",
+})
+
+
+class StoreError(ValueError):
+    """A request the store refuses; the message names the object and the reason."""
+
+
+class NotFoundError(StoreError):
+    """No study/draft with that id."""
+
+
+class AccessError(StoreError):
+    """The object belongs to another user."""
+
+
+class SignedReportError(StoreError):
+    """The draft is signed: its text can no longer change, only addenda can be added."""
+
+
+UTC = timezone.utc
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes (SQLite keeps none, so store naive UTC and re-attach the zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware (UTC) datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
+
+
+class Study(Base):
+    __tablename__ = "study"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime]
+    images: Mapped[list[StudyImage]] = relationship(
+        back_populates="study", order_by="StudyImage.position", cascade="all, delete-orphan", passive_deletes=True
+    )
+    drafts: Mapped[list[DraftRow]] = relationship(
+        back_populates="study", order_by="DraftRow.created_at", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ImageBlob(Base):
+    """One de-identified PNG on disk, shared by every study that holds the same pixels."""
+
+    __tablename__ = "image"
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    width: Mapped[int]
+    height: Mapped[int]
+    created_at: Mapped[datetime]
+
+
+class StudyImage(Base):
+    __tablename__ = "study_image"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    image_hash: Mapped[str] = mapped_column(ForeignKey("image.hash", ondelete="RESTRICT"), index=True)
+    position: Mapped[int]
+    view: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(64))
+    image_metadata: Mapped[dict[str, Any]]
+    warnings: Mapped[list[Any]]
+    cxr_likeness: Mapped[float] = mapped_column(Float)
+    study: Mapped[Study] = relationship(back_populates="images")
+
+
+class DraftRow(Base):
+    __tablename__ = "draft"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    parent_id: Mapped[str | None] = mapped_column(String(32))  # plain id: a re-draft's source draft
+    author: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    model: Mapped[str] = mapped_column(Text)
+    model_revision: Mapped[str] = mapped_column(Text)
+    sampler: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int | None]
+    language: Mapped[str] = mapped_column(String(8))
+    settings: Mapped[dict[str, Any]]
+    report: Mapped[str] = mapped_column(Text)
+    findings: Mapped[str] = mapped_column(Text)
+    impression: Mapped[str] = mapped_column(Text)
+    trace: Mapped[list[Any]]
+    timings: Mapped[dict[str, Any]]
+    warnings: Mapped[list[Any]]
+    signed_at: Mapped[datetime | None]
+    signed_by: Mapped[str | None] = mapped_column(String(128))
+    study: Mapped[Study] = relationship(back_populates="drafts")
+    edits: Mapped[list[EditRow]] = relationship(
+        back_populates="draft", order_by="EditRow.id", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class EditRow(Base):
+    """One saved version of the radiologist's text: ``edit``, the ``sign``ed version, or an ``addendum``."""
+
+    __tablename__ = "edit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    draft_id: Mapped[str] = mapped_column(ForeignKey("draft.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    author: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    findings: Mapped[str] = mapped_column(Text)
+    impression: Mapped[str] = mapped_column(Text)
+    reasons: Mapped[list[Any]]
+    comment: Mapped[str] = mapped_column(Text)
+    seconds_since_draft: Mapped[float] = mapped_column(Float)
+    draft: Mapped[DraftRow] = relationship(back_populates="edits")
+
+
+class AuditRow(Base):
+    """Who did what when. Never holds report text, indications, file names or pixels."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    study_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    draft_id: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]]
+
+
+# Defence in depth: the database itself refuses to rewrite signed or append-only rows.
+_TRIGGERS = (
+    """CREATE TRIGGER IF NOT EXISTS edit_append_only BEFORE UPDATE ON edit
+       BEGIN SELECT RAISE(ABORT, 'edits are append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+       BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+       BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS signed_draft_immutable BEFORE UPDATE ON draft
+       WHEN OLD.signed_at IS NOT NULL
+       BEGIN SELECT RAISE(ABORT, 'a signed report is immutable'); END""",
+    """CREATE TRIGGER IF NOT EXISTS signed_draft_addenda_only BEFORE INSERT ON edit
+       WHEN NEW.kind != 'addendum' AND (SELECT signed_at FROM draft WHERE id = NEW.draft_id) IS NOT NULL
+       BEGIN SELECT RAISE(ABORT, 'a signed report takes addenda only'); END""",
+)
+
+
+# ---------------------------------------------------------------------------------------- value objects
+@dataclass(frozen=True)
+class NewImage:
+    """A de-identified view ready to store (built by the service from a ``LoadedImage``)."""
+
+    content_hash: str
+    png: bytes
+    width: int
+    height: int
+    view: str = "unknown"
+    label: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    cxr_likeness: float = 1.0
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    content_hash: str
+    path: Path
+    position: int
+    view: str
+    label: str
+    metadata: dict[str, Any]
+    warnings: tuple[str, ...]
+    cxr_likeness: float
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    id: str
+    owner: str
+    created_at: datetime
+    images: tuple[ImageInfo, ...]
+    draft_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NewDraft:
+    """What a finished generation adds: the text, how it was made, and its per-block trace."""
+
+    study_id: str
+    author: str
+    model: str
+    model_revision: str
+    sampler: str
+    language: str
+    report: str
+    findings: str
+    impression: str
+    seed: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EditInfo:
+    id: int
+    kind: str
+    author: str
+    created_at: datetime
+    findings: str
+    impression: str
+    reasons: tuple[str, ...]
+    comment: str
+    seconds_since_draft: float
+
+
+@dataclass(frozen=True)
+class DraftInfo:
+    id: str
+    study_id: str
+    parent_id: str | None
+    author: str
+    created_at: datetime
+    model: str
+    model_revision: str
+    sampler: str
+    seed: int | None
+    language: str
+    settings: dict[str, Any]
+    report: str
+    findings: str
+    impression: str
+    trace: list[dict[str, Any]]
+    timings: dict[str, Any]
+    warnings: list[str]
+    signed_at: datetime | None
+    signed_by: str | None
+    edits: tuple[EditInfo, ...]
+
+    @property
+    def versions(self) -> tuple[EditInfo, ...]:
+        """Saved versions of the report text (edits and the signed one), oldest first."""
+        return tuple(e for e in self.edits if e.kind != "addendum")
+
+    @property
+    def addenda(self) -> tuple[EditInfo, ...]:
+        return tuple(e for e in self.edits if e.kind == "addendum")
+
+    @property
+    def current(self) -> tuple[str, str]:
+        """(findings, impression) as last saved by the radiologist, else as drafted."""
+        versions = self.versions
+        return (versions[-1].findings, versions[-1].impression) if versions else (self.findings, self.impression)
+
+    @property
+    def status(self) -> str:
+        return "signed" if self.signed_at else ("edited" if self.versions else "draft")
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    study_id: str
+    draft_id: str | None
+    created_at: datetime
+    sampler: str
+    model: str
+    status: str
+    signed_at: datetime | None
+    views: int
+
+
+@dataclass(frozen=True)
+class AuditInfo:
+    at: datetime
+    actor: str
+    action: str
+    study_id: str | None
+    draft_id: str | None
+    detail: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------- file system
+def _mount_fstype(path: Path, mounts_file: Path = Path("/proc/mounts")) -> str | None:
+    """File-system type of the mount holding ``path`` (longest mount-point prefix), None if unknown."""
+    try:
+        lines = mounts_file.read_text().splitlines()
+    except OSError:
+        return None
+    target = path.absolute()
+    best: tuple[int, str] | None = None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = Path(parts[1].replace("\\040", " "))
+        if (target == point or point in target.parents) and (best is None or len(point.parts) > best[0]):
+            best = (len(point.parts), parts[2])
+    return best[1] if best else None
+
+
+def needs_single_connection(path: Path, *, mounts_file: Path = Path("/proc/mounts")) -> bool:
+    """True when ``path`` lies on a network or FUSE file system, where SQLite locks and WAL misbehave."""
+    fstype = (_mount_fstype(path, mounts_file) or "").lower()
+    return fstype in NETWORK_FILESYSTEMS or fstype.startswith(("fuse", "nfs"))
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# ---------------------------------------------------------------------------------------- the store
+class Store:
+    """All persistence of the app. Methods return frozen value objects, never live ORM rows.
+
+    Args:
+        data_dir: created if missing.
+        single_connection: True = one connection, exclusive locking, no WAL; False = WAL + pool;
+            None = decide with :func:`needs_single_connection`.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, single_connection: bool | None = None):
+        self.data_dir = Path(data_dir).expanduser()
+        self.images_dir = self.data_dir / "images"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.single_connection = (
+            needs_single_connection(self.data_dir) if single_connection is None else single_connection
+        )
+        self.engine = self._make_engine(self.data_dir / DB_NAME, single=self.single_connection)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # One shared connection cannot run two transactions at once; a pool of WAL connections can.
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if self.single_connection else contextlib.nullcontext()
+        )
+        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            for ddl in _TRIGGERS:
+                conn.execute(text(ddl))
+
+    @property
+    def journal_mode(self) -> str:
+        with self._lock, self.engine.connect() as conn:
+            return str(conn.execute(text("PRAGMA journal_mode")).scalar())
+
+    @staticmethod
+    def _make_engine(db: Path, *, single: bool) -> Engine:
+        url = f"sqlite:///{db}"
+        args = {"check_same_thread": False, "timeout": 30}
+        engine = (
+            create_engine(url, poolclass=StaticPool, connect_args=args)
+            if single
+            else create_engine(url, connect_args=args, pool_size=8, max_overflow=8)
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout=30000")  # before WAL: switching journal mode can itself be busy
+            cur.execute("PRAGMA foreign_keys=ON")
+            if single:
+                cur.execute("PRAGMA locking_mode=EXCLUSIVE")
+                cur.execute("PRAGMA journal_mode=DELETE")
+            else:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        with self._lock, self._sessions.begin() as session:
+            yield session
+
+    # ------------------------------------------------------------------ images and studies
+    def image_path(self, content_hash: str) -> Path:
+        if len(content_hash) != 64 or any(c not in "0123456789abcdef" for c in content_hash):
+            raise StoreError(f"not a content hash: {content_hash!r}")
+        return self.images_dir / f"{content_hash}.png"
+
+    def _write_png(self, image: NewImage) -> None:
+        path = self.image_path(image.content_hash)
+        if path.exists():
+            return
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(image.png)
+        os.replace(tmp, path)
+
+    def create_study(self, owner: str, images: Sequence[NewImage]) -> StudyInfo:
+        """A new study holding ``images`` (in order), owned by ``owner``."""
+        if not images:
+            raise StoreError("a study needs at least one image")
+        study_id = _new_id()
+        with self._transaction() as s:
+            s.add(Study(id=study_id, owner=owner, created_at=_utcnow()))
+            self._attach(s, study_id, images, start=0)
+            self._audit(s, owner, "study.create", study_id=study_id, detail={"views": len(images)})
+        return self.get_study(study_id, owner)
+
+    def add_images(self, study_id: str, actor: str, images: Sequence[NewImage]) -> StudyInfo:
+        """Append views to a study that has no draft yet (a draft must describe a fixed set of views)."""
+        with self._transaction() as s:
+            study = self._owned_study(s, study_id, actor)
+            if study.drafts:
+                raise StoreError(f"study {study_id!r} already has drafts; start a new study to add views")
+            self._attach(s, study_id, images, start=len(study.images))
+            self._audit(s, actor, "study.add_views", study_id=study_id, detail={"views": len(images)})
+        return self.get_study(study_id, actor)
+
+    def _attach(self, s: Session, study_id: str, images: Sequence[NewImage], *, start: int) -> None:
+        for offset, img in enumerate(images):
+            self._write_png(img)
+            if s.get(ImageBlob, img.content_hash) is None:
+                s.add(ImageBlob(hash=img.content_hash, width=img.width, height=img.height, created_at=_utcnow()))
+                s.flush()
+            s.add(StudyImage(
+                study_id=study_id, image_hash=img.content_hash, position=start + offset, view=img.view,
+                label=img.label or f"view {start + offset + 1}", image_metadata=dict(img.metadata),
+                warnings=list(img.warnings), cxr_likeness=float(img.cxr_likeness),
+            ))
+
+    def get_study(self, study_id: str, actor: str) -> StudyInfo:
+        with self._transaction() as s:
+            study = self._owned_study(s, study_id, actor)
+            return StudyInfo(
+                id=study.id, owner=study.owner, created_at=study.created_at,
+                images=tuple(
+                    ImageInfo(content_hash=i.image_hash, path=self.image_path(i.image_hash), position=i.position,
+                              view=i.view, label=i.label, metadata=dict(i.image_metadata),
+                              warnings=tuple(i.warnings), cxr_likeness=i.cxr_likeness)
+                    for i in study.images
+                ),
+                draft_ids=tuple(d.id for d in study.drafts),
+            )
+
+    def _owned_study(self, s: Session, study_id: str, actor: str) -> Study:
+        study = s.get(Study, study_id) if study_id else None
+        if study is None:
+            raise NotFoundError(f"study {study_id!r} does not exist (it may have been deleted)")
+        if study.owner != actor:
+            raise AccessError(f"study {study_id!r} belongs to another user")
+        return study
+
+    # ------------------------------------------------------------------ drafts, edits, signatures
+    def add_draft(self, new: NewDraft) -> DraftInfo:
+        draft_id = _new_id()
+        with self._transaction() as s:
+            self._owned_study(s, new.study_id, new.author)
+            s.add(DraftRow(
+                id=draft_id, study_id=new.study_id, parent_id=new.parent_id, author=new.author,
+                created_at=_utcnow(), model=new.model, model_revision=new.model_revision, sampler=new.sampler,
+                seed=new.seed, language=new.language, settings=dict(new.settings), report=new.report,
+                findings=new.findings, impression=new.impression, trace=list(new.trace),
+                timings=dict(new.timings), warnings=list(new.warnings), signed_at=None, signed_by=None,
+            ))
+            self._audit(s, new.author, "draft.create", study_id=new.study_id, draft_id=draft_id,
+                        detail={"sampler": new.sampler, "model": new.model, "revision": new.model_revision,
+                                "parent": new.parent_id})
+        return self.get_draft(draft_id, new.author)
+
+    def get_draft(self, draft_id: str, actor: str) -> DraftInfo:
+        with self._transaction() as s:
+            return self._draft_info(self._owned_draft(s, draft_id, actor))
+
+    def _owned_draft(self, s: Session, draft_id: str, actor: str) -> DraftRow:
+        draft = s.get(DraftRow, draft_id) if draft_id else None
+        if draft is None:
+            raise NotFoundError(f"draft {draft_id!r} does not exist (generate a report first, or it was deleted)")
+        if draft.study.owner != actor:
+            raise AccessError(f"draft {draft_id!r} belongs to another user")
+        return draft
+
+    @staticmethod
+    def _check_reasons(reasons: Sequence[str]) -> tuple[str, ...]:
+        bad = [r for r in reasons if r not in EDIT_REASONS]
+        if bad:
+            raise StoreError(f"unknown edit reasons {bad}; allowed: {list(EDIT_REASONS)}")
+        return tuple(dict.fromkeys(reasons))
+
+    def _add_edit(self, s: Session, draft: DraftRow, actor: str, kind: str, *, findings: str, impression: str,
+                  reasons: Sequence[str], comment: str) -> EditRow:
+        row = EditRow(
+            draft_id=draft.id, kind=kind, author=actor, created_at=_utcnow(), findings=findings,
+            impression=impression, reasons=list(self._check_reasons(reasons)), comment=comment,
+            seconds_since_draft=(_utcnow() - draft.created_at).total_seconds(),
+        )
+        s.add(row)
+        s.flush()
+        return row
+
+    def _refuse_if_signed(self, draft: DraftRow) -> None:
+        if draft.signed_at is not None:
+            raise SignedReportError(
+                f"draft {draft.id!r} was signed by {draft.signed_by} at {draft.signed_at:%Y-%m-%d %H:%M} UTC; "
+                "it can no longer be edited: add an addendum instead"
+            )
+
+    def save_edit(self, draft_id: str, actor: str, *, findings: str, impression: str,
+                  reasons: Sequence[str] = (), comment: str = "") -> EditInfo:
+        """Append a version of the report text exactly as given (no trimming or normalising)."""
+        with self._transaction() as s:
+            draft = self._owned_draft(s, draft_id, actor)
+            self._refuse_if_signed(draft)
+            row = self._add_edit(s, draft, actor, "edit", findings=findings, impression=impression,
+                                 reasons=reasons, comment=comment)
+            self._audit(s, actor, "edit.save", study_id=draft.study_id, draft_id=draft_id,
+                        detail={"edit": row.id, "reasons": list(row.reasons)})
+            return self._edit_info(row)
+
+    def sign(self, draft_id: str, actor: str, *, findings: str, impression: str,
+             reasons: Sequence[str] = (), comment: str = "") -> DraftInfo:
+        """Store the final text and freeze the draft; later changes are addenda."""
+        if not (findings.strip() or impression.strip()):
+            raise StoreError(f"cannot sign draft {draft_id!r}: findings and impression are both empty")
+        with self._transaction() as s:
+            draft = self._owned_draft(s, draft_id, actor)
+            self._refuse_if_signed(draft)
+            row = self._add_edit(s, draft, actor, "sign", findings=findings, impression=impression,
+                                 reasons=reasons, comment=comment)
+            draft.signed_at, draft.signed_by = row.created_at, actor
+            self._audit(s, actor, "report.sign", study_id=draft.study_id, draft_id=draft_id,
+                        detail={"edit": row.id, "reasons": list(row.reasons),
+                                "seconds_since_draft": round(row.seconds_since_draft, 3)})
+        return self.get_draft(draft_id, actor)
+
+    def add_addendum(self, draft_id: str, actor: str, text_: str) -> EditInfo:
+        if not text_.strip():
+            raise StoreError("an addendum needs some text")
+        with self._transaction() as s:
+            draft = self._owned_draft(s, draft_id, actor)
+            if draft.signed_at is None:
+                raise StoreError(f"draft {draft_id!r} is not signed yet: edit the report instead of adding an addendum")
+            findings, impression = self._draft_info(draft).current
+            row = self._add_edit(s, draft, actor, "addendum", findings=findings, impression=impression,
+                                 reasons=(), comment=text_)
+            self._audit(s, actor, "addendum.add", study_id=draft.study_id, draft_id=draft_id, detail={"edit": row.id})
+            return self._edit_info(row)
+
+    # ------------------------------------------------------------------ queries
+    def history(self, owner: str, *, limit: int = 500) -> list[HistoryRow]:
+        """The owner's drafts (and studies without a draft yet), newest first."""
+        rows: list[HistoryRow] = []
+        with self._transaction() as s:
+            studies = s.scalars(
+                select(Study).where(Study.owner == owner).order_by(Study.created_at.desc()).limit(limit)
+            ).all()
+            for study in studies:
+                if not study.drafts:
+                    rows.append(HistoryRow(study.id, None, study.created_at, "", "", "no draft", None, len(study.images)))
+                for d in reversed(study.drafts):
+                    status = "signed" if d.signed_at else ("edited" if any(e.kind != "addendum" for e in d.edits) else "draft")
+                    rows.append(HistoryRow(study.id, d.id, d.created_at, d.sampler, d.model, status, d.signed_at,
+                                           len(study.images)))
+        return sorted(rows, key=lambda r: r.created_at, reverse=True)
+
+    def signed_drafts(self, owner: str, *, since: datetime | None = None,
+                      until: datetime | None = None) -> list[tuple[DraftInfo, StudyInfo]]:
+        """Signed drafts of ``owner`` whose signature time lies in [since, until), oldest first."""
+        with self._transaction() as s:
+            query = (select(DraftRow.id).join(Study).where(Study.owner == owner, DraftRow.signed_at.is_not(None))
+                     .order_by(DraftRow.signed_at))
+            if since is not None:
+                query = query.where(DraftRow.signed_at >= since)
+            if until is not None:
+                query = query.where(DraftRow.signed_at < until)
+            ids = list(s.scalars(query))
+        out = []
+        for draft_id in ids:
+            draft = self.get_draft(draft_id, owner)
+            out.append((draft, self.get_study(draft.study_id, owner)))
+        return out
+
+    def audit_trail(self, *, study_id: str | None = None, draft_id: str | None = None) -> list[AuditInfo]:
+        with self._transaction() as s:
+            query = select(AuditRow).order_by(AuditRow.id)
+            if study_id is not None:
+                query = query.where(AuditRow.study_id == study_id)
+            if draft_id is not None:
+                query = query.where(AuditRow.draft_id == draft_id)
+            return [AuditInfo(r.at, r.actor, r.action, r.study_id, r.draft_id, dict(r.detail)) for r in s.scalars(query)]
+
+    def record_export(self, actor: str, *, records: int, images: int) -> None:
+        with self._transaction() as s:
+            self._audit(s, actor, "export", detail={"records": records, "images": images})
+
+    # ------------------------------------------------------------------ deletion
+    def delete_study(self, study_id: str, actor: str) -> dict[str, int]:
+        """Delete a study with its image links, drafts, edits and now-unused PNG files.
+
+        The audit keeps one ``study.delete`` event with counts only (no text, no pixels, no hashes).
+        """
+        with self._transaction() as s:
+            study = self._owned_study(s, study_id, actor)
+            hashes = {i.image_hash for i in study.images}
+            counts = {
+                "views": len(study.images),
+                "drafts": len(study.drafts),
+                "edits": sum(len(d.edits) for d in study.drafts),
+            }
+            s.delete(study)
+            s.flush()
+            still_used = set(s.scalars(select(StudyImage.image_hash).where(StudyImage.image_hash.in_(hashes))))
+            orphans = hashes - still_used
+            for h in orphans:
+                blob = s.get(ImageBlob, h)
+                if blob is not None:
+                    s.delete(blob)
+            self._audit(s, actor, "study.delete", study_id=study_id, detail=dict(counts))
+        for h in orphans:
+            self.image_path(h).unlink(missing_ok=True)
+        counts["files"] = len(orphans)
+        return counts
+
+    def count(self, table: str) -> int:
+        """Rows in one table (tests and health checks)."""
+        model = {m.__tablename__: m for m in (Study, ImageBlob, StudyImage, DraftRow, EditRow, AuditRow)}.get(table)
+        if model is None:
+            raise StoreError(f"unknown table {table!r}")
+        with self._transaction() as s:
+            return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _audit(s: Session, actor: str, action: str, *, study_id: str | None = None, draft_id: str | None = None,
+               detail: dict[str, Any] | None = None) -> None:
+        s.add(AuditRow(at=_utcnow(), actor=actor, action=action, study_id=study_id, draft_id=draft_id,
+                       detail=dict(detail or {})))
+
+    @staticmethod
+    def _edit_info(row: EditRow) -> EditInfo:
+        return EditInfo(id=row.id, kind=row.kind, author=row.author, created_at=row.created_at,
+                        findings=row.findings, impression=row.impression, reasons=tuple(row.reasons),
+                        comment=row.comment, seconds_since_draft=row.seconds_since_draft)
+
+    def _draft_info(self, d: DraftRow) -> DraftInfo:
+        return DraftInfo(
+            id=d.id, study_id=d.study_id, parent_id=d.parent_id, author=d.author, created_at=d.created_at,
+            model=d.model, model_revision=d.model_revision, sampler=d.sampler, seed=d.seed, language=d.language,
+            settings=dict(d.settings), report=d.report, findings=d.findings, impression=d.impression,
+            trace=list(d.trace), timings=dict(d.timings), warnings=list(d.warnings), signed_at=d.signed_at,
+            signed_by=d.signed_by, edits=tuple(self._edit_info(e) for e in d.edits),
+        )

@@ -1,0 +1,220 @@
+"""Gradio callbacks called directly (no server): streaming per block, correct/sign/addendum, export, delete."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pytest
+from conftest import synthetic_cxr
+
+from app.handlers import DRAFT_FIELDS, VIEWER_FIELDS, Handlers
+from app.main import build_demo
+from app.service import MASK_GLYPH, DraftingService, Services
+from app.settings import AppSettings
+from echo_model.records import EDIT_REASONS
+from train.data import load_dataset
+
+F = {name: i for i, name in enumerate(DRAFT_FIELDS)}
+# gr.Warning outside a running server falls back to warnings.warn; the app's input warnings are expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, checkpoint) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    checkpoint.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def handlers(tmp_path_factory, model_dir: Path) -> Handlers:
+    root = tmp_path_factory.mktemp("app")
+    settings = AppSettings(models=(str(model_dir),), data_dir=root / "data", upload_cache_dir=root / "cache",
+                           max_new_tokens=12)
+    h = Handlers(Services.create(settings))
+    h.export_root = root / "exports"
+    h.export_root.mkdir()
+    return h
+
+
+def _upload(h: Handlers, name: str = "frontal.png", seed: int = 0, size: tuple[int, int] = (256, 240)) -> str:
+    folder = h.settings.upload_cache_dir / f"u{seed}-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    synthetic_cxr(seed, size).save(folder / name)
+    return str(folder / name)
+
+
+def _generate(h: Handlers, files: list[str] | None = None, *, study_id: str = "", **kw: Any) -> list[tuple]:
+    args = {"indication": "cough", "language": "en", "model": "", "sampler": "echo", "max_new_tokens": 12,
+            "temperature": 0.0, "threshold": 0.85, "seed": 0}
+    args.update(kw)
+    return list(h.generate(files, args["indication"], args["language"], args["model"], args["sampler"],
+                           args["max_new_tokens"], args["temperature"], args["threshold"], args["seed"], study_id))
+
+
+@pytest.fixture(scope="module")
+def drafted(handlers: Handlers) -> list[tuple]:
+    return _generate(handlers, [_upload(handlers, size=(120, 100))], temperature=0.7, seed=5)
+
+
+def test_one_update_per_block_with_placeholder_until_the_last(drafted: list[tuple], handlers: Handlers) -> None:
+    last = drafted[-1]
+    timing = last[F["timing"]]
+    assert len(drafted) == timing["blocks"] == len(timing["per_block_ms"]) >= 2
+    for n, update in enumerate(drafted[:-1], start=1):
+        assert update[F["report_view"]][-1] == (MASK_GLYPH * 4, "masked")
+        assert update[F["draft_id"]] == "" and len(update[F["blocks"]]) == n
+    assert all(cat != "masked" for _, cat in last[F["report_view"]])
+    assert last[F["draft_id"]] and timing["done"] is True
+    assert timing["time_to_first_block_s"] > 0 and timing["total_s"] >= timing["time_to_first_block_s"]
+    assert timing["tokens_per_forward"] > 0 and "tokens/forward" in last[F["summary"]]
+
+
+def test_draft_records_model_revision_seed_and_settings(drafted: list[tuple], handlers: Handlers) -> None:
+    draft = handlers.store.get_draft(drafted[-1][F["draft_id"]], "local")
+    assert draft.model == str(handlers.settings.models[0]) and draft.model_revision == "unversioned"
+    assert draft.seed == 5 and draft.settings["temperature"] == 0.7 and draft.settings["indication"] == "cough"
+    assert len(draft.trace) == len(drafted) and all("token_ids" in t and "ms" in t for t in draft.trace)
+    assert (drafted[-1][F["findings"]], drafted[-1][F["impression"]]) == (draft.findings, draft.impression)
+
+
+def test_input_warnings_are_shown(drafted: list[tuple]) -> None:
+    assert "view 1:" in drafted[-1][F["warnings"]] and "small" in drafted[-1][F["warnings"]]
+
+
+def test_generate_without_images_or_with_bad_language_names_the_problem(handlers: Handlers, drafted) -> None:
+    with pytest.raises(gr.Error, match="no image"):
+        _generate(handlers)
+    with pytest.raises(gr.Error, match="language 'zh' is not supported"):
+        _generate(handlers, study_id=drafted[-1][F["study_id"]], language="zh")
+    with pytest.raises(gr.Error, match="not offered"):
+        _generate(handlers, study_id=drafted[-1][F["study_id"]], model="/somewhere/else")
+
+
+def test_upload_error_names_the_file_and_viewer_shows_stored_views(handlers: Handlers) -> None:
+    bad = Path(_upload(handlers, "scan.png", seed=9))
+    bad.write_text("%PDF-1.4 not an x-ray")
+    with pytest.raises(gr.Error, match=r"scan\.png: .*PDF"):
+        handlers.upload([str(bad)], "")
+    assert not bad.exists()
+    out = handlers.upload([_upload(handlers, "pa.png", seed=3)], "")
+    viewer = dict(zip(VIEWER_FIELDS, out))
+    assert viewer["study_id"] and viewer["viewer"].mode == "L" and out[-1] is None
+    image, info = handlers.render_view(viewer["study_id"], 0, 128, 64)
+    assert image.size == viewer["viewer"].size and "view 1" in info
+
+
+def test_edit_sign_addendum_and_immutability(handlers: Handlers) -> None:
+    updates = _generate(handlers, [_upload(handlers, seed=11)])
+    draft_id = updates[-1][F["draft_id"]]
+    status, copy = handlers.save_edit(draft_id, " Heart normal.\n", "No acute disease. ", ["style"], "tidied")
+    assert "version 1" in status and copy == "Findings: Heart normal. Impression: No acute disease."
+    assert handlers.store.get_draft(draft_id, "local").current == (" Heart normal.\n", "No acute disease. ")
+    with pytest.raises(gr.Error, match="unknown edit reasons"):
+        handlers.save_edit(draft_id, "a", "b", ["typo"], "")
+    signed = handlers.sign(draft_id, "Heart normal.", "Normal chest.", ["false finding"], "")
+    assert "Signed" in signed[0] and signed[1:3] == ("Heart normal.", "Normal chest.")
+    assert all(u["interactive"] is False for u in handlers.editor_lock(draft_id))
+    assert all(u["interactive"] is True for u in handlers.editor_lock(updates[-1][F["draft_id"]] + "-unknown"))
+    with pytest.raises(gr.Error, match="add an addendum"):
+        handlers.save_edit(draft_id, "changed", "changed", [], "")
+    status, cleared = handlers.add_addendum(draft_id, "Compared with prior: unchanged.")
+    assert "1 addendum" in status and cleared == ""
+    opened = handlers.open_draft(draft_id)
+    assert opened[F["findings"]] == "Heart normal." and opened[F["impression"]] == "Normal chest."
+
+
+def test_redraft_keeps_the_edited_findings(handlers: Handlers, drafted: list[tuple]) -> None:
+    source = drafted[-1][F["draft_id"]]
+    impression = drafted[-1][F["impression"]]
+    updates = list(handlers.redraft(source, "The heart is normal in size.", impression, "", "echo", 8, 0.0, 0.85, 0))
+    assert updates[0][F["report_view"]][0] == ("Findings: The heart is normal in size. ", "kept")
+    child = handlers.store.get_draft(updates[-1][F["draft_id"]], "local")
+    assert child.parent_id == source and child.report.startswith("Findings: The heart is normal in size.")
+    assert child.settings["prefix"] == "Findings: The heart is normal in size."
+
+
+def test_redraft_tells_the_user_when_the_model_code_cannot(handlers: Handlers, drafted, monkeypatch) -> None:
+    class OldDrafter:
+        def __init__(self, model):
+            pass
+
+        def stream(self, images, *, sampler="echo", indication=None, lang="en", config=None, warnings=()):
+            raise AssertionError("must not be called")
+
+    old = Handlers(Services(settings=handlers.settings, store=handlers.store,
+                            drafting=DraftingService(handlers.settings, drafter_factory=OldDrafter)))
+    told: list[str] = []
+    monkeypatch.setattr(gr, "Info", told.append)
+    updates = list(old.redraft(drafted[-1][F["draft_id"]], "x", "y", "", "echo", 8, 0.0, 0.85, 0))
+    assert told == ["Re-draft from edit is not available with this model."]
+    assert len(updates) == 1 and all(isinstance(u, dict) and u.get("__type__") == "update" for u in updates[0])
+
+
+def test_export_round_trips_through_load_dataset(handlers: Handlers, tmp_path: Path) -> None:
+    updates = _generate(handlers, [_upload(handlers, seed=21)])
+    draft_id = updates[-1][F["draft_id"]]
+    handlers.save_edit(draft_id, "Draft-edited.", "x", ["missed finding"], "first pass")
+    handlers.sign(draft_id, "Small left pleural effusion.", "Effusion.", ["missed finding", "severity"], "ok")
+    zip_path, status = handlers.export_corrections("", "")
+    assert "Exported" in status
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(tmp_path)
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    records = {r.id: r for r in load_dataset(folder)}
+    rec = records[draft_id]
+    draft = handlers.store.get_draft(draft_id, "local")
+    assert (rec.findings, rec.impression, rec.source) == ("Small left pleural effusion.", "Effusion.", "echo_app")
+    assert rec.correction.draft_findings == draft.findings and rec.correction.model_revision == "unversioned"
+    assert rec.correction.edit_reasons == ("missed finding", "severity") and rec.correction.editor == "local"
+    assert set(rec.correction.edit_reasons) <= set(EDIT_REASONS) and rec.indication == "cough"
+    assert all(Path(img.path).is_file() for img in rec.images)
+    with pytest.raises(gr.Error, match="no signed report"):
+        handlers.export_corrections("2999-01-01", "")
+    with pytest.raises(gr.Error, match="is not a date"):
+        handlers.export_corrections("yesterday", "")
+
+
+def test_delete_needs_confirmation_and_removes_the_study(handlers: Handlers) -> None:
+    updates = _generate(handlers, [_upload(handlers, seed=31)])
+    study_id = updates[-1][F["study_id"]]
+    with pytest.raises(gr.Error, match="tick the confirmation"):
+        handlers.delete_study(study_id, False)
+    status, rows = handlers.delete_study(study_id, True)
+    assert "Deleted study" in status and all(r[-2] != study_id for r in rows)
+    with pytest.raises(gr.Error, match="does not exist"):
+        handlers.open_draft(updates[-1][F["draft_id"]])
+    assert any(r[2] == "study.delete" for r in handlers.audit(""))
+
+
+def test_build_demo_wires_the_public_endpoints(handlers: Handlers) -> None:
+    demo = build_demo(handlers.settings, services=handlers.services)
+    names = {d.api_name for d in demo.fns.values() if d.api_visibility != "private"}
+    assert {"generate", "redraft_from_edit", "save_edit", "sign", "add_addendum", "export_corrections",
+            "open_draft", "history", "delete_study", "upload_views", "audit"} <= names
+    queued = {d.api_name: d.queue for d in demo.fns.values() if d.api_name}
+    assert queued["generate"] and not queued["save_edit"] and not queued["sign"] and not queued["export_corrections"]
+    gen = next(d for d in demo.fns.values() if d.api_name == "generate")
+    assert gen.concurrency_id == "gpu" and gen.concurrency_limit == 1
+
+
+def test_dicom_without_extension_is_shown_with_its_window_and_no_header_is_kept(handlers: Handlers) -> None:
+    import numpy as np
+
+    from echo_model.imaging.synthetic import dicom_bytes, phantom_cxr_array, synthetic_dicom_dataset
+
+    pixels = (phantom_cxr_array((256, 256), seed=4).astype(np.uint16) * 16)
+    ds = synthetic_dicom_dataset(pixels, bits_stored=12, attributes={
+        "PatientName": "DOE^JOHN", "PatientID": "MRN-998877", "ViewPosition": "PA", "BodyPartExamined": "CHEST",
+        "WindowCenter": 2048, "WindowWidth": 4096})
+    folder = handlers.settings.upload_cache_dir / "dicom-upload"
+    folder.mkdir(parents=True)
+    (folder / "IM0001").write_bytes(dicom_bytes(ds))
+    viewer = dict(zip(VIEWER_FIELDS, handlers.upload([str(folder / "IM0001")], "")))
+    assert "DICOM" in viewer["view_info"] and "pa" in viewer["view_info"]
+    assert "window C 2048" in viewer["view_info"] and "(dicom)" in viewer["view_info"]
+    stored = b"".join(p.read_bytes() for p in handlers.settings.data_dir.rglob("*") if p.is_file())
+    assert b"DOE^JOHN" not in stored and b"MRN-998877" not in stored and not (folder / "IM0001").exists()

@@ -1,0 +1,237 @@
+"""The speed benchmark: report contents, counting consistency, the cost-model fit and cap, settings checks.
+
+Timings are never asserted (they depend on the machine and its load); only behaviour is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from echo_model.bench import (
+    ArmSettings,
+    BenchConfig,
+    CostModel,
+    check_uniform_settings,
+    fit_cost_model,
+    format_report,
+    plot_report,
+    predicted_seconds,
+    quantization_of,
+    quantize_checkpoint,
+    run_benchmark,
+    speedup_cap,
+    synthetic_radiograph,
+)
+from echo_model.bench_cli import build_parser, config_from_args, main
+
+MAX_NEW = 20  # with the tiny b=8 prompt: a partial first block, full blocks, and a partial last block
+# One thread: the tiny model gains nothing from two, and a single thread stays steady when the CPU is shared.
+TINY_CONFIG = BenchConfig(batches=(1, 2), runs=2, warmup=0, max_new_tokens=MAX_NEW, query_lengths=(1, 4, 16),
+                          probe_repeats=2, threads=1)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [synthetic_radiograph(seed=i, size=(128, 112)) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def report(checkpoint_b8, images):
+    arms = {a: checkpoint_b8 for a in TINY_CONFIG.arms}
+    return run_benchmark(TINY_CONFIG, images=images, checkpoints=arms)
+
+
+@pytest.fixture(scope="module")
+def data(report):
+    return report.to_json()
+
+
+def test_json_has_required_keys_and_serialises(data):
+    for key in ("speedup_ar_over_echo", "speedup_teacher_over_echo", "device", "threads", "dtype", "cost_model",
+                "quantization", "measured_over_cap", "decode_speedup_ar_over_echo", "results", "speedups"):
+        assert key in data, key
+    assert set(data["arms"]) == {"ar", "teacher", "vanilla", "echo"}
+    for entry in data["arms"].values():
+        for key in ("median_seconds", "tokens_per_forward", "tokens_per_second", "forward_passes", "model_calls",
+                    "median_first_block_seconds", "tokens", "seconds_iqr", "tokens_per_second_min_max",
+                    "threads", "dtype", "quantization"):
+            assert key in entry, key
+    for key in ("a", "c", "cap_b8", "cap_b16", "points"):
+        assert key in data["cost_model"], key
+    assert set(data["cost_models"]) == {"1", "2"}
+    assert data["threads"] == 1 and data["dtype"] == "float32"
+    assert data["quantization"] == "none"
+    assert isinstance(data["speedup_ar_over_echo"], float) and data["speedup_ar_over_echo"] > 0
+    json.loads(json.dumps(data))  # plain JSON types only
+    # every (mode, batch, arm) cell is present, each with the requested number of timed runs
+    cells = {(r["mode"], r["batch"], r["arm"]) for r in data["results"]}
+    assert len(cells) == 2 * 2 * 4 and all(r["runs"] == TINY_CONFIG.runs for r in data["results"])
+
+
+def test_tokens_per_forward_matches_counts(data, checkpoint_b8):
+    b = checkpoint_b8.model.block_length
+    for r in data["results"]:
+        assert r["tokens_per_forward"] == pytest.approx(r["committed_tokens"] / r["forward_passes"], rel=1e-3)
+        assert r["model_calls"] >= r["forward_passes"]
+        if r["arm"] == "ar":
+            assert r["tokens_per_forward"] == 1.0 and r["forward_passes"] == r["tokens"]
+        if r["arm"] in ("echo", "vanilla"):
+            blocks = r["block_tokens"]
+            assert r["forward_passes"] == len(blocks)  # one forward per block
+            assert len(blocks) >= 3 and all(n == b for n in blocks[1:])  # full blocks: b tokens per forward
+            assert r["model_calls"] == r["forward_passes"] + 1  # + the prefill
+        if r["arm"] == "teacher":
+            assert r["tokens_per_forward"] <= b
+
+
+def test_fixed_length_gives_the_same_tokens_to_every_arm(data):
+    fixed = [r for r in data["results"] if r["mode"] == "fixed"]
+    assert fixed and {r["tokens"] for r in fixed} == {MAX_NEW}
+
+
+def test_arms_recorded_identical_settings(report):
+    settings: dict[str, list[ArmSettings]] = {}
+    for c in report.cells:
+        settings.setdefault(c.arm, []).extend(c.settings)
+    cells = len(TINY_CONFIG.modes) * len(TINY_CONFIG.batches)
+    assert all(len(v) == TINY_CONFIG.runs * cells for v in settings.values())  # one record per timed run
+    assert check_uniform_settings(settings) == report.settings
+
+
+def test_report_prints_and_plots(data, tmp_path):
+    text = format_report(data)
+    assert "cap_b8" in text and "echo" in text and "fixed length, batch 2" in text
+    out = tmp_path / "speed.png"
+    plot_report(data, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------ cost model
+def test_fit_recovers_a_and_c_from_noisy_synthetic_timings():
+    a, c = 4.0e-3, 2.5e-4
+    T = np.array([1, 2, 4, 8, 16, 32, 64] * 5, dtype=float)
+    rng = np.random.default_rng(0)
+    t = a + c * T + rng.normal(0, 2e-5, size=T.shape)
+    fit = fit_cost_model(T, t)
+    assert fit.a == pytest.approx(a, rel=0.02)
+    assert fit.c == pytest.approx(c, rel=0.02)
+    assert fit.r2 > 0.99
+    exact = fit_cost_model([1, 2, 4], [a + c, a + 2 * c, a + 4 * c])
+    assert exact.a == pytest.approx(a) and exact.c == pytest.approx(c)
+
+
+@pytest.mark.parametrize("T,t", [([1, 1, 1], [1.0, 1.1, 0.9]), ([1, 2], [0.1, -0.2]), ([1, 2], [0.1]),
+                                 ([1, 2], [0.1, float("nan")])])
+def test_fit_rejects_bad_input(T, t):
+    with pytest.raises(ValueError):
+        fit_cost_model(T, t)
+
+
+def test_cap_formula():
+    assert speedup_cap(1.0, 0.0, 8) == pytest.approx(8.0)  # width is free: the full b
+    assert speedup_cap(0.0, 1.0, 8) == pytest.approx(0.5)  # pure FLOPs: 1 token per forward vs 2b per b
+    assert speedup_cap(2.0, 0.5, 8) == pytest.approx(8 * 2.5 / (2.0 + 16 * 0.5))
+    model = CostModel(a=3e-3, c=1e-4)
+    assert model.cap(16) == pytest.approx(16 * (3e-3 + 1e-4) / (3e-3 + 32 * 1e-4))
+    assert model.cap(8) < 8 and model.cap(16) > model.cap(8)
+    with pytest.raises(ValueError, match="block_length"):
+        speedup_cap(1.0, 0.1, 0)
+    with pytest.raises(ValueError, match="non-positive"):
+        speedup_cap(-1.0, 0.01, 8)
+
+
+def test_predicted_seconds_counts_the_forwards_each_sampler_makes():
+    cm = CostModel(a=1.0, c=0.1)
+    assert predicted_seconds("ar", model_calls=10, forward_passes=10, block_length=4, cost=cm,
+                             prefill_seconds=5.0) == pytest.approx(5.0 + 9 * 1.1)
+    assert predicted_seconds("echo", model_calls=4, forward_passes=3, block_length=4, cost=cm,
+                             prefill_seconds=5.0) == pytest.approx(5.0 + 1.4 + 2 * 1.8)
+    with pytest.raises(ValueError, match="bogus"):
+        predicted_seconds("bogus", model_calls=1, forward_passes=1, block_length=4, cost=cm, prefill_seconds=0)
+
+
+# ------------------------------------------------------------------------------------------ settings
+def test_mismatched_threads_or_dtype_raise():
+    base = ArmSettings(threads=2, dtype="float32", quantization="none", device="cpu")
+    same = {"ar": base, "echo": base}
+    assert check_uniform_settings(same) == base
+    with pytest.raises(ValueError, match="threads"):
+        check_uniform_settings({"ar": base, "echo": ArmSettings(1, "float32", "none", "cpu")})
+    with pytest.raises(ValueError, match="dtype"):
+        check_uniform_settings({"ar": base, "echo": ArmSettings(2, "bfloat16", "none", "cpu")})
+    with pytest.raises(ValueError, match="threads"):  # a change during one arm's runs is caught too
+        check_uniform_settings({"ar": [base, ArmSettings(1, "float32", "none", "cpu")]})
+
+
+def test_run_benchmark_refuses_arms_with_different_dtype(checkpoint_b8, images):
+    other = copy.deepcopy(checkpoint_b8)
+    other.model.model.to(torch.float64)
+    arms = {"ar": checkpoint_b8, "teacher": checkpoint_b8, "vanilla": checkpoint_b8, "echo": other}
+    with pytest.raises(ValueError, match="dtype"):
+        run_benchmark(TINY_CONFIG, images=images, checkpoints=arms)
+
+
+def test_int8_quantisation_applies_to_every_arm_alike(checkpoint_b8, images):
+    ck = copy.deepcopy(checkpoint_b8)
+    assert quantization_of(ck.model.model) == "none"
+    cfg = BenchConfig(arms=("ar", "echo"), batches=(1,), runs=1, warmup=0, max_new_tokens=8, modes=("fixed",),
+                      query_lengths=(1, 2), probe_repeats=1, quantize="int8", threads=1)
+    data = run_benchmark(cfg, images=images[:1], checkpoints={"ar": ck, "echo": ck}).to_json()
+    assert quantization_of(ck.model.model) == "int8-dynamic"
+    assert data["quantization"] == "int8-dynamic"
+    assert {e["quantization"] for e in data["arms"].values()} == {"int8-dynamic"}
+    # one quantised arm next to an fp32 one is refused
+    with pytest.raises(ValueError, match="quantization"):
+        run_benchmark(BenchConfig(arms=("ar", "echo"), batches=(1,), runs=1, modes=("fixed",)),
+                      images=images[:1], checkpoints={"ar": ck, "echo": checkpoint_b8})
+    with pytest.raises(ValueError, match="'int4'"):
+        quantize_checkpoint(ck, "int4")
+
+
+@pytest.mark.parametrize("kwargs", [{"arms": ("ar", "gpt")}, {"runs": 0}, {"batches": (0,)}, {"modes": ("fast",)},
+                                    {"query_lengths": (4, 4)}, {"quantize": "int4"}, {"threads": 0}])
+def test_config_validation(kwargs):
+    with pytest.raises(ValueError):
+        BenchConfig(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------ images, CLI
+def test_synthetic_radiograph_is_seeded():
+    a, b, c = synthetic_radiograph(1, (64, 80)), synthetic_radiograph(1, (64, 80)), synthetic_radiograph(2, (64, 80))
+    assert a.size == (80, 64) and a.mode == "L"
+    assert a.tobytes() == b.tobytes() != c.tobytes()
+    arr = np.asarray(a, dtype=float)
+    assert arr[:, 40].mean() > arr[:, 20].mean()  # mediastinum brighter than the lung field
+    with pytest.raises(ValueError, match="8, 8"):
+        synthetic_radiograph(0, (8, 8))
+
+
+def test_cli_full_and_explicit_flags():
+    cfg = config_from_args(build_parser().parse_args(["--full"]))
+    assert (cfg.max_new_tokens, cfg.runs, cfg.batches) == (256, 10, (1, 4))
+    cfg = config_from_args(build_parser().parse_args(["--full", "--runs", "6", "--batch", "8", "--arms", "echo", "ar"]))
+    assert (cfg.runs, cfg.batches, cfg.arms) == (6, (1, 8), ("ar", "echo"))
+    default = config_from_args(build_parser().parse_args(["--device", "cpu"]))
+    assert (default.max_new_tokens, default.runs, default.batches, default.modes) == (64, 5, (1, 4), ("fixed", "natural"))
+    assert 1 <= default.threads <= torch.get_num_threads()  # auto: the free cores, at least one
+    assert config_from_args(build_parser().parse_args(["--threads", "torch"])).threads is None
+    assert config_from_args(build_parser().parse_args(["--threads", "3"])).threads == 3
+    with pytest.raises(ValueError, match="'many'"):
+        config_from_args(build_parser().parse_args(["--threads", "many"]))
+
+
+def test_cli_end_to_end_on_the_embedded_checkpoints(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    rc = main(["--arms", "ar", "echo", "--batch", "1", "--runs", "1", "--warmup", "0", "--max-new-tokens", "8",
+               "--modes", "fixed", "--query-lengths", "1", "16", "--probe-repeats", "1", "--json", str(out),
+               "--no-progress", "--device", "cpu", "--threads", "1"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert set(data["arms"]) == {"ar", "echo"} and data["block_length"] == 8
+    assert "cap_b8" in capsys.readouterr().out
+    assert main(["--batch", "0"]) == 2
