@@ -18,7 +18,7 @@ from .checkpoint import EchoCheckpoint
 from .loading import load_checkpoint
 from .processing import StudyPrompt
 from .report_text import parse_report
-from .sampling import SAMPLER_ROLES, SAMPLERS, BlockEvent, GenerationResult, SamplerConfig, build_sampler
+from .sampling import SAMPLER_ROLES, SAMPLERS, BlockEvent, GenerationResult, SamplerConfig, build_sampler, drain
 
 
 @dataclass
@@ -133,9 +133,4 @@ class Drafter:
         )
 
     def draft(self, images: Sequence[Image.Image], **kwargs: Any) -> Draft:
-        stream = self.stream(images, **kwargs)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as stop:
-                return stop.value
+        return drain(self.stream(images, **kwargs))

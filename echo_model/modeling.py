@@ -37,7 +37,8 @@ class EchoModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.dtype_override or self.model.dtype
+        # The first parameter, not ``model.dtype``: the latter walks every parameter on each call.
+        return self.dtype_override or next(self.model.parameters()).dtype
 
     @property
     def block_length(self) -> int:

@@ -45,10 +45,24 @@ def served(tmp_path_factory, checkpoint):
                            max_new_tokens=16, server_name="127.0.0.1", server_port=_free_port(),
                            upload_cache_dir=cache)
     demo = build_demo(settings)
+    # A tiny model decodes a whole report in milliseconds, faster than a client polls; pace each forward so
+    # the test can see the stream arrive block by block whatever the machine's speed.
+    from echo_model.modeling import EchoModel
+
+    real_forward = EchoModel.forward
+
+    def paced_forward(self, *args, **kwargs):
+        time.sleep(0.05)
+        return real_forward(self, *args, **kwargs)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(EchoModel, "forward", paced_forward)
+    patch.setattr(EchoModel, "__call__", paced_forward)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
     try:
         yield url, demo, settings
     finally:
+        patch.undo()
         demo.close()
         if saved_env is None:
             os.environ.pop("GRADIO_TEMP_DIR", None)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from echo_model.modeling import EchoModel
 from echo_model.processing import EchoProcessor
-from echo_model.sampling import BlockDiffusionSampler, CommitStep, SamplerConfig
+from echo_model.sampling import BlockDiffusionSampler, CommitStep, SamplerConfig, drain
 
 from .items import TrainItem
 from .objectives import DistillItem
@@ -93,13 +93,7 @@ def record_trajectories(
     for lo in tqdm(range(0, len(items), batch_size), desc="teacher trajectories", leave=False):
         chunk = list(items[lo : lo + batch_size])
         rec = _Recorder(len(chunk), max_new_tokens + b, top_k)
-        stream = sampler.stream([it.prompt for it in chunk], on_commit=rec)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as stop:
-                results = stop.value
-                break
+        results = drain(sampler.stream([it.prompt for it in chunk], on_commit=rec))
         for i, (it, res) in enumerate(zip(chunk, results)):
             if not res.stopped_by_eos:
                 stats.no_eos += 1

@@ -8,7 +8,7 @@ import dataclasses
 from ..modeling import EchoModel
 from ..processing import EchoProcessor
 from .ar import ARSampler
-from .base import BlockEvent, GenerationResult, SamplerConfig, num_transfer_tokens, sample_tokens
+from .base import BlockEvent, GenerationResult, Sampler, SamplerConfig, drain, num_transfer_tokens, sample_tokens
 from .block import BlockDiffusionSampler, CommitStep
 from .commit import commit_mask
 
@@ -17,7 +17,7 @@ SAMPLERS: tuple[str, ...] = ("ar", "teacher", "echo", "vanilla")
 SAMPLER_ROLES: dict[str, str] = {"ar": "ar", "teacher": "teacher", "vanilla": "teacher", "echo": "student"}
 
 
-def build_sampler(name: str, model: EchoModel, processor: EchoProcessor, config: SamplerConfig = SamplerConfig()):
+def build_sampler(name: str, model: EchoModel, processor: EchoProcessor, config: SamplerConfig = SamplerConfig()) -> Sampler:
     """The sampler called ``name``; ``config.steps`` / ``fused`` are set by the name for block samplers."""
     if name == "ar":
         return ARSampler(model, processor, config, name=name)
@@ -31,5 +31,5 @@ def build_sampler(name: str, model: EchoModel, processor: EchoProcessor, config:
 
 __all__ = [
     "ARSampler", "BlockDiffusionSampler", "BlockEvent", "CommitStep", "GenerationResult", "SamplerConfig", "SAMPLERS",
-    "SAMPLER_ROLES", "build_sampler", "commit_mask", "num_transfer_tokens", "sample_tokens",
+    "SAMPLER_ROLES", "Sampler", "build_sampler", "commit_mask", "drain", "num_transfer_tokens", "sample_tokens",
 ]

@@ -11,29 +11,17 @@ from collections.abc import Generator, Sequence
 
 import torch
 
-from ..masks import block_causal_rows, to_attention_bias, with_key_padding
+from ..masks import block_causal_mask, to_attention_bias, with_key_padding
 from ..modeling import EchoModel
 from ..processing import EchoProcessor, StudyPrompt
-from .base import BlockEvent, Clock, GenerationResult, SamplerConfig, make_generator, sample_tokens
+from .base import BlockEvent, Clock, GenerationResult, Sampler, SamplerConfig, make_generator, sample_tokens
 
 
-class ARSampler:
+class ARSampler(Sampler):
     """Next-token decoding; ``forward_passes`` counts every forward that produced a token (TPF = 1)."""
 
     def __init__(self, model: EchoModel, processor: EchoProcessor, config: SamplerConfig = SamplerConfig(), *, name: str = "ar"):
-        self.model = model
-        self.processor = processor
-        self.config = config
-        self.name = name
-        self.block_length = model.block_length
-
-    def generate(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> list[GenerationResult]:
-        stream = self.stream(prompts)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as stop:
-                return stop.value
+        super().__init__(model, processor, config, name=name)
 
     @torch.no_grad()
     def stream(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> Generator[BlockEvent, None, list[GenerationResult]]:
@@ -60,6 +48,8 @@ class ARSampler:
             positions[:, i, pads[i] : P] = rope.cpu()
             positions[:, i, P:] = (torch.arange(P, T) - pads[i] + delta)[None]
         x, valid, positions = x.to(device), valid.to(device), positions.to(device)
+        causal = with_key_padding(block_causal_mask(T, 1, device=device), valid, 0)  # (B, T, T), built once
+        bias_all = to_attention_bias(causal, self.model.dtype)  # (B, 1, T, T)
         with_images = [p for p in prompts if p.pixel_values is not None]
         pixels = torch.cat([p.pixel_values for p in with_images]).to(device, self.model.dtype) if with_images else None
         grid = torch.cat([p.image_grid_thw for p in with_images]).to(device) if with_images else None
@@ -73,10 +63,8 @@ class ARSampler:
         # 2. Prefill (its last logits give the first token), then one forward per token.
         lo = 0
         for t in range(P, T):
-            rows = block_causal_rows(lo, t, t, 1, device=device)  # (q, k) causal
-            bias = to_attention_bias(with_key_padding(rows, valid[:, :t], lo), self.model.dtype)
             logits = self.model(
-                x[:, lo:t], position_ids=positions[:, :, lo:t], attention_bias=bias, cache=cache,
+                x[:, lo:t], position_ids=positions[:, :, lo:t], attention_bias=bias_all[:, :, lo:t, :t], cache=cache,
                 pixel_values=pixels if lo == 0 else None, image_grid_thw=grid if lo == 0 else None,
             )[:, -1]  # (B, V)
             tokens, conf = sample_tokens(logits, cfg, generator)  # (B,), (B,)

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..modeling import EchoModel
+    from ..processing import EchoProcessor, StudyPrompt
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -196,3 +204,31 @@ class Clock:
     def __call__(self) -> float:
         self._sync()
         return time.perf_counter() - self.start
+
+
+def drain(stream: Generator[Any, None, T]) -> T:
+    """Run a streaming generator to its end and return its return value."""
+    while True:
+        try:
+            next(stream)
+        except StopIteration as stop:
+            return stop.value
+
+
+class Sampler:
+    """What every sampler shares: construction from (model, processor, config) and ``generate`` = the
+    ``stream`` run to its end. Subclasses implement ``stream``."""
+
+    def __init__(self, model: EchoModel, processor: EchoProcessor, config: SamplerConfig = SamplerConfig(), *, name: str):
+        self.model = model
+        self.processor = processor
+        self.config = config
+        self.name = name
+        self.block_length = model.block_length
+
+    def stream(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> Generator[BlockEvent, None, list[GenerationResult]]:
+        raise NotImplementedError
+
+    def generate(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> list[GenerationResult]:
+        """Decode a batch of studies; one :class:`GenerationResult` per study."""
+        return drain(self.stream(prompts))

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..masks import block_causal_rows, to_attention_bias, with_key_padding
+from ..masks import block_causal_mask, to_attention_bias, with_key_padding
 from ..modeling import EchoModel
 from ..processing import EchoProcessor, StudyPrompt
-from .base import BlockEvent, Clock, GenerationResult, SamplerConfig, make_generator, num_transfer_tokens, sample_tokens
+from .base import BlockEvent, Clock, GenerationResult, Sampler, SamplerConfig, make_generator, num_transfer_tokens, sample_tokens
 from .commit import commit_mask
 
 
@@ -75,6 +75,7 @@ class _Layout:
     masked: torch.Tensor
     valid: torch.Tensor
     positions: torch.Tensor
+    bias: torch.Tensor
     start: list[int]
     end_block: list[int]
     prefix_blocks: int
@@ -82,27 +83,13 @@ class _Layout:
     image_grid_thw: torch.Tensor | None
 
 
-class BlockDiffusionSampler:
+class BlockDiffusionSampler(Sampler):
     """Decode with a block-diffusion checkpoint; ``steps=1, fused=True`` is ECHO, ``steps=b`` the teacher."""
 
     def __init__(self, model: EchoModel, processor: EchoProcessor, config: SamplerConfig = SamplerConfig(), *, name: str = "echo"):
-        self.model = model
-        self.processor = processor
-        self.config = config
-        self.name = name
-        self.block_length = model.block_length
+        super().__init__(model, processor, config, name=name)
         self.steps = config.steps if config.steps is not None else self.block_length
         self.transfer = num_transfer_tokens(self.block_length, self.steps)
-
-    # ------------------------------------------------------------------ public API
-    def generate(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> list[GenerationResult]:
-        """Decode a batch of studies; one :class:`GenerationResult` per study."""
-        stream = self.stream(prompts)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as stop:
-                return stop.value
 
     @torch.no_grad()
     def stream(
@@ -219,8 +206,12 @@ class BlockDiffusionSampler:
         with_images = [p for p in prompts if p.pixel_values is not None]
         pixel_values = torch.cat([p.pixel_values for p in with_images]) if with_images else None
         grid = torch.cat([p.image_grid_thw for p in with_images]) if with_images else None
+        valid = valid.to(device)
+        # The whole block-causal bias once per call; every forward takes a slice of it.
+        allow = with_key_padding(block_causal_mask(T, b, device=device), valid, 0)  # (B, T, T)
         return _Layout(
-            x=x.to(device), masked=masked.to(device), valid=valid.to(device), positions=positions.to(device),
+            x=x.to(device), masked=masked.to(device), valid=valid, positions=positions.to(device),
+            bias=to_attention_bias(allow, self.model.dtype),
             start=start, end_block=end_block, prefix_blocks=M,
             pixel_values=pixel_values.to(device, self.model.dtype) if pixel_values is not None else None,
             image_grid_thw=grid.to(device) if grid is not None else None,
@@ -228,12 +219,10 @@ class BlockDiffusionSampler:
 
     def _forward(self, lay: _Layout, cache, q_lo: int, q_hi: int, *, keep_kv: int | None, images: bool = False) -> torch.Tensor:
         """Forward over columns ``q_lo:q_hi`` against the cache (which holds columns ``0:q_lo``)."""
-        rows = block_causal_rows(q_lo, q_hi, q_hi, self.block_length, device=lay.x.device)  # (q, k)
-        bias = to_attention_bias(with_key_padding(rows, lay.valid[:, :q_hi], q_lo), self.model.dtype)  # (B,1,q,k)
         return self.model(
             lay.x[:, q_lo:q_hi],
             position_ids=lay.positions[:, :, q_lo:q_hi],
-            attention_bias=bias,
+            attention_bias=lay.bias[:, :, q_lo:q_hi, :q_hi],  # (B, 1, q, k)
             cache=cache,
             keep_kv=keep_kv,
             pixel_values=lay.pixel_values if images else None,
@@ -245,7 +234,10 @@ class BlockDiffusionSampler:
         """Sample, apply the commit rule in place on the canvas; return the updated commit confidences."""
         tokens, conf = sample_tokens(logits, self.config, generator)  # (B, b), (B, b)
         cur_masked = lay.masked[:, lo:hi]  # (B, b)
-        sel = commit_mask(cur_masked, conf, n=n, threshold=self.config.threshold)  # (B, b)
+        if n >= self.block_length:  # one step per block: every masked position is committed
+            sel = cur_masked
+        else:
+            sel = commit_mask(cur_masked, conf, n=n, threshold=self.config.threshold)  # (B, b)
         lay.x[:, lo:hi] = torch.where(sel, tokens, lay.x[:, lo:hi])
         lay.masked[:, lo:hi] = cur_masked & ~sel
         if on_commit is not None:

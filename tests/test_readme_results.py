@@ -1,0 +1,28 @@
+"""The README's results section is generated from the stored result files, and matches them."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _renderer():
+    spec = importlib.util.spec_from_file_location("render_results", ROOT / "scripts" / "render_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_results_section_is_up_to_date():
+    mod = _renderer()
+    assert mod.updated_readme(ROOT) == (ROOT / "README.md").read_text(), "run python scripts/render_results.py"
+
+
+def test_results_section_reports_the_stored_figures():
+    import json
+
+    section = _renderer().render(ROOT)
+    speed = json.loads((ROOT / "results" / "speed.json").read_text())
+    assert f"{speed['speedup_ar_over_echo']:.2f}×" in section
+    echo = json.loads((ROOT / "results" / "eval" / "iu-echo.json").read_text())
+    assert f"{echo['rougeL']:.3f}" in section
