@@ -20,6 +20,8 @@ indication always goes in the prompt, which for text-only studies is the only st
 
 from __future__ import annotations
 
+import hashlib
+
 import dataclasses
 import json
 import logging
@@ -580,7 +582,9 @@ def evaluate_majority(
     run = {
         "sampler": MAJORITY_SAMPLER,
         "model": MAJORITY_MODEL,
-        "template": preds[0].prediction,
+        # A digest, not the text: result files get shared, and the template is a verbatim training report.
+        "template_sha256": hashlib.sha256(preds[0].prediction.encode("utf-8")).hexdigest() if preds else None,
+        "template_words": len(preds[0].prediction.split()) if preds else 0,
         "train_studies": len(train_records),
     }
     return EvaluationResult(
