@@ -88,9 +88,11 @@ class StudyRecord:
     @property
     def report(self) -> str:
         """The reference text in the model's output format (method.md §4.1)."""
+        # No trailing space after an empty section: a lone space token before <eos> is an easy shortcut that a
+        # small model learns to emit for every section.
         if self.language == "zh":
-            return f"所见：{self.findings} 结论：{self.impression}"
-        return f"Findings: {self.findings} Impression: {self.impression}"
+            return f"所见：{self.findings.strip()} 结论：{self.impression.strip()}".rstrip()
+        return f"Findings: {self.findings.strip()} Impression: {self.impression.strip()}".rstrip()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

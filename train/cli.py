@@ -8,6 +8,8 @@ Examples::
     echo-train rad --data DATA/iu_xray --init runs/echo-b8/ar --out runs/rad-only --steps 500
     # multi-process (DDP, gloo on CPU)
     accelerate launch --num_processes 2 -m train.cli ar --data ... --out ...
+    # fine-tune a finished run on radiologist corrections, behind a no-regression gate (train/finetune.py)
+    echo-train finetune --init runs/echo-b8/teacher --corrections corrections.jsonl --data DATA/iu_xray --out runs/ft1
 
 Training studies are the ``train`` split of every ``--data``; studies that share an image with the ``val`` /
 ``test`` splits are removed first. Each stage writes a checkpoint folder (``<out>/<stage>``) with its loss
@@ -36,21 +38,25 @@ def _records(paths: list[str], split: str, limit: int | None):
     return out[:limit] if limit else out
 
 
-def training_records(paths: list[str], limit: int | None = None):
-    """The train split of every data set, minus studies sharing an image with val/test."""
+def training_records(paths: list[str], limit: int | None = None, *, image_repeats: int = 1):
+    """The train split of every data set, minus studies sharing an image with val/test; studies with images
+    repeated ``image_repeats`` times (they are few beside the text-only IU X-ray studies)."""
     from train.data import deduplicate, remove_overlap
 
     train, _ = deduplicate(_records(paths, "train", None))
     held_out = _records(paths, "val", None) + _records(paths, "test", None)
     train, report = remove_overlap(train, held_out, by_text=False)
-    logging.info("training studies: %d (%s)", len(train), report)
-    return train[:limit] if limit else train
+    train = train[:limit] if limit else train
+    train = train + [r for r in train if r.images] * (image_repeats - 1)
+    logging.info("training studies: %d (%s), image studies x%d", len(train), report, image_repeats)
+    return train
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="echo-train", description="Train ECHO's three stages.")
-    ap.add_argument("stage", choices=["ar", "rad", "dcd", "all"])
-    ap.add_argument("--data", action="append", required=True, help="data set folder or record JSONL (repeatable)")
+    ap.add_argument("stage", choices=["ar", "rad", "dcd", "all", "finetune"])
+    ap.add_argument("--data", action="append", default=None,
+                    help="data set folder or record JSONL (repeatable; required except for finetune, where it is the replay data)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--init", default=None, help="starting checkpoint (default: the embedded checkpoint of the stage's input role)")
     ap.add_argument("--steps", type=int, default=None, help="steps of a single stage")
@@ -66,18 +72,32 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-k", type=int, default=64)
     ap.add_argument("--threshold", type=float, default=0.85)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N training studies")
+    ap.add_argument("--image-repeats", type=int, default=1, help="repeat studies that have images N times per epoch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--resume", action="store_true")
+    ft = ap.add_argument_group("finetune (--init is the teacher folder to start from)")
+    ft.add_argument("--corrections", type=Path, default=None, help="the app's correction export (JSONL)")
+    ft.add_argument("--init-student", default=None, help="original student for the gate (default: <init>/../student)")
+    ft.add_argument("--held-out", type=float, default=0.2, help="share of corrections held out for the gate")
+    ft.add_argument("--replay-ratio", type=float, default=1.0, help="replayed --data studies per training correction")
+    ft.add_argument("--gate-metric", default="rougeL", help="rougeL, bleu4, ce_f1_5, ...")
+    ft.add_argument("--gate-max-new-tokens", type=int, default=256)
+    ft.add_argument("--dcd-max-new-tokens", type=int, default=256, help="trajectory budget of Stage III")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.stage == "finetune":
+        return _finetune(args, parser)
+    if not args.data:
+        parser.error("the following arguments are required: --data")
     from .pipeline import train_ar, train_dcd, train_rad
 
-    records = training_records(args.data, args.limit)
+    records = training_records(args.data, args.limit, image_repeats=args.image_repeats)
     if not records:
         raise SystemExit(f"echo-train: error: no training studies in {args.data}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +131,41 @@ def main(argv: list[str] | None = None) -> int:
                           "tokens_per_step": rep.tokens_per_step, "seconds_per_step": rep.seconds_per_step}
         summary_path.write_text(json.dumps(summary, indent=2))
         logging.info("%s done: %s", stage, summary[stage])
+    return 0
+
+
+def _finetune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``echo-train finetune``: exit 0 when the gate accepts, 1 (message names metric and values) otherwise."""
+    from echo_model.sampling import SamplerConfig
+    from train.data import load_records_jsonl
+
+    from .finetune import finetune_on_corrections
+
+    if not args.init or not args.corrections:
+        parser.error("finetune needs --init TEACHER_FOLDER and --corrections EXPORT.jsonl")
+    corrections = load_records_jsonl(args.corrections)
+    replay = training_records(args.data) if args.data else []
+    eval_records = (_records(args.data, "val", None) + _records(args.data, "test", None)) if args.data else []
+
+    def cfg(name: str, steps: int, lr: float) -> TrainConfig:
+        steps = args.steps or steps
+        return TrainConfig(out_dir=args.out / name, steps=steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                           lr=lr, seed=args.seed, save_every=0, warmup=min(100, steps // 10 + 1))
+
+    try:
+        report = finetune_on_corrections(
+            args.init, corrections, replay=replay, eval_records=eval_records, out_dir=args.out,
+            rad_cfg=cfg("teacher", args.rad_steps, args.rad_lr), dcd_cfg=cfg("student", args.dcd_steps, args.dcd_lr),
+            held_out_fraction=args.held_out, replay_ratio=args.replay_ratio, seed=args.seed,
+            gate_metric=args.gate_metric, sampler_config=SamplerConfig(max_new_tokens=args.gate_max_new_tokens),
+            init_student=args.init_student, layout=args.layout,
+            dcd_options={"top_k": args.top_k, "threshold": args.threshold, "max_new_tokens": args.dcd_max_new_tokens},
+        )
+    except (ValueError, FileExistsError) as err:
+        raise SystemExit(f"echo-train finetune: error: {err}") from None
+    if not report.accepted:
+        raise SystemExit(f"echo-train finetune: {report.message}")
+    print(report.message)
     return 0
 
 
