@@ -47,6 +47,20 @@ def quality_table(results: Path) -> list[str]:
                 r = c["metrics"]["rougeL"] if "metrics" in c else c["rougeL"]
                 comp.append(f"* ROUGE-L `{key}` − `echo`: {r['delta']:+.4f}, 95 % paired-bootstrap interval "
                             f"[{r['low']:+.4f}, {r['high']:+.4f}]")
+    covid = results / "eval" / "covid-echo.json"
+    if covid.is_file():
+        c = json.loads(covid.read_text())
+        comp += ["", f"covid_cxr_notes test split ({c['n']} studies, each with its radiograph), `echo`: ROUGE-L "
+                     f"{_fmt(c['rougeL'])}, BLEU-4 {_fmt(c['bleu4'])}, CE-F1 (5) {_fmt(c['ce_f1_5'])}, "
+                     f"{_fmt(c.get('tokens_per_forward_mean'), 2)} tokens per forward."]
+    for name, label in (("sensitivity-echo", "echo"), ("sensitivity-ar", "ar")):
+        path = results / "eval" / f"{name}.json"
+        if path.is_file():
+            s = json.loads(path.read_text())
+            comp.append(f"* Image sensitivity (`{label}`, same split): a blank image changes "
+                        f"{s['blank_change_share']:.0%} of the reports, ±1 grey level changes "
+                        f"{1 - s['shift_stable_share']:.0%}; reference NLL own − partner image "
+                        f"{s['nll_difference']:+.4f} [{s['low']:+.4f}, {s['high']:+.4f}] nats/token.")
     return head + rows + ([""] + comp if comp else [])
 
 
