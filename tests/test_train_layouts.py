@@ -82,7 +82,7 @@ def test_train_logits_equal_inference_logits(checkpoint, kind):
     train_block = logits[where]  # (b, V)
 
     # Inference: prefill, then the clean blocks before k one by one (cache), then block k read-only.
-    from echo_model.masks import block_causal_rows, with_key_padding
+    from echo_model.masks import block_causal_rows
     cache = model.new_cache()
     s0 = (P // b) * b
     x = noisy.clone()

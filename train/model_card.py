@@ -18,8 +18,7 @@ import torch
 
 from echo_model.loading import load_checkpoint
 
-ROLES = {"ar": "ar", "teacher": "teacher", "student": "student"}
-STAGE_DIR = {"ar": "ar", "teacher": "teacher", "student": "student"}
+ROLES = ("ar", "teacher", "student")  # also the folder names echo-train writes
 STAGE_KEY = {"ar": "ar", "teacher": "rad", "student": "dcd"}
 
 
@@ -67,7 +66,7 @@ def install(run: Path, to: Path, *, metrics: dict[str, dict] | None, force: bool
         if old is not None and (new is None or new <= old):
             raise SystemExit(f"refusing to install: student {gate_key} {new} does not improve on the installed {old}")
     for role in ROLES:
-        src = run / STAGE_DIR[role]
+        src = run / role
         ck = load_checkpoint(str(src), device="cpu")
         ck.model.model.to(torch.float16)
         dst = to / role

@@ -27,7 +27,6 @@ the radiograph; only those sentences become the report. Rules (also in ``docs/da
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from tqdm import tqdm
 
 from echo_model.records import ImageRef, RecordError, StudyRecord
 
-from .jsonl import LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text
+from .jsonl import LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text, parse_row
 
 __all__ = [
     "COVID_RECORDS_FILE",
@@ -362,18 +361,7 @@ def read_covid_cxr_notes(folder: str | Path, *, split: str | None = None) -> Loa
 def _row_to_record(
     raw: str, line: int, *, folder: Path, report: LoadReport, seen: dict[str, int]
 ) -> StudyRecord | None:
-    try:
-        row = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise RecordError("?", "(json)", f"invalid JSON ({err.msg})", line=line) from None
-    if not isinstance(row, dict):
-        raise RecordError("?", "(record)", f"expected a JSON object, got {type(row).__name__}", line=line)
-    rid = row.get("id")
-    if not isinstance(rid, str) or not rid.strip():
-        raise RecordError(str(rid), "id", "must be a non-empty string", line=line)
-    if rid in seen:
-        raise RecordError(rid, "id", f"duplicate id (first on line {seen[rid]})", line=line)
-    seen[rid] = line
+    row, rid = parse_row(raw, line, seen)
     image = row.get("image")
     if not isinstance(image, str) or not image:
         raise RecordError(rid, "image", f"must be a non-empty file name, got {image!r}", line=line)

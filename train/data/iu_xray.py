@@ -22,7 +22,6 @@ Rules (also in ``docs/data.md``):
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from echo_model.records import ImageRef, RecordError, StudyRecord
 
-from .jsonl import LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text
+from .jsonl import LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text, parse_row
 
 __all__ = [
     "IU_LICENCE",
@@ -205,18 +204,7 @@ def read_iu_xray(
 def _row_to_record(
     raw: str, line: int, *, images_dir: Path | None, split_field: str, report: LoadReport, seen: dict[str, int]
 ) -> StudyRecord | None:
-    try:
-        row = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise RecordError("?", "(json)", f"invalid JSON ({err.msg})", line=line) from None
-    if not isinstance(row, dict):
-        raise RecordError("?", "(record)", f"expected a JSON object, got {type(row).__name__}", line=line)
-    rid = row.get("id")
-    if not isinstance(rid, str) or not rid.strip():
-        raise RecordError(str(rid), "id", "must be a non-empty string", line=line)
-    if rid in seen:
-        raise RecordError(rid, "id", f"duplicate id (first on line {seen[rid]})", line=line)
-    seen[rid] = line
+    row, rid = parse_row(raw, line, seen)
     findings = clean_text(_str_field(row, "findings", rid, line, required=False))
     impression = clean_text(_str_field(row, "impression", rid, line, required=False))
     if not findings and not impression:

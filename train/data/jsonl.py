@@ -11,6 +11,7 @@ data-set adapters (:mod:`.iu_xray`, :mod:`.covid_notes`) import them without imp
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
@@ -121,6 +122,24 @@ def split_counts(records: Iterable[StudyRecord]) -> dict[str, dict[str, int]]:
         row["with_images" if rec.images else "text_only"] += 1
         row["images"] += len(rec.images)
     return dict(sorted(out.items()))
+
+
+def parse_row(raw: str, line: int, seen: dict[str, int]) -> tuple[dict, str]:
+    """One JSONL line of a source data set -> ``(row, id)``; rejects bad JSON, non-objects, missing and
+    duplicate ids with a :class:`RecordError` naming the line (``seen`` maps ids to their first line)."""
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise RecordError("?", "(json)", f"invalid JSON ({err.msg})", line=line) from None
+    if not isinstance(row, dict):
+        raise RecordError("?", "(record)", f"expected a JSON object, got {type(row).__name__}", line=line)
+    rid = row.get("id")
+    if not isinstance(rid, str) or not rid.strip():
+        raise RecordError(str(rid), "id", "must be a non-empty string", line=line)
+    if rid in seen:
+        raise RecordError(rid, "id", f"duplicate id (first on line {seen[rid]})", line=line)
+    seen[rid] = line
+    return row, rid
 
 
 def absolute_path(path: Path) -> str:
