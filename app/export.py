@@ -54,15 +54,30 @@ class ExportResult:
 
 
 def parse_day(value: str | float | None, *, name: str) -> date | None:
-    """A filter day from a date picker or an API string (``YYYY-MM-DD``, a datetime, or a timestamp)."""
+    """A filter day from a date picker or an API string (``YYYY-MM-DD``, an ISO datetime, or a timestamp).
+
+    Why strict: the value comes from any API client. Anything that is not a whole day, ISO datetime or
+    finite timestamp is refused with the value named, rather than cut to its first ten characters or
+    failing deep inside ``datetime``. (No part of it reaches a file name: exports are named by their time.)
+    """
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    refused = ValueError(f"{name}: {value!r:.80} is not a date; use YYYY-MM-DD")
+    if isinstance(value, bool):
+        raise refused
     if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(float(value), tz=timezone.utc).date()
+        try:
+            return datetime.fromtimestamp(float(value), tz=timezone.utc).date()
+        except (ValueError, OverflowError, OSError):  # NaN, infinities, years outside 1..9999
+            raise refused from None
+    text = str(value).strip()
     try:
-        return date.fromisoformat(str(value).strip()[:10])
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"{name}: {value!r} is not a date; use YYYY-MM-DD") from None
+        raise refused from None
+    return (moment.astimezone(timezone.utc) if moment.tzinfo else moment).date()
 
 
 def _record_view(view: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,8 @@ def _user_errors() -> Iterator[None]:
     except gr.Error:
         raise
     except _USER_ERRORS as err:
-        raise gr.Error(str(err)) from None
+        # Not printed to the server log: these messages name the uploaded file, and file names often hold PHI.
+        raise gr.Error(str(err), print_exception=False) from None
     except Exception as err:
         log.exception("unexpected error in a request")
         raise gr.Error(f"internal error ({type(err).__name__}); the server log has the details") from None
@@ -238,7 +239,9 @@ class Handlers:
     ) -> Iterator[tuple[Any, ...]]:
         """Draft a report for the uploaded views (or the views of ``study_id``), one update per block.
 
-        Outputs follow :data:`DRAFT_FIELDS`; the last update carries the saved draft's id.
+        Outputs follow :data:`DRAFT_FIELDS`; the last update carries the saved draft's id. The uploads are
+        stored (de-identified, originals deleted) first; then the draft waits for a slot on the device, or is
+        refused at once with "The drafting queue is full ..." when every slot and waiting place is taken.
         """
         with _user_errors():
             user = self._user(request)
@@ -251,11 +254,13 @@ class Handlers:
                 study = self.store.get_study(study_id, user)
             else:
                 raise ValueError("no image: upload one or more views (PNG, JPEG or DICOM) first")
-            progress(0.0, desc="Loading the model and encoding the images")
-            yield from self._draft_stream(
-                study, user=user, indication=indication, language=language, model=model, sampler=sampler,
-                config=_sampler_config(max_new_tokens, temperature, threshold, seed), prefix=None, parent=None,
-            )
+            with self.services.gate.admitted(on_wait=_waiting_progress(progress)):
+                progress(0.0, desc="Loading the model and encoding the images")
+                yield from self._draft_stream(
+                    study, user=user, indication=indication, language=language, model=model, sampler=sampler,
+                    config=_sampler_config(max_new_tokens, temperature, threshold, seed), prefix=None,
+                    parent=None,
+                )
 
     def redraft(
         self,
@@ -275,7 +280,7 @@ class Handlers:
 
         The edit is saved first (so the audit shows what was kept), then a new draft (child of
         ``draft_id``) streams like ``generate``. Where the installed model code cannot continue from a
-        prefix, the user is told so and nothing changes.
+        prefix, the user is told so and nothing changes. The wait for the device is as for ``generate``.
         """
         with _user_errors():
             user = self._user(request)
@@ -288,12 +293,14 @@ class Handlers:
                 self.store.save_edit(draft_id, user, findings=findings, impression=impression)
             prefix = redraft_prefix(findings, impression, draft_impression=source.impression, lang=source.language)
             study = self.store.get_study(source.study_id, user)
-            progress(0.0, desc="Re-drafting after your edit")
-            yield from self._draft_stream(
-                study, user=user, indication=source.settings.get("indication") or "", language=source.language,
-                model=model, sampler=sampler, config=_sampler_config(max_new_tokens, temperature, threshold, seed),
-                prefix=prefix, parent=source.id,
-            )
+            config = _sampler_config(max_new_tokens, temperature, threshold, seed)
+            with self.services.gate.admitted(on_wait=_waiting_progress(progress)):
+                progress(0.0, desc="Re-drafting after your edit")
+                yield from self._draft_stream(
+                    study, user=user, indication=source.settings.get("indication") or "",
+                    language=source.language, model=model, sampler=sampler, config=config, prefix=prefix,
+                    parent=source.id,
+                )
 
     def _draft_stream(self, study: StudyInfo, *, user: str, indication: str, language: str, model: str,
                       sampler: str, config: Any, prefix: str | None, parent: str | None) -> Iterator[tuple[Any, ...]]:
@@ -484,6 +491,14 @@ class Handlers:
                 events = [e for e in self.store.audit_trail() if e.actor == user]
             return [[f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.study_id or "", e.draft_id or "", str(e.detail)]
                     for e in events]
+
+
+def _waiting_progress(progress: gr.Progress) -> Callable[[int], None]:
+    """Show a draft's place in the drafting line as its progress text while it waits for a slot."""
+    def show(ahead: int) -> None:
+        progress(0.0, desc=f"Waiting for the model: {ahead} draft{'' if ahead == 1 else 's'} ahead of yours")
+
+    return show
 
 
 def _as_paths(files: Any) -> list[str]:

@@ -35,6 +35,7 @@ from .handlers import (
     VIEWER_FIELDS,
     Handlers,
 )
+from .race_ui import build_race_tab
 from .service import ModelInfo, Services, app_version
 from .settings import EMBEDDED, AppSettings, SettingsError
 
@@ -53,6 +54,9 @@ SAMPLER_CHOICES: list[tuple[str, str]] = [
     ("Vanilla: one step on the teacher", "vanilla"),
     ("AR: token by token (baseline)", "ar"),
 ]
+# Worker threads kept for short events (saves, uploads, history) while every drafting slot and place in
+# line is taken (each waiting draft holds one).
+INTERACTIVE_THREADS = 24
 # Upload cache purge: every 30 min, delete files older than 1 h (uploads are also deleted at once).
 DELETE_CACHE = (1800, 3600)
 # Client-side only: the copy box follows the editor without a server round trip per keystroke.
@@ -201,6 +205,7 @@ def build_demo(settings: AppSettings | None = None, *, services: Services | None
                             timing = gr.JSON(label="Timings and settings", elem_id="timing")
                             blocks = gr.Dataframe(headers=BLOCK_HEADERS, label="Blocks", interactive=False,
                                                   elem_id="blocks")
+            build_race_tab(services, draft_study_id=study_id)
             with gr.Tab("History & export", id="history") as history_tab:
                 gr.Markdown("Your studies and drafts, newest first. Click a row to choose it.")
                 refresh = gr.Button("Refresh", size="sm", elem_id="refresh-btn")
@@ -239,7 +244,8 @@ def build_demo(settings: AppSettings | None = None, *, services: Services | None
         draft_outputs = [comps[name] for name in DRAFT_FIELDS]
         viewer_outputs = [comps[name] for name in VIEWER_FIELDS]
         decoding = [model, sampler, max_new_tokens, temperature, threshold, seed]
-        gpu: dict[str, Any] = {"concurrency_id": "gpu", "concurrency_limit": settings.generation_concurrency}
+        # Drafts wait for the device in Services.gate (ours, bounded), not in Gradio's queue (app/admission).
+        gpu: dict[str, Any] = {"concurrency_id": "gpu", "concurrency_limit": None}
         direct: dict[str, Any] = {"queue": False}  # saves, exports and viewer never wait behind generations
         private: dict[str, Any] = {"api_visibility": "private"}
 
@@ -290,7 +296,9 @@ def build_demo(settings: AppSettings | None = None, *, services: Services | None
                      **direct)
         show_audit.click(h.audit, [chosen_study], [audit], api_name="audit", **direct)
 
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.generation_concurrency)
+    # Unbounded: gradio_client sends saves through the queue too, and Gradio's max_size would refuse them when
+    # drafts fill it. Drafts are bounded by Services.gate instead; other events are short and run at once.
+    demo.queue(max_size=None, default_concurrency_limit=None)
     return demo
 
 
@@ -308,6 +316,8 @@ def launch_options(settings: AppSettings) -> dict[str, Any]:
         "strict_cors": True,
         "max_file_size": settings.max_file_size,
         "footer_links": ["api", "settings"],
+        # Drafts waiting in the gate hold a worker thread each; keep threads for saves, uploads and history.
+        "max_threads": settings.generation_concurrency + settings.queue_size + INTERACTIVE_THREADS,
         "theme": _theme(),
         "css_paths": [STATIC_DIR / "app.css"],
     }

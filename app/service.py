@@ -29,6 +29,7 @@ from PIL import Image
 from echo_model.imaging import ImageInputError, LoadedImage, load_study, to_deidentified_png
 from echo_model.report_text import format_report, parse_report
 
+from .admission import GenerationGate
 from .settings import EMBEDDED, AppSettings
 from .store import NewImage, NotFoundError, Store, StudyInfo
 
@@ -460,12 +461,18 @@ def split_report(text: str) -> tuple[str, str]:
 
 @dataclass
 class Services:
-    """What the handlers work with: settings, the model service and the store."""
+    """What the handlers work with: settings, the model service, the store and the device's admission gate."""
 
     settings: AppSettings
     drafting: DraftingService
     store: Store
     extra: dict[str, Any] = field(default_factory=dict)
+    #: One per app, shared by every event that drafts on the device (see app.admission).
+    gate: GenerationGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.gate = GenerationGate(slots=settings.generation_concurrency, max_waiting=settings.queue_size)
 
     @classmethod
     def create(cls, settings: AppSettings, **kwargs: Any) -> Services:

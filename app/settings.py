@@ -13,9 +13,11 @@ not deep inside a request.
                                automatic (on for network/FUSE file systems)
 ``ECHO_DEVICE``                ``cpu``, ``cuda``, ``cuda:1`` ...; unset = CUDA when available
 ``ECHO_MAX_NEW_TOKENS``        default generation budget shown in the UI (default 512)
-``ECHO_QUEUE_SIZE``            most generation requests waiting in the queue (default 16)
+``ECHO_QUEUE_SIZE``            most drafts waiting for the device; more are refused as busy (default 16)
 ``ECHO_GENERATION_CONCURRENCY`` generations that run at once (default 1: one model on one device)
 ``ECHO_EXPORT_LICENCE``        licence string written into exported records (default ``unknown``)
+``ECHO_RACE_AR_MODEL``         the AR arm of the Race tab: ``embedded`` (default, the embedded Stage I AR
+                               checkpoint), a folder or a hub id (official ECHO releases have no AR sibling)
 ``ECHO_MAX_FILE_SIZE``         largest accepted upload, Gradio syntax (default ``200mb``)
 ``GRADIO_SERVER_NAME``         interface to listen on (Gradio's default 127.0.0.1)
 ``GRADIO_SERVER_PORT``         port (Gradio's default: first free from 7860)
@@ -85,9 +87,13 @@ class AppSettings:
         single_connection: ``True``/``False`` forces the SQLite mode; ``None`` decides from the file system.
         device: torch device for the model; ``None`` = CUDA when available.
         max_new_tokens: default generation budget.
-        queue_size: bounded queue of generation requests (``queue(max_size=...)``).
-        generation_concurrency: generation events running at once (``concurrency_limit`` of the "gpu" id).
+        queue_size: drafts allowed to wait for the device; further ones are refused at once as busy
+            (``Services.gate``, see :mod:`app.admission`; Gradio's own queue is unbounded, so that saves
+            are never refused for load).
+        generation_concurrency: drafts running at once on the device (the gate's slots).
         export_licence: licence string of exported correction records.
+        race_ar_model: checkpoint of the Race tab's AR arm (``"embedded"`` = the embedded AR checkpoint); the
+            official ECHO checkpoints come without an AR sibling, so the baseline is configured separately.
         max_file_size: largest upload Gradio accepts.
         server_name / server_port: where to listen (``None`` = Gradio's defaults).
         space_id: the Hugging Face Space id when running on Spaces.
@@ -104,6 +110,7 @@ class AppSettings:
     queue_size: int = 16
     generation_concurrency: int = 1
     export_licence: str = "unknown"
+    race_ar_model: str = EMBEDDED
     max_file_size: str = "200mb"
     server_name: str | None = None
     server_port: int | None = None
@@ -114,6 +121,8 @@ class AppSettings:
     def __post_init__(self) -> None:
         if not self.models or any(not m.strip() for m in self.models):
             raise SettingsError(f"ECHO_MODEL must name at least one model, got {self.models!r}")
+        if not self.race_ar_model.strip():
+            raise SettingsError(f"ECHO_RACE_AR_MODEL must name a model, got {self.race_ar_model!r}")
         if self.max_new_tokens < 1 or self.queue_size < 1 or self.generation_concurrency < 1:
             raise SettingsError("max_new_tokens, queue_size and generation_concurrency must be >= 1")
 
@@ -133,6 +142,7 @@ class AppSettings:
             queue_size=_int(env, "ECHO_QUEUE_SIZE", 16),
             generation_concurrency=_int(env, "ECHO_GENERATION_CONCURRENCY", 1),
             export_licence=env.get("ECHO_EXPORT_LICENCE", "").strip() or "unknown",
+            race_ar_model=env.get("ECHO_RACE_AR_MODEL", "").strip() or EMBEDDED,
             max_file_size=env.get("ECHO_MAX_FILE_SIZE", "").strip() or "200mb",
             server_name=env.get("GRADIO_SERVER_NAME", "").strip() or None,
             server_port=_int(env, "GRADIO_SERVER_PORT", 0, minimum=0) if port else None,

@@ -160,7 +160,7 @@ def validate(rec: StudyRecord) -> None:
     rid = rec.id
     if rec.schema != SCHEMA:
         raise RecordError(rid, "schema", f"unsupported schema {rec.schema!r}; this version reads {SCHEMA!r}")
-    for name in ("findings", "impression"):
+    for name in ("findings", "impression", "source", "licence"):
         if not isinstance(getattr(rec, name), str):
             raise RecordError(rid, name, f"must be a string, got {type(getattr(rec, name)).__name__}")
     if not (rec.findings.strip() or rec.impression.strip()):
@@ -177,6 +177,10 @@ def validate(rec: StudyRecord) -> None:
         if img.view not in VIEWS:
             raise RecordError(rid, "images", f"view must be one of {VIEWS}, got {img.view!r}")
     if rec.correction is not None:
+        for name in ("draft_id", "model", "model_revision", "draft_findings", "draft_impression", "editor", "comment"):
+            value = getattr(rec.correction, name)
+            if not isinstance(value, str):
+                raise RecordError(rid, f"correction.{name}", f"must be a string, got {type(value).__name__}")
         bad = [r for r in rec.correction.edit_reasons if r not in EDIT_REASONS]
         if bad:
             raise RecordError(rid, "correction.edit_reasons", f"unknown reasons {bad}; allowed: {list(EDIT_REASONS)}")

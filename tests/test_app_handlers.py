@@ -198,7 +198,9 @@ def test_build_demo_wires_the_public_endpoints(handlers: Handlers) -> None:
     queued = {d.api_name: d.queue for d in demo.fns.values() if d.api_name}
     assert queued["generate"] and not queued["save_edit"] and not queued["sign"] and not queued["export_corrections"]
     gen = next(d for d in demo.fns.values() if d.api_name == "generate")
-    assert gen.concurrency_id == "gpu" and gen.concurrency_limit == 1
+    assert gen.concurrency_id == "gpu" and gen.concurrency_limit is None  # bounded by Services.gate instead
+    gate = handlers.services.gate
+    assert (gate.slots, gate.max_waiting) == (handlers.settings.generation_concurrency, handlers.settings.queue_size)
 
 
 def test_dicom_without_extension_is_shown_with_its_window_and_no_header_is_kept(handlers: Handlers) -> None:

@@ -28,6 +28,15 @@ def test_environment_is_read() -> None:
     assert (s.queue_size, s.generation_concurrency, s.auth) == (4, 2, "a:b")
 
 
+def test_race_ar_model_defaults_to_the_embedded_ar_checkpoint() -> None:
+    assert AppSettings.from_env({}).race_ar_model == EMBEDDED
+    assert AppSettings.from_env({"ECHO_RACE_AR_MODEL": "  "}).race_ar_model == EMBEDDED
+    s = AppSettings.from_env({"ECHO_RACE_AR_MODEL": " lingshu-medical-mllm/Lingshu-7B ", "ECHO_MODEL": "a/b"})
+    assert s.race_ar_model == "lingshu-medical-mllm/Lingshu-7B" and s.models == ("a/b",)
+    with pytest.raises(SettingsError, match="ECHO_RACE_AR_MODEL"):
+        AppSettings(race_ar_model=" ")
+
+
 @pytest.mark.parametrize(("name", "value"), [("ECHO_QUEUE_SIZE", "many"), ("ECHO_MAX_NEW_TOKENS", "0"),
                                              ("ECHO_DB_SINGLE_CONNECTION", "maybe"), ("GRADIO_SERVER_PORT", "http")])
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

@@ -16,6 +16,7 @@ a header value except sanitised code strings (Modality, Body Part).
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ import pydicom
 from PIL import Image
 from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_fragments
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
 from .errors import (
@@ -33,6 +35,7 @@ from .errors import (
     UnsupportedFormatError,
     UnsupportedTransferSyntaxError,
 )
+from .sniff import DeclaredRaster, read_j2k_header, read_jpeg_header
 from .tone import VOI_FUNCTIONS, Window, data_range_window, window_to_uint8
 from .types import DecodedPicture, ImageLimits, MetadataValue
 from .vocab import BODY_PARTS, MODALITIES, VIEW_POSITIONS, coded, normalise_code
@@ -82,6 +85,23 @@ _INSTALL_HINTS: dict[str, str] = {
     dcm_uid.RLELossless: "pylibjpeg pylibjpeg-rle",
 }
 
+#: Compressed syntaxes whose frames start with a header we can read before decoding.
+_JPEG_SYNTAXES = frozenset(
+    {dcm_uid.JPEGBaseline8Bit, dcm_uid.JPEGExtended12Bit, dcm_uid.JPEGLossless, dcm_uid.JPEGLosslessSV1}
+)
+_J2K_SYNTAXES = frozenset(
+    {dcm_uid.JPEG2000Lossless, dcm_uid.JPEG2000, dcm_uid.HTJ2KLossless, dcm_uid.HTJ2KLosslessRPCL, dcm_uid.HTJ2K}
+)
+#: Python object reprs that decoders put in messages ("<_io.BytesIO object at 0x7f...>"): noise to a user.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-f]+>")
+#: Image Pixel attributes without which the pixel data cannot be interpreted (the others have defaults).
+_REQUIRED_PIXEL_ATTRIBUTES: dict[str, str] = {
+    "Rows": "Rows",
+    "Columns": "Columns",
+    "BitsAllocated": "Bits Allocated",
+    "PhotometricInterpretation": "Photometric Interpretation",
+}
+
 
 def install_hint(transfer_syntax: str) -> str:
     """The ``pip install`` arguments that add a pydicom decoder for ``transfer_syntax``."""
@@ -99,7 +119,9 @@ def decode_dicom(data: bytes, *, name: str, limits: ImageLimits, has_preamble: b
     geometry.check_limits(name, limits)
     transfer_syntax = _transfer_syntax(ds)
     _require_decoder(transfer_syntax, name)
-    if not transfer_syntax.is_compressed:
+    if transfer_syntax.is_compressed:
+        _check_compressed_frame(ds, transfer_syntax, geometry=geometry, name=name, limits=limits)
+    else:
         geometry.check_native_length(len(ds.PixelData or b""), name)
     warnings.extend(_gating_warnings(ds, geometry.frames))
     frame = _decode_first_frame(ds, geometry, name)
@@ -182,6 +204,12 @@ class _Geometry:
 
     @classmethod
     def from_dataset(cls, ds: Dataset, name: str) -> _Geometry:
+        missing = [label for keyword, label in _REQUIRED_PIXEL_ATTRIBUTES.items() if ds.get(keyword) in (None, "")]
+        if missing:
+            raise CorruptImageError(
+                name,
+                f"the DICOM has pixel data but no {', '.join(missing)}; without them the image cannot be read.",
+            )
         try:
             rows, columns = int(ds.Rows), int(ds.Columns)
             frames = int(ds.get("NumberOfFrames") or 1)
@@ -263,11 +291,12 @@ def _transfer_syntax(ds: Dataset) -> dcm_uid.UID:
 
 def _require_decoder(transfer_syntax: dcm_uid.UID, name: str) -> None:
     """Refuse, with the fix, a compression for which no pydicom plugin is installed."""
-    label = (
-        f"{transfer_syntax.name} ({transfer_syntax})"
-        if transfer_syntax.is_valid
-        else repr(str(transfer_syntax))
-    )
+    if not transfer_syntax.is_valid:
+        label = repr(str(transfer_syntax))
+    elif transfer_syntax.name == str(transfer_syntax):  # not in pydicom's dictionary: a private UID
+        label = f"{transfer_syntax} (not a standard DICOM transfer syntax)"
+    else:
+        label = f"{transfer_syntax.name} ({transfer_syntax})"
     try:
         decoder = get_decoder(transfer_syntax)
     except NotImplementedError as exc:
@@ -282,6 +311,55 @@ def _require_decoder(transfer_syntax: dcm_uid.UID, name: str) -> None:
             f"its pixel data are compressed as {label} and no decoder for it is installed; "
             f"run `pip install {install_hint(transfer_syntax)}` (or `pip install python-gdcm`).",
         )
+
+
+def _check_compressed_frame(
+    ds: Dataset, transfer_syntax: dcm_uid.UID, *, geometry: _Geometry, name: str, limits: ImageLimits
+) -> None:
+    """Check what the first compressed frame itself declares, before a decoder allocates it.
+
+    Why: decoders size their output from the JPEG / JPEG 2000 header inside the frame, not from
+    Rows x Columns, so a frame declaring 60000x60000 inside a 512x512 DICOM is a decompression bomb
+    that the DICOM header check cannot see. And Pillow, often the only JPEG plugin, cannot read
+    12-bit JPEG; saying so with the fix is better than its failure after a decode attempt.
+    Frames whose header cannot be read are left to the decoder, which reports them as corrupt.
+    """
+    if transfer_syntax in _JPEG_SYNTAXES:
+        reader = read_jpeg_header
+    elif transfer_syntax in _J2K_SYNTAXES:
+        reader = read_j2k_header
+    else:
+        return
+    fragment = _first_fragment(ds.PixelData)
+    header: DeclaredRaster | None = reader(fragment) if fragment else None
+    if header is None:
+        return
+    pixels = header.width * header.height
+    if pixels > limits.max_pixels:
+        raise ImageTooLargeError(
+            name,
+            f"its compressed frame declares {header.width}x{header.height} = {pixels / 1e6:.1f} megapixels "
+            f"(the DICOM header says {geometry.columns}x{geometry.rows}), over the limit of {limits.max_pixels / 1e6:.1f} "
+            "megapixels (decompression-bomb guard).",
+        )
+    plugins = set(get_decoder(transfer_syntax).available_plugins)
+    if transfer_syntax in _JPEG_SYNTAXES and header.bit_depth > 8 and plugins <= {"pillow"}:
+        raise UnsupportedTransferSyntaxError(
+            name,
+            f"its pixel data are {header.bit_depth}-bit {transfer_syntax.name} ({transfer_syntax}), which the "
+            f"installed decoder (Pillow) cannot read; run `pip install {install_hint(transfer_syntax)}` "
+            "(or `pip install python-gdcm`).",
+        )
+
+
+def _first_fragment(pixel_data: bytes) -> bytes | None:
+    """The first fragment after the Basic Offset Table item, or None when the items cannot be parsed."""
+    try:
+        fragments = generate_fragments(pixel_data)
+        next(fragments, None)  # the Basic Offset Table, often empty
+        return next(fragments, None)
+    except ValueError:
+        return None
 
 
 def _gating_warnings(ds: Dataset, frames: int) -> Iterable[str]:
@@ -317,7 +395,20 @@ def _decode_first_frame(ds: Dataset, geometry: _Geometry, name: str) -> np.ndarr
             return pixel_array(ds, index=0)
         return pixel_array(ds)
     except Exception as exc:  # decoder plugins raise RuntimeError/ValueError/OSError...
-        raise CorruptImageError(name, f"the DICOM pixel data cannot be decoded ({_short(exc)})") from exc
+        raise CorruptImageError(name, f"the DICOM pixel data cannot be decoded ({_decoder_reason(exc)})") from exc
+
+
+def _decoder_reason(exc: BaseException) -> str:
+    """What the decoder said, without pydicom's "exceptions were raised by all available plugins:" preamble.
+
+    pydicom puts one line per plugin under that header ("  pillow: broken data stream ..."); the first
+    line alone tells the user nothing.
+    """
+    text = _OBJECT_REPR.sub("", str(exc))
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return "; ".join(lines[1:])[:200]
+    return (lines[0] if lines else type(exc).__name__)[:160]
 
 
 def _render(

@@ -17,6 +17,7 @@ __all__ = [
     "SourceFormat",
     "describe_unsupported",
     "detect_format",
+    "read_j2k_header",
     "read_jpeg_header",
     "read_png_header",
 ]
@@ -25,6 +26,8 @@ SourceFormat = Literal["png", "jpeg", "dicom", "dicom_no_preamble"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+#: JPEG 2000 codestream start: SOC marker then the SIZ marker that declares the image size.
+J2K_CODESTREAM_START = b"\xff\x4f\xff\x51"
 DICOM_MAGIC = b"DICM"
 
 # Start-of-frame markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
@@ -165,3 +168,19 @@ def read_jpeg_header(data: bytes) -> DeclaredRaster | None:
             return None
         pos += 2 + length
     return None
+
+
+def read_j2k_header(data: bytes, *, search_bytes: int = 4096) -> DeclaredRaster | None:
+    """Width, height and first-component precision from a JPEG 2000 SIZ marker, or None.
+
+    The codestream may be bare (it starts with SOC + SIZ) or wrapped in JP2 boxes, in which case
+    the SIZ is looked for in the first ``search_bytes``. The size is the reference grid minus its
+    offset (``Xsiz - XOsiz`` by ``Ysiz - YOsiz``), which is what a decoder allocates.
+    """
+    start = data.find(J2K_CODESTREAM_START, 0, search_bytes)
+    siz = start + 4  # Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz, XTOsiz, YTOsiz, Csiz, Ssiz...
+    if start < 0 or siz + 39 > len(data):
+        return None
+    x_size, y_size, x_offset, y_offset = struct.unpack_from(">IIII", data, siz + 4)
+    precision = (data[siz + 38] & 0x7F) + 1
+    return DeclaredRaster(width=max(x_size - x_offset, 0), height=max(y_size - y_offset, 0), bit_depth=precision)

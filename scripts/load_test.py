@@ -1,0 +1,328 @@
+"""Load test of the web app: N ``gradio_client`` clients drafting and saving at once, then a database audit.
+
+Usage::
+
+    python scripts/load_test.py                      # 16 clients x 3 drafts x 4 saves, drafting line of 8
+    python scripts/load_test.py --clients 5 --iterations 2 --saves 2 --queue-size 1 --out scratch/reliability
+
+The app runs in a child process on loopback (``scripts/app_process.py``) with the embedded checkpoint and
+``ECHO_AUTH`` set (clients are spread over several users). Every client, released together, repeats:
+``/generate`` (retried after a pause when refused as busy), then ``--saves`` ``/save_edit`` calls with
+text unique to the client, draft and save. Afterwards the database is read directly (``sqlite3``,
+read-only) and every acknowledged save must be there exactly once with its exact text, on its draft and
+by its user (0 lost, 0 mixed); drafts must belong to the user who asked for them.
+
+Printed and written to ``<out>/load.json`` (default ``results/reliability``): p50/p95 latency of drafts
+and saves, how many drafts were told "busy" and how fast, saves refused, lost and mixed; the latency
+distribution is plotted to ``<out>/load.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app_process import ROOT, auth_value, credentials, start_app
+
+__all__ = ["BUSY_TEXT", "LoadReport", "audit_saves", "main", "run_load"]
+
+#: What a refused draft's message says (app.admission.DraftingBusyError).
+BUSY_TEXT = "drafting queue is full"
+DRAFT_ID_INDEX = 9  # position of the draft id in /generate's outputs (app.handlers.DRAFT_FIELDS)
+
+
+@dataclass
+class Save:
+    """One acknowledged ``/save_edit``: what was sent, by whom, on which draft."""
+
+    user: str
+    draft_id: str
+    findings: str
+    impression: str
+
+
+@dataclass
+class ClientLog:
+    """What one client saw."""
+
+    generate_s: list[float] = field(default_factory=list)
+    save_s: list[float] = field(default_factory=list)
+    busy_s: list[float] = field(default_factory=list)
+    busy_messages: set[str] = field(default_factory=set)
+    save_refusals: list[str] = field(default_factory=list)
+    generate_errors: list[str] = field(default_factory=list)
+    drafts: list[tuple[str, str]] = field(default_factory=list)  # (user, draft id)
+    saves: list[Save] = field(default_factory=list)
+
+
+@dataclass
+class LoadReport:
+    """The figures of one run (written as JSON)."""
+
+    clients: int
+    users: int
+    iterations: int
+    saves_per_iteration: int
+    queue_size: int
+    max_new_tokens: int
+    wall_s: float
+    drafts: int
+    generate_p50_s: float | None
+    generate_p95_s: float | None
+    save_p50_s: float | None
+    save_p95_s: float | None
+    busy_refusals: int
+    busy_p95_s: float | None
+    busy_max_s: float | None
+    busy_messages: list[str]
+    generate_errors: list[str]
+    saves_acknowledged: int
+    saves_refused: int
+    save_refusal_messages: list[str]
+    lost: int
+    mixed: int
+    stored_unacknowledged: int
+    drafts_of_wrong_owner: int
+    machine: str
+    latencies: dict[str, list[float]] = field(repr=False, default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.mixed or self.saves_refused or self.drafts_of_wrong_owner
+                    or self.generate_errors)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 4) if values else None
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def _client(index: int, *, url: str, user: str, password: str, image: Path, iterations: int, saves: int,
+            max_new_tokens: int, start: threading.Barrier, deadline: float, log: ClientLog) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(url, auth=(user, password), verbose=False)
+    rng = random.Random(index)
+    start.wait()
+    for iteration in range(iterations):
+        draft_id = ""
+        while not draft_id and time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            try:
+                outputs = client.predict([handle_file(str(image))], max_new_tokens=max_new_tokens,
+                                         api_name="/generate")
+            except Exception as err:  # noqa: BLE001  (every failure is classified and reported)
+                elapsed = time.perf_counter() - t0
+                if BUSY_TEXT in str(err):
+                    log.busy_s.append(elapsed)
+                    log.busy_messages.add(str(err))
+                    time.sleep(rng.uniform(0.2, 1.0))
+                    continue
+                log.generate_errors.append(f"{type(err).__name__}: {err}")
+                return
+            log.generate_s.append(time.perf_counter() - t0)
+            draft_id = str(outputs[DRAFT_ID_INDEX])
+            log.drafts.append((user, draft_id))
+        if not draft_id:
+            log.generate_errors.append(f"client {index} got no draft before the deadline")
+            return
+        for k in range(saves):
+            tag = uuid.uuid4().hex
+            findings = f"Load test client {index} draft {iteration} save {k}: lungs clear. [{tag}]"
+            impression = f"No acute disease ({tag})."
+            t0 = time.perf_counter()
+            try:
+                status, _ = client.predict(draft_id, findings, impression, [], "", api_name="/save_edit")
+            except Exception as err:  # noqa: BLE001
+                log.save_refusals.append(f"{type(err).__name__}: {err}")
+                continue
+            log.save_s.append(time.perf_counter() - t0)
+            if str(status).startswith("Saved version"):
+                log.saves.append(Save(user=user, draft_id=draft_id, findings=findings, impression=impression))
+            else:
+                log.save_refusals.append(f"unexpected status {status!r}")
+
+
+def audit_saves(db: Path, saves: list[Save], drafts: list[tuple[str, str]]) -> dict[str, int]:
+    """Compare acknowledged saves and drafts with the database (opened read-only).
+
+    Returns counts: ``lost`` (an acknowledged save not stored), ``mixed`` (stored with other text, draft or
+    user, or more than once), ``stored_unacknowledged`` (a load-test text stored without an acknowledgement)
+    and ``drafts_of_wrong_owner``.
+    """
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT e.draft_id, e.author, e.findings, e.impression, s.owner FROM edit e "
+            "JOIN draft d ON d.id = e.draft_id JOIN study s ON s.id = d.study_id WHERE e.kind = 'edit'"
+        ).fetchall()
+        owners = dict(conn.execute("SELECT d.id, s.owner FROM draft d JOIN study s ON s.id = d.study_id").fetchall())
+    by_text: dict[str, list[tuple[str, str, str, str]]] = {}
+    for draft_id, author, findings, impression, owner in rows:
+        by_text.setdefault(findings, []).append((draft_id, author, impression, owner))
+    lost = mixed = 0
+    for save in saves:
+        stored = by_text.get(save.findings, [])
+        if not stored:
+            lost += 1
+        elif stored != [(save.draft_id, save.user, save.impression, save.user)]:
+            mixed += 1
+    acknowledged = {s.findings for s in saves}
+    unacknowledged = sum(1 for text in by_text if text.startswith("Load test client") and text not in acknowledged)
+    wrong_owner = sum(1 for user, draft_id in drafts if owners.get(draft_id) != user)
+    return {"lost": lost, "mixed": mixed, "stored_unacknowledged": unacknowledged,
+            "drafts_of_wrong_owner": wrong_owner}
+
+
+def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: int = 3, saves: int = 4,
+             queue_size: int = 8, max_new_tokens: int = 32, timeout_s: float = 900.0) -> LoadReport:
+    """Serve the app under ``work_dir``, run the clients, stop the app and audit the database."""
+    from echo_model.imaging.synthetic import phantom_cxr
+
+    creds = credentials(min(users, clients))
+    names = list(creds)
+    images = []
+    for i in range(clients):
+        path = work_dir / "inputs" / f"view-{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        phantom_cxr((256, 256), seed=100 + i).save(path)
+        images.append(path)
+    logs = [ClientLog() for _ in range(clients)]
+    with start_app(work_dir / "server", auth=auth_value(creds), queue_size=queue_size) as app:
+        from gradio_client import Client, handle_file
+
+        warm = Client(app.url, auth=(names[0], creds[names[0]]), verbose=False)  # loads the model: not timed
+        warm.predict([handle_file(str(images[0]))], max_new_tokens=max_new_tokens, api_name="/generate")
+        start = threading.Barrier(clients)
+        deadline = time.monotonic() + timeout_s
+        threads = [
+            threading.Thread(target=_client, args=(i,), daemon=True, kwargs={
+                "url": app.url, "user": names[i % len(names)], "password": creds[names[i % len(names)]],
+                "image": images[i], "iterations": iterations, "saves": saves, "max_new_tokens": max_new_tokens,
+                "start": start, "deadline": deadline, "log": logs[i]})
+            for i in range(clients)
+        ]
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=max(1.0, deadline - time.monotonic() + 30))
+        wall = time.perf_counter() - t0
+        db = app.data_dir / "echo.sqlite"
+    every = ClientLog()
+    for log in logs:
+        for name in ("generate_s", "save_s", "busy_s", "save_refusals", "generate_errors", "drafts", "saves"):
+            getattr(every, name).extend(getattr(log, name))
+        every.busy_messages |= log.busy_messages
+    audit = audit_saves(db, every.saves, every.drafts)
+    return LoadReport(
+        clients=clients, users=len(names), iterations=iterations, saves_per_iteration=saves, queue_size=queue_size,
+        max_new_tokens=max_new_tokens, wall_s=round(wall, 2), drafts=len(every.drafts),
+        generate_p50_s=_percentile(every.generate_s, 50), generate_p95_s=_percentile(every.generate_s, 95),
+        save_p50_s=_percentile(every.save_s, 50), save_p95_s=_percentile(every.save_s, 95),
+        busy_refusals=len(every.busy_s), busy_p95_s=_percentile(every.busy_s, 95),
+        busy_max_s=round(max(every.busy_s), 4) if every.busy_s else None,
+        busy_messages=sorted(every.busy_messages), generate_errors=every.generate_errors,
+        saves_acknowledged=len(every.saves), saves_refused=len(every.save_refusals),
+        save_refusal_messages=sorted(set(every.save_refusals)), **audit,
+        machine=f"{platform.machine()} {platform.processor() or platform.system()}, "
+                f"{_cpu_count()} logical CPUs, Python {platform.python_version()}",
+        latencies={"generate_s": [round(v, 4) for v in every.generate_s],
+                   "save_s": [round(v, 4) for v in every.save_s],
+                   "busy_s": [round(v, 4) for v in every.busy_s]},
+    )
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def plot_latencies(report: LoadReport, path: Path) -> None:
+    """Empirical CDF of draft, save and busy-refusal latencies (log time axis), p95 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    series = [("generate_s", "/generate (accepted)"), ("save_s", "/save_edit"), ("busy_s", "/generate refused busy")]
+    for key, label in series:
+        values = np.sort(np.asarray(report.latencies.get(key, []), dtype=float))
+        if values.size == 0:
+            continue
+        ax.step(values, np.arange(1, values.size + 1) / values.size, where="post",
+                label=f"{label}: n={values.size}, p50 {np.percentile(values, 50):.3f} s, "
+                      f"p95 {np.percentile(values, 95):.3f} s")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency seen by the client (s)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(f"{report.clients} clients, {report.users} users, drafting line {report.queue_size}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary(report: LoadReport) -> str:
+    """The figures as printed lines."""
+    return "\n".join([
+        (f"clients {report.clients} ({report.users} users), {report.iterations} drafts x "
+         f"{report.saves_per_iteration} saves each, drafting line {report.queue_size}, wall {report.wall_s:.1f} s"),
+        f"/generate accepted: {report.drafts}, p50 {_s(report.generate_p50_s)}, p95 {_s(report.generate_p95_s)}",
+        (f"/generate refused busy: {report.busy_refusals}, p95 {_s(report.busy_p95_s)}, max {_s(report.busy_max_s)}; "
+         f"message: {report.busy_messages[0] if report.busy_messages else '-'}"),
+        (f"/save_edit acknowledged: {report.saves_acknowledged}, refused {report.saves_refused}, "
+         f"p50 {_s(report.save_p50_s)}, p95 {_s(report.save_p95_s)}"),
+        (f"database: lost {report.lost}, mixed {report.mixed}, stored unacknowledged "
+         f"{report.stored_unacknowledged}, drafts of the wrong owner {report.drafts_of_wrong_owner}; "
+         f"other draft errors {len(report.generate_errors)}"),
+        "RESULT: " + ("PASS" if report.ok else "FAIL"),
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--users", type=int, default=4, help="logins the clients are spread over")
+    parser.add_argument("--iterations", type=int, default=3, help="drafts per client")
+    parser.add_argument("--saves", type=int, default=4, help="saves per draft")
+    parser.add_argument("--queue-size", type=int, default=8, help="ECHO_QUEUE_SIZE: drafts allowed to wait")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "reliability")
+    parser.add_argument("--work-dir", type=Path, help="keep the server's files here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    for name in ("clients", "users", "iterations", "saves", "queue_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    with tempfile.TemporaryDirectory(prefix="echo-load-") as tmp:
+        report = run_load(args.work_dir or Path(tmp), clients=args.clients, users=args.users,
+                          iterations=args.iterations, saves=args.saves, queue_size=args.queue_size,
+                          max_new_tokens=args.max_new_tokens)
+    print(summary(report))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "load.json").write_text(json.dumps(asdict(report), indent=1) + "\n", encoding="utf-8")
+    plot_latencies(report, args.out / "load.png")
+    print(f"wrote {args.out / 'load.json'} and {args.out / 'load.png'}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
