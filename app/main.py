@@ -35,6 +35,7 @@ from .handlers import (
     VIEWER_FIELDS,
     Handlers,
 )
+from .explain_ui import build_explain_tab
 from .race_ui import build_race_tab
 from .service import ModelInfo, Services, app_version
 from .settings import EMBEDDED, AppSettings, SettingsError
@@ -205,6 +206,7 @@ def build_demo(settings: AppSettings | None = None, *, services: Services | None
                             timing = gr.JSON(label="Timings and settings", elem_id="timing")
                             blocks = gr.Dataframe(headers=BLOCK_HEADERS, label="Blocks", interactive=False,
                                                   elem_id="blocks")
+            build_explain_tab(services, draft_id=draft_id)
             build_race_tab(services, draft_study_id=study_id)
             with gr.Tab("History & export", id="history") as history_tab:
                 gr.Markdown("Your studies and drafts, newest first. Click a row to choose it.")

@@ -252,11 +252,13 @@ class BlockStep:
     confidences: list[float]
     done: bool = False
     draft: Draft | None = None
+    steps: list[int] | None = None
 
     def trace(self) -> dict[str, Any]:
-        """The JSON stored per block in the draft row."""
+        """The JSON stored per block in the draft row (``steps``: each token's commit step, for explanations)."""
         return {"block": self.index, "token_ids": self.token_ids, "confidences": [round(c, 5) for c in self.confidences],
-                "text": self.block_text, "seconds": round(self.seconds, 5), "ms": round(self.block_ms, 3)}
+                "steps": self.steps, "text": self.block_text, "seconds": round(self.seconds, 5),
+                "ms": round(self.block_ms, 3)}
 
 
 @dataclass(frozen=True)
@@ -416,6 +418,7 @@ class DraftingService:
                 report=" ".join(f"{kept} {event.text}".split()) if kept else event.text,
                 seconds=event.seconds, block_ms=(event.seconds - previous) * 1000.0, block_length=block_length,
                 model_revision=revision, token_ids=list(event.token_ids), confidences=list(event.confidences), done=event.done,
+                steps=list(event.steps) if event.steps is not None else None,
             )
             previous = event.seconds
             if event.done:

@@ -55,7 +55,7 @@ from sqlalchemy.types import TypeDecorator
 from echo_model.records import EDIT_REASONS
 
 __all__ = [
-    "AccessError", "AuditInfo", "DraftInfo", "EditInfo", "HistoryRow", "ImageInfo", "NewDraft", "NewImage",
+    "AccessError", "AuditInfo", "DraftInfo", "EditInfo", "ExplanationInfo", "HistoryRow", "ImageInfo", "NewDraft", "NewImage",
     "NotFoundError", "SignedReportError", "Store", "StoreError", "StudyInfo", "needs_single_connection",
 ]
 
@@ -177,6 +177,26 @@ class DraftRow(Base):
     edits: Mapped[list[EditRow]] = relationship(
         back_populates="draft", order_by="EditRow.id", cascade="all, delete-orphan", passive_deletes=True
     )
+    explanations: Mapped[list[ExplanationRow]] = relationship(
+        back_populates="draft", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ExplanationRow(Base):
+    """A computed explanation of part of a draft (cached: the same request is answered from here)."""
+
+    __tablename__ = "explanation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    draft_id: Mapped[str] = mapped_column(ForeignKey("draft.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(128))  # target + method + settings
+    created_at: Mapped[datetime]
+    method: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)
+    maps: Mapped[list[Any]]  # per view: rows of patch scores
+    draft: Mapped[DraftRow] = relationship(back_populates="explanations")
 
 
 class EditRow(Base):
@@ -340,6 +360,20 @@ class DraftInfo:
     @property
     def status(self) -> str:
         return "signed" if self.signed_at else ("edited" if self.versions else "draft")
+
+
+@dataclass(frozen=True)
+class ExplanationInfo:
+    """A stored explanation: per-view patch maps (non-negative, summing to 1 over the study) and how."""
+
+    draft_id: str
+    key: str
+    method: str
+    label: str
+    detail: str
+    seconds: float
+    maps: list[list[list[float]]]
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -700,9 +734,37 @@ class Store:
         counts["files"] = len(orphans)
         return counts
 
+    # ------------------------------------------------------------------ explanations
+    def get_explanation(self, draft_id: str, actor: str, key: str) -> ExplanationInfo | None:
+        """The stored explanation of ``key`` for one of the actor's drafts, or None."""
+        with self._transaction() as s:
+            self._owned_draft(s, draft_id, actor)
+            row = s.scalars(select(ExplanationRow).where(ExplanationRow.draft_id == draft_id,
+                                                         ExplanationRow.key == key)).first()
+            return self._explanation_info(row) if row is not None else None
+
+    def add_explanation(self, draft_id: str, actor: str, *, key: str, method: str, label: str, detail: str,
+                        seconds: float, maps: list[list[list[float]]]) -> ExplanationInfo:
+        """Store an explanation with its draft (deleted with the study; the audit records the request only)."""
+        with self._transaction() as s:
+            draft = self._owned_draft(s, draft_id, actor)
+            row = ExplanationRow(draft_id=draft_id, key=key, created_at=_utcnow(), method=method, label=label,
+                                 detail=detail, seconds=float(seconds), maps=maps)
+            s.add(row)
+            self._audit(s, actor, "draft.explain", study_id=draft.study_id, draft_id=draft_id,
+                        detail={"method": method})
+            s.flush()
+            return self._explanation_info(row)
+
+    @staticmethod
+    def _explanation_info(row: ExplanationRow) -> ExplanationInfo:
+        return ExplanationInfo(draft_id=row.draft_id, key=row.key, method=row.method, label=row.label,
+                               detail=row.detail, seconds=row.seconds, maps=row.maps, created_at=row.created_at)
+
     def count(self, table: str) -> int:
         """Rows in one table (tests and health checks)."""
-        model = {m.__tablename__: m for m in (Study, ImageBlob, StudyImage, DraftRow, EditRow, AuditRow)}.get(table)
+        models = (Study, ImageBlob, StudyImage, DraftRow, EditRow, AuditRow, ExplanationRow)
+        model = {m.__tablename__: m for m in models}.get(table)
         if model is None:
             raise StoreError(f"unknown table {table!r}")
         with self._transaction() as s:

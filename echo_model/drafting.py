@@ -103,12 +103,8 @@ class Drafter:
         exactly the state the sampler would be in had it committed those tokens itself (their keys/values are
         computed the same way), so no special sampler path is needed. The returned report starts with it.
         """
-        ck = self.checkpoint(sampler)
-        prompt = ck.processor.encode(list(images), indication=indication, lang=lang)
+        ck, prompt = self.prompt(images, sampler=sampler, indication=indication, lang=lang, prefix=prefix)
         prefix_text = (prefix or "").strip()
-        if prefix_text:
-            ids = ck.processor.tokenizer(prefix_text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-            prompt = StudyPrompt(torch.cat([prompt.input_ids, ids]), prompt.pixel_values, prompt.image_grid_thw)
         runner = build_sampler(sampler, ck.model, ck.processor, config)
         results = yield from runner.stream(prompt)
         result = results[0]
@@ -131,6 +127,17 @@ class Drafter:
                       "top_k": config.top_k, "top_p": config.top_p, "threshold": config.threshold,
                       "seed": config.seed, "prefix": prefix_text or None},
         )
+
+    def prompt(self, images: Sequence[Image.Image], *, sampler: str, indication: str | None = None, lang: str = "en",
+               prefix: str | None = None) -> tuple[EchoCheckpoint, StudyPrompt]:
+        """The checkpoint a sampler runs on and the prompt it decodes from (a re-draft's kept text appended)."""
+        ck = self.checkpoint(sampler)
+        prompt = ck.processor.encode(list(images), indication=indication, lang=lang)
+        prefix_text = (prefix or "").strip()
+        if prefix_text:
+            ids = ck.processor.tokenizer(prefix_text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+            prompt = StudyPrompt(torch.cat([prompt.input_ids, ids]), prompt.pixel_values, prompt.image_grid_thw)
+        return ck, prompt
 
     def draft(self, images: Sequence[Image.Image], **kwargs: Any) -> Draft:
         return drain(self.stream(images, **kwargs))

@@ -14,10 +14,13 @@ No attention is re-implemented. Block diffusion needs three things around the st
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .processing import StudyPrompt
 from .spec import EchoSpec, read_spec
@@ -61,6 +64,19 @@ class EchoModel:
         positions, deltas = self.model.model.get_rope_index(ids, mm_types, image_grid_thw=grid)  # (3,1,P), (1,1)
         return positions[:, 0], int(deltas.reshape(-1)[0])
 
+    def image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """The merged image embeddings the language model reads, images concatenated in order.
+
+        Args:
+            pixel_values: ``(N_patches, C*T*14*14)`` as the processor makes them.
+            image_grid_thw: ``(n_images, 3)``.
+        Returns:
+            ``(N_merged, D_text)``: one row per ``<|image_pad|>`` token, each image's rows in row-major order of
+            its merged (2x2) grid (the vision tower undoes its window permutation before returning).
+        """
+        out = self.model.model.get_image_features(pixel_values.to(self.dtype), image_grid_thw)
+        return torch.cat(out.pooler_output)  # (N_merged, D)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -71,6 +87,8 @@ class EchoModel:
         keep_kv: int | None = None,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One forward over query tokens, reading (and optionally extending) the cache.
 
@@ -80,12 +98,59 @@ class EchoModel:
             attention_bias: ``(B, 1, q, cache_len + q)`` additive mask.
             cache: the KV cache, or None for a cache-free forward over a whole sequence.
             keep_kv: how many leading query positions keep their keys/values in the cache (None = all).
+            image_features: ``(N_merged, D)`` precomputed :meth:`image_features` for the batch's image tokens
+                (instead of ``pixel_values``; lets attribution methods reach the vision tower's activations).
+            logits_at: ``(n,)`` query columns whose logits are needed (None = all); saves the ``(B, q, V)``
+                projection when only a few positions are scored.
         Returns:
-            logits ``(B, q, V)``.
+            logits ``(B, q, V)``, or ``(B, n, V)`` with ``logits_at``.
         """
+        return self._run(input_ids, position_ids=position_ids, attention_bias=attention_bias, cache=cache,
+                         keep_kv=keep_kv, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                         image_features=image_features, logits_at=logits_at).logits
+
+    def forward_with_attentions(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor,
+        attention_bias: torch.Tensor,
+        image_features: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """A cache-free forward that also returns every language-model layer's attention probabilities.
+
+        Runs the text attention in its eager form for this call only (SDPA and flash kernels return no
+        weights); the numbers are the same softmax the SDPA kernel computes.
+
+        Returns:
+            logits ``(B, q, V)`` and one ``(B, heads, q, q)`` tensor per layer.
+        """
+        with _eager_text_attention(self.model.config):
+            out = self._run(input_ids, position_ids=position_ids, attention_bias=attention_bias, cache=None,
+                            keep_kv=None, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                            image_features=image_features, logits_at=None, output_attentions=True)
+        if not out.attentions or any(a is None for a in out.attentions):
+            raise RuntimeError("the language model returned no attention weights")
+        return out.logits, tuple(out.attentions)
+
+    def _run(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor, attention_bias: torch.Tensor,
+             cache: DynamicCache | None, keep_kv: int | None, pixel_values: torch.Tensor | None,
+             image_grid_thw: torch.Tensor | None, image_features: torch.Tensor | None,
+             logits_at: torch.Tensor | None, output_attentions: bool = False):
         q = input_ids.shape[1]
         if keep_kv is not None and not 0 <= keep_kv <= q:
             raise ValueError(f"keep_kv must be in [0, {q}], got {keep_kv}")
+        if image_features is not None and pixel_values is not None:
+            raise ValueError("give pixel_values or image_features, not both")
+        extra: dict = {}
+        if image_features is not None:
+            extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=(image_features,))}
+        if logits_at is not None:
+            extra["logits_to_keep"] = logits_at
+        if output_attentions:
+            extra["output_attentions"] = True
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_bias,
@@ -94,12 +159,25 @@ class EchoModel:
             use_cache=cache is not None,
             pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
+            **extra,
         )
         if cache is not None and keep_kv is not None and keep_kv < q:
             cache.crop(-(q - keep_kv))
-        return out.logits  # (B, q, V)
+        return out  # .logits (B, q, V)
 
     __call__ = forward
+
+
+@contextlib.contextmanager
+def _eager_text_attention(config: Qwen2_5_VLConfig) -> Iterator[None]:
+    """Switch the language model's attention to the eager kernel (which returns its weights) for a block."""
+    text = config.text_config
+    previous = text._attn_implementation
+    text._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        text._attn_implementation = previous
 
 
 @dataclass(frozen=True)

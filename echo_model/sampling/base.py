@@ -71,6 +71,8 @@ class BlockEvent:
         text: the whole report decoded so far.
         seconds: time since generation started.
         done: True if this is the sample's last block.
+        steps: the 1-based denoising step at which each token was committed (block samplers; None for AR,
+            where each token is its own forward). Explanations re-create each token's decode state from it.
     """
 
     sample: int
@@ -80,6 +82,7 @@ class BlockEvent:
     text: str
     seconds: float
     done: bool = False
+    steps: list[int] | None = None
 
 
 @dataclass
@@ -96,6 +99,7 @@ class GenerationResult:
     text: str
     blocks: list[list[int]] = field(default_factory=list)
     block_confidences: list[list[float]] = field(default_factory=list)
+    block_steps: list[list[int]] = field(default_factory=list)
     forward_passes: int = 0
     model_calls: int = 0
     seconds: float = 0.0

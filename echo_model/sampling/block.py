@@ -124,12 +124,14 @@ class BlockDiffusionSampler(Sampler):
             lo, hi = k * b, (k + 1) * b
             active = [not d for d in done]
             block_conf = torch.zeros(B, b, device=device)  # (B, b) confidence at commit time
+            block_step = torch.zeros(B, b, dtype=torch.long, device=device)  # (B, b) step of commit
             if fused:
                 q_lo, keep = (lo, 0) if k == M else (lo - b, b)
                 logits = self._forward(lay, cache, q_lo, hi, keep_kv=keep)[:, -b:]  # (B, b, V)
                 self._count(results, active, denoise=True)
                 block_conf = self._commit(lay, lo, hi, logits, self.transfer[0], generator, block_conf,
                                           on_commit=on_commit, block=k - M, step=1)
+                block_step.fill_(1)
             else:
                 for s in range(self.steps):
                     has_mask = lay.masked[:, lo:hi].any(-1).tolist()  # (B,)
@@ -137,8 +139,10 @@ class BlockDiffusionSampler(Sampler):
                         break
                     logits = self._forward(lay, cache, lo, hi, keep_kv=0)  # (B, b, V)
                     self._count(results, [a and m for a, m in zip(active, has_mask)], denoise=True)
+                    before = lay.masked[:, lo:hi].clone()  # (B, b)
                     block_conf = self._commit(lay, lo, hi, logits, self.transfer[s], generator, block_conf,
                                               on_commit=on_commit, block=k - M, step=s + 1)
+                    block_step[before & ~lay.masked[:, lo:hi]] = s + 1
             now = clock()
 
             # 3. Record the block, decide who stops.
@@ -149,6 +153,7 @@ class BlockDiffusionSampler(Sampler):
                 block_ids = lay.x[i, g_lo:hi].tolist()
                 results[i].blocks.append(block_ids)
                 results[i].block_confidences.append(block_conf[i, g_lo - lo :].tolist())
+                results[i].block_steps.append(block_step[i, g_lo - lo :].tolist())
                 if len(results[i].blocks) == 1:
                     results[i].first_block_seconds = now
                 hit_eos = self.processor.eos_token_id in block_ids and not cfg.fixed_length
@@ -164,6 +169,7 @@ class BlockDiffusionSampler(Sampler):
                     text=results[i].text if done[i] else self.processor.decode(lay.x[i, lay.start[i] : hi].tolist()),
                     seconds=now,
                     done=done[i],
+                    steps=results[i].block_steps[-1],
                 )
             if all(done):
                 break
@@ -233,7 +239,7 @@ class BlockDiffusionSampler(Sampler):
                 block_conf: torch.Tensor, *, on_commit, block: int, step: int) -> torch.Tensor:
         """Sample, apply the commit rule in place on the canvas; return the updated commit confidences."""
         tokens, conf = sample_tokens(logits, self.config, generator)  # (B, b), (B, b)
-        cur_masked = lay.masked[:, lo:hi]  # (B, b)
+        cur_masked = lay.masked[:, lo:hi].clone()  # (B, b); a copy: the canvas is updated below
         if n >= self.block_length:  # one step per block: every masked position is committed
             sel = cur_masked
         else:
