@@ -69,14 +69,15 @@ def _token_spans(decode: Callable[[list[int]], str], tokens: Sequence[int]) -> l
 def explain_targets(draft: DraftInfo, decode: Callable[[list[int]], str], eos_token_id: int) -> list[tuple[str, str]]:
     """Dropdown choices ``(label, "block:N" | "sentence:N")``: every block, then every sentence, with its text."""
     choices: list[tuple[str, str]] = []
-    kept = len(_report_tokens(draft, eos_token_id))
+    tokens = _report_tokens(draft, eos_token_id)
+    kept = len(tokens)
     start = 0
     for k, block in enumerate(draft.trace):
         n = len(block["token_ids"])
         if start < kept:
             choices.append((f"block {k}: {block['text'].strip()[:60]}", f"block:{k}"))
         start += n
-    for i, (_, _, sentence) in enumerate(_sentences(decode(_report_tokens(draft, eos_token_id)))):
+    for i, (_, _, sentence) in enumerate(_sentences(decode(tokens))):
         choices.append((f"sentence {i}: {sentence[:70]}", f"sentence:{i}"))
     return choices
 

@@ -239,11 +239,9 @@ class Explainer:
     def __init__(self, model: EchoModel, processor: EchoProcessor):
         self.model = model
         self.processor = processor
-        visual = model.model.model.visual
-        self._visual = visual
+        self._visual = model.model.model.visual
         self._tap = _Tap()
-        self._batch = 1  # study copies in the current vision forward (set around each forward)
-        self._order: torch.Tensor | None = None
+        self._batch = 1  # study copies in the current vision forward (set by each forward)
 
     # ------------------------------------------------------------------ public
     def explain(
@@ -350,9 +348,11 @@ class Explainer:
         device = self.model.device
         ids, positions, bias = self._canvas(prompt, states)
         grid = prompt.image_grid_thw.to(device)
-        self._order = patch_order(prompt.image_grid_thw, merge_size=self._visual.spatial_merge_size,
-                                  window_size=self._visual.window_size, patch_size=self._visual.patch_size).to(device)
+        order = patch_order(prompt.image_grid_thw, merge_size=self._visual.spatial_merge_size,
+                            window_size=self._visual.window_size, patch_size=self._visual.patch_size).to(device)
         cols, owner, targets = self._targets(states)
+        scored_cols = torch.unique(cols)  # (n_cols,) the only logits needed
+        col_index = torch.searchsorted(scored_cols, cols)  # (n_all,) each token's column among them
         S, n_patches = len(states), int(prompt.pixel_values.shape[0])
 
         def score(pixels: torch.Tensor) -> torch.Tensor:
@@ -364,16 +364,15 @@ class Explainer:
             image_rows = feats[:, None].expand(B, S, *feats.shape[1:]).reshape(-1, feats.shape[-1])  # (B*S*Nm, D)
             logits = self.model(
                 ids.repeat(B, 1), position_ids=positions.repeat(1, B, 1), attention_bias=bias.repeat(B, 1, 1, 1),
-                cache=None, image_features=image_rows, logits_at=torch.unique(cols),
+                cache=None, image_features=image_rows, logits_at=scored_cols,
             )  # (B*S, n_cols, V)
             logp = logits.float().log_softmax(-1).view(B, S, logits.shape[1], -1)
-            col_index = torch.searchsorted(torch.unique(cols), cols)  # (n_all,)
             picked = logp[:, owner, col_index, targets]  # (B, n_all)
             return picked.sum(-1)  # (B,)
 
         pixels = prompt.pixel_values.to(device, self.model.dtype)[None]  # (1, N_patches, F)
         base = self._baseline(images, prompt, config=config).to(device, self.model.dtype)[None]
-        with torch.enable_grad(), self._tapped():
+        with torch.enable_grad(), self._tapped(order):
             lig = LayerIntegratedGradients(score, self._tap)
             attr = lig.attribute(pixels, baselines=base, n_steps=config.n_steps,
                                  internal_batch_size=config.internal_batch_size)  # (1, C, N)
@@ -381,7 +380,6 @@ class Explainer:
         what = (f"the image blurred (Gaussian radius {config.blur_radius:g} px)" if config.baseline == "blur"
                 else "a black image")
         detail = f"LayerIntegratedGradients, {config.n_steps} steps, baseline: {what}; |sum over channels| per patch"
-        self._order = None
         return scores.detach().float().cpu(), detail
 
     def _baseline(self, images: Sequence[Image.Image], prompt: StudyPrompt, *, config: ExplainConfig) -> torch.Tensor:
@@ -396,9 +394,11 @@ class Explainer:
         return base
 
     @contextlib.contextmanager
-    def _tapped(self) -> Iterator[None]:
-        """Route the last vision block's output through the tap, in image layout ``(B, C, N_patches)``."""
-        order = self._order
+    def _tapped(self, order: torch.Tensor) -> Iterator[None]:
+        """Route the last vision block's output through the tap, in image layout ``(B, C, N_patches)``.
+
+        ``order`` is :func:`patch_order`: block-output rows -> image layout; the hook undoes it afterwards.
+        """
 
         def hook(module, args, output):
             hidden = output[0] if isinstance(output, tuple) else output  # (B*N, C) window order
