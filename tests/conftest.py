@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +78,10 @@ def synthetic_cxr(seed: int = 0, size: tuple[int, int] = (120, 100)) -> Image.Im
 @pytest.fixture
 def cxr_image() -> Image.Image:
     return synthetic_cxr(0)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for an app served by a test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

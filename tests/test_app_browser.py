@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import synthetic_cxr
+from conftest import free_port, synthetic_cxr
 
 from app.main import build_demo, launch_options
 from app.service import Services
@@ -49,11 +48,6 @@ def _browser() -> tuple[str, str]:
     return browser, driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, checkpoint) -> Iterator[tuple[str, Services]]:
@@ -63,7 +57,7 @@ def app_url(tmp_path_factory, checkpoint) -> Iterator[tuple[str, Services]]:
     os.environ["ECHO_ASSETS_DIR"] = str(root / "assets")
     checkpoint.save_pretrained(embedded_path("student"))
     settings = AppSettings(data_dir=root / "data", max_new_tokens=32, server_name="127.0.0.1",
-                           server_port=_free_port())
+                           server_port=free_port())
     services = Services.create(settings)
     demo = build_demo(settings, services=services)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
@@ -151,7 +145,18 @@ def test_draft_edit_sign_export_in_a_browser(app_url, driver, tmp_path: Path) ->
     driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
 
-    # 4. History & export tab: the notice is still there; export the signed report.
+    # 4. Explain tab: the draft's blocks are offered; an explanation appears in the before/after slider.
+    driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Explain')]").click()
+    wait.until(ec.element_to_be_clickable((By.ID, "explain-btn")))
+    driver.find_element(By.ID, "explain-load").click()
+    wait.until(lambda d: "block 0" in d.find_element(By.CSS_SELECTOR, "#explain-target input").get_attribute("value"))
+    driver.find_element(By.ID, "explain-btn").click()
+    wait.until(lambda d: "not a localisation of disease" in text_of("#explain-label"))
+    assert "attention" in text_of("#explain-label").lower()
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#explain-slider img")) >= 2  # before and after
+    assert services.store.count("explanation") == 1
+
+    # 5. History & export tab: the notice is still there; export the signed report.
     driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'History')]").click()
     wait.until(ec.element_to_be_clickable((By.ID, "export-btn")))
     assert driver.find_element(By.ID, "clinical-notice").is_displayed()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import synthetic_cxr
+from conftest import free_port, synthetic_cxr
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL.PngImagePlugin import PngInfo
@@ -28,11 +27,6 @@ AWKWARD_FINDINGS = "  Heart size normal.\n\tNo effusion — “quoted”, 所见
 AWKWARD_IMPRESSION = "No acute disease.\n\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, checkpoint):
@@ -42,7 +36,7 @@ def served(tmp_path_factory, checkpoint):
     saved_env = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(cache)  # a private upload cache, to check that uploads are deleted
     settings = AppSettings(models=(str(root / "model"),), data_dir=root / "data", auth=f"{USER}:{PASSWORD}",
-                           max_new_tokens=16, server_name="127.0.0.1", server_port=_free_port(),
+                           max_new_tokens=16, server_name="127.0.0.1", server_port=free_port(),
                            upload_cache_dir=cache)
     demo = build_demo(settings)
     # A tiny model decodes a whole report in milliseconds, faster than a client polls; pace each forward so

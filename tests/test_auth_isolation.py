@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -29,14 +30,6 @@ from train.data import load_dataset
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 USERS = {"alice": "pw-alice", "bob": "pw-bob", "../../mallory": "pw-mallory"}  # a path-like login name
 F_DRAFT_ID, F_FINDINGS = 9, 1  # positions in the draft outputs (app.handlers.DRAFT_FIELDS)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _seed(services: Services, owner: str, seed: int) -> tuple[str, str]:
@@ -63,7 +56,7 @@ def app(tmp_path_factory) -> Any:
     (root / "tmp").mkdir()
     patch.setenv("GRADIO_TEMP_DIR", str(root / "gradio-cache"))
     settings = AppSettings(data_dir=root / "data", auth=",".join(f"{u}:{p}" for u, p in USERS.items()),
-                           server_name="127.0.0.1", server_port=_free_port(), upload_cache_dir=root / "gradio-cache")
+                           server_name="127.0.0.1", server_port=free_port(), upload_cache_dir=root / "gradio-cache")
     services = Services.create(settings)
     seeded = {user: _seed(services, user, seed) for seed, user in enumerate(USERS)}
     demo = build_demo(settings, services=services)

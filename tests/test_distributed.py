@@ -8,7 +8,6 @@ process group on the CPU (``--cpu`` alone would start a single process, or need 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +18,9 @@ import torch
 PROBE = Path(__file__).parent / "accelerate_probe.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_step_equals_one_process_step(tmp_path, tokenizer):
-    from conftest import make_checkpoint
+    from conftest import free_port, make_checkpoint
 
     model_dir = tmp_path / "model"
     make_checkpoint(tokenizer, block_length=4, std=0.02, sharpen=1.0).save_pretrained(model_dir)
@@ -37,7 +30,7 @@ def test_two_process_step_equals_one_process_step(tmp_path, tokenizer):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(PROBE.parent.parent))
     two, one = tmp_path / "two", tmp_path / "one"
     subprocess.run([launcher, "launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu", "--mixed_precision", "no",
-                    "--main_process_port", str(_free_port()), "--dynamo_backend", "no", str(PROBE), str(two), "--model", str(model_dir)],
+                    "--main_process_port", str(free_port()), "--dynamo_backend", "no", str(PROBE), str(two), "--model", str(model_dir)],
                    check=True, env=env, timeout=600, capture_output=True)
     subprocess.run([sys.executable, str(PROBE), str(one), "--batch", "4", "--model", str(model_dir)], check=True, env=env, timeout=600,
                    capture_output=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import socket
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 import pytest
-from conftest import synthetic_cxr
+from conftest import free_port, synthetic_cxr
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -239,18 +238,13 @@ def test_how_it_ran_flags_unequal_models_and_lengths() -> None:
     assert "AR 40, ECHO 56" in text and "**3.00×**" in text and "**4.20×**" in text and "NVIDIA H100" in text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_race_api_through_gradio_client_returns_the_samplers_figures(services, image_file, recorded) -> None:
     settings = services.settings
     with gr.Blocks(analytics_enabled=False) as demo, gr.Tabs():
         build_race_tab(services)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.generation_concurrency)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1", server_port=_free_port())
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1", server_port=free_port())
     try:
         client = Client(url, verbose=False)
         api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]

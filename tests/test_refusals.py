@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -19,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 import pytest
+from conftest import free_port
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -140,11 +140,6 @@ def test_handlers_show_our_message_and_serve_the_next_upload(key: str, handlers:
 # --- a served app through gradio_client (what API clients get) ------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, checkpoint):
@@ -154,7 +149,7 @@ def client(tmp_path_factory, checkpoint):
     saved_env = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(cache)
     settings = AppSettings(models=(str(root / "model"),), data_dir=root / "data", auth=f"{USER}:{PASSWORD}",
-                           max_new_tokens=8, server_name="127.0.0.1", server_port=_free_port(),
+                           max_new_tokens=8, server_name="127.0.0.1", server_port=free_port(),
                            upload_cache_dir=cache)
     demo = build_demo(settings)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
