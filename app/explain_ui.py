@@ -13,7 +13,7 @@ import gradio as gr
 from PIL import Image
 
 from .explain import COLORMAPS, ExplainService, explanation_key, render_overlay
-from .handlers import _user_errors, _waiting_progress
+from .handlers import user_errors, waiting_progress
 from .service import Services
 
 __all__ = ["ExplainHandlers", "build_explain_tab"]
@@ -40,7 +40,7 @@ class ExplainHandlers:
 
     def targets(self, draft_id: str, request: gr.Request | None = None) -> tuple[Any, Any]:
         """Fill the target and view menus from a draft. Outputs: target dropdown, view dropdown."""
-        with _user_errors():
+        with user_errors():
             draft_id = (draft_id or "").strip()
             if not draft_id:
                 return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
@@ -69,7 +69,7 @@ class ExplainHandlers:
         Outputs: (view, view with the map) for the before/after slider, and a label naming the method, what was
         scored and how long it took.
         """
-        with _user_errors():
+        with user_errors():
             user = self._user(request)
             draft_id = (draft_id or "").strip()
             if not draft_id:
@@ -77,7 +77,7 @@ class ExplainHandlers:
             if not target:
                 raise ValueError("choose a block or sentence to explain")
             progress(0.0, desc="Explaining (computed once per draft, then stored)")
-            with self.services.gate.admitted(on_wait=_waiting_progress(progress)):
+            with self.services.gate.admitted(on_wait=waiting_progress(progress)):
                 stored = self.service.explain(draft_id, user, target=target, method=method, n_steps=int(n_steps),
                                               baseline=baseline)
             return self._draw(draft_id, user, stored, view=view, colormap=colormap, opacity=opacity)
@@ -86,7 +86,7 @@ class ExplainHandlers:
                colormap: str = "inferno", opacity: float = 0.45, baseline: str = "blur", n_steps: int = 32,
                request: gr.Request | None = None) -> tuple[Any, Any]:
         """Redraw a stored explanation with other display settings (nothing is computed)."""
-        with _user_errors():
+        with user_errors():
             user = self._user(request)
             if not (draft_id or "").strip() or not target:
                 return gr.skip(), gr.skip()

@@ -40,7 +40,7 @@ from .service import (
 )
 from .store import DraftInfo, NewDraft, StoreError, StudyInfo
 
-__all__ = ["DRAFT_FIELDS", "VIEWER_FIELDS", "DraftView", "Handlers"]
+__all__ = ["DRAFT_FIELDS", "VIEWER_FIELDS", "DraftView", "Handlers", "as_paths", "user_errors", "waiting_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileN
 
 
 @contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
+def user_errors() -> Iterator[None]:
     """Turn our errors into ``gr.Error`` with their message; hide the details of anything unexpected."""
     try:
         yield
@@ -177,14 +177,14 @@ class Handlers:
     # ------------------------------------------------------------------ upload and viewer
     def upload(self, files: list[str] | None, study_id: str = "", request: gr.Request | None = None) -> tuple[Any, ...]:
         """De-identify and store uploaded views (originals deleted); show the first. Outputs: VIEWER_FIELDS + files."""
-        with _user_errors():
+        with user_errors():
             if not files:
                 return (*self._viewer(None, 0), None)
             study, warnings = ingest_uploads(
-                _as_paths(files), store=self.store, owner=self._user(request),
+                as_paths(files), store=self.store, owner=self._user(request),
                 upload_cache_dir=self.settings.upload_cache_dir, study_id=study_id or None,
             )
-            outputs = list(self._viewer(study, len(study.images) - len(_as_paths(files))))
+            outputs = list(self._viewer(study, len(study.images) - len(as_paths(files))))
             outputs[-1] = "\n".join(warnings)
             return (*outputs, None)
 
@@ -194,7 +194,7 @@ class Handlers:
 
     def show_study(self, study_id: str, request: gr.Request | None = None) -> tuple[Any, ...]:
         """Show the views of a stored study. Outputs: VIEWER_FIELDS."""
-        with _user_errors():
+        with user_errors():
             study = self.store.get_study(study_id, self._user(request)) if study_id else None
             return self._viewer(study, 0)
 
@@ -212,7 +212,7 @@ class Handlers:
     def render_view(self, study_id: str, view: int | None, center: float = 128.0, width: float = 256.0,
                     request: gr.Request | None = None) -> tuple[Image.Image | None, str]:
         """The chosen view re-windowed for display. Outputs: viewer, view_info."""
-        with _user_errors():
+        with user_errors():
             if not study_id:
                 return None, ""
             study = self.store.get_study(study_id, self._user(request))
@@ -243,18 +243,18 @@ class Handlers:
         stored (de-identified, originals deleted) first; then the draft waits for a slot on the device, or is
         refused at once with "The drafting queue is full ..." when every slot and waiting place is taken.
         """
-        with _user_errors():
+        with user_errors():
             user = self._user(request)
             progress(0.0, desc="Reading the images")
             if files:
-                study, _ = ingest_uploads(_as_paths(files), store=self.store, owner=user,
+                study, _ = ingest_uploads(as_paths(files), store=self.store, owner=user,
                                           upload_cache_dir=self.settings.upload_cache_dir,
                                           study_id=study_id or None)
             elif study_id:
                 study = self.store.get_study(study_id, user)
             else:
                 raise ValueError("no image: upload one or more views (PNG, JPEG or DICOM) first")
-            with self.services.gate.admitted(on_wait=_waiting_progress(progress)):
+            with self.services.gate.admitted(on_wait=waiting_progress(progress)):
                 progress(0.0, desc="Loading the model and encoding the images")
                 yield from self._draft_stream(
                     study, user=user, indication=indication, language=language, model=model, sampler=sampler,
@@ -282,7 +282,7 @@ class Handlers:
         ``draft_id``) streams like ``generate``. Where the installed model code cannot continue from a
         prefix, the user is told so and nothing changes. The wait for the device is as for ``generate``.
         """
-        with _user_errors():
+        with user_errors():
             user = self._user(request)
             source = self.store.get_draft(draft_id, user)
             if not self.drafting.supports_prefix(model):
@@ -294,7 +294,7 @@ class Handlers:
             prefix = redraft_prefix(findings, impression, draft_impression=source.impression, lang=source.language)
             study = self.store.get_study(source.study_id, user)
             config = _sampler_config(max_new_tokens, temperature, threshold, seed)
-            with self.services.gate.admitted(on_wait=_waiting_progress(progress)):
+            with self.services.gate.admitted(on_wait=waiting_progress(progress)):
                 progress(0.0, desc="Re-drafting after your edit")
                 yield from self._draft_stream(
                     study, user=user, indication=source.settings.get("indication") or "",
@@ -373,7 +373,7 @@ class Handlers:
 
     def open_draft(self, draft_id: str, request: gr.Request | None = None) -> tuple[Any, ...]:
         """Show a stored draft with its latest text. Outputs: DRAFT_FIELDS."""
-        with _user_errors():
+        with user_errors():
             draft = self.store.get_draft(draft_id.strip(), self._user(request))
             return self._draft_view(draft).outputs()
 
@@ -399,7 +399,7 @@ class Handlers:
     def save_edit(self, draft_id: str, findings: str, impression: str, reasons: list[str] | None = None,
                   comment: str = "", request: gr.Request | None = None) -> tuple[str, str]:
         """Save the text exactly as sent (a new version; the draft stays unsigned). Outputs: status, copy_text."""
-        with _user_errors():
+        with user_errors():
             user = self._user(request)
             edit = self.store.save_edit(draft_id.strip(), user, findings=findings, impression=impression,
                                         reasons=list(reasons or []), comment=comment)
@@ -410,7 +410,7 @@ class Handlers:
     def sign(self, draft_id: str, findings: str, impression: str, reasons: list[str] | None = None,
              comment: str = "", request: gr.Request | None = None) -> tuple[Any, ...]:
         """Sign the text as sent; the report becomes read-only. Outputs: status, findings, impression, copy_text."""
-        with _user_errors():
+        with user_errors():
             draft = self.store.sign(draft_id.strip(), self._user(request), findings=findings, impression=impression,
                                     reasons=list(reasons or []), comment=comment)
             return (_status_text(draft), findings, impression,
@@ -428,7 +428,7 @@ class Handlers:
 
     def add_addendum(self, draft_id: str, text: str, request: gr.Request | None = None) -> tuple[str, str]:
         """Append an addendum to a signed report. Outputs: status, addendum box (cleared)."""
-        with _user_errors():
+        with user_errors():
             user = self._user(request)
             self.store.add_addendum(draft_id.strip(), user, text)
             return _status_text(self.store.get_draft(draft_id.strip(), user)), ""
@@ -436,7 +436,7 @@ class Handlers:
     # ------------------------------------------------------------------ history, export, deletion
     def history(self, request: gr.Request | None = None) -> list[list[Any]]:
         """The signed-in user's studies and drafts, newest first. Output: history table."""
-        with _user_errors():
+        with user_errors():
             return _history_rows(self.store.history(self._user(request)))
 
     def pick_history_row(self, table: Any, evt: gr.SelectData) -> tuple[str, str]:
@@ -449,7 +449,7 @@ class Handlers:
     def export_corrections(self, since: str | float | None = None, until: str | float | None = None,
                            request: gr.Request | None = None) -> tuple[str, str]:
         """Zip the user's signed corrections (records.jsonl + de-identified PNGs). Outputs: file, status."""
-        with _user_errors():
+        with user_errors():
             self.export_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             prune_exports(self.export_root)
             out_dir = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX, dir=self.export_root))
@@ -462,7 +462,7 @@ class Handlers:
     def delete_study(self, study_id: str, confirm: bool = False,
                      request: gr.Request | None = None) -> tuple[str, list[list[Any]]]:
         """Delete a study with its images, drafts and edits (the audit keeps a PHI-free event). Outputs: status, history."""
-        with _user_errors():
+        with user_errors():
             study_id = (study_id or "").strip()
             if not study_id:
                 raise ValueError("choose a study to delete (click a row of the history table)")
@@ -476,13 +476,13 @@ class Handlers:
 
     def languages(self, model: str = "") -> Any:
         """Language choices of the chosen model (read from its config, without loading weights)."""
-        with _user_errors():
+        with user_errors():
             info = self.drafting.model_info(model)
             return gr.update(choices=list(info.languages), value=info.languages[0])
 
     def audit(self, study_id: str = "", request: gr.Request | None = None) -> list[list[Any]]:
         """The audit events of one of the user's studies (or of all the user's actions)."""
-        with _user_errors():
+        with user_errors():
             user = self._user(request)
             if study_id.strip():
                 self.store.get_study(study_id.strip(), user)
@@ -493,7 +493,7 @@ class Handlers:
                     for e in events]
 
 
-def _waiting_progress(progress: gr.Progress) -> Callable[[int], None]:
+def waiting_progress(progress: gr.Progress) -> Callable[[int], None]:
     """Show a draft's place in the drafting line as its progress text while it waits for a slot."""
     def show(ahead: int) -> None:
         progress(0.0, desc=f"Waiting for the model: {ahead} draft{'' if ahead == 1 else 's'} ahead of yours")
@@ -501,7 +501,7 @@ def _waiting_progress(progress: gr.Progress) -> Callable[[int], None]:
     return show
 
 
-def _as_paths(files: Any) -> list[str]:
+def as_paths(files: Any) -> list[str]:
     """``gr.File`` values (a path, a list of paths, or file objects with ``.name``) -> paths."""
     if files is None:
         return []

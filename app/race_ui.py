@@ -22,7 +22,7 @@ import gradio as gr
 from PIL import Image
 
 from .admission import GenerationGate
-from .handlers import _as_paths, _user_errors
+from .handlers import as_paths, user_errors
 from .race import ARM_TITLES, ARMS, MODES, ArmProgress, RaceService, RaceUpdate, count_text
 from .service import Services, ingest_uploads, load_study_images
 
@@ -160,16 +160,16 @@ class RaceHandlers:
         Always a new study: races save no draft, so appending to the last study would mix two patients' views.
         Outputs: study id, files (cleared), input warnings.
         """
-        with _user_errors():
+        with user_errors():
             if not files:
                 return gr.skip(), None, ""
-            study, warnings = ingest_uploads(_as_paths(files), store=self.services.store, owner=self._user(request),
+            study, warnings = ingest_uploads(as_paths(files), store=self.services.store, owner=self._user(request),
                                              upload_cache_dir=self.settings.upload_cache_dir)
             return study.id, None, "\n".join(warnings)
 
     def languages(self, model: str = "") -> Any:
         """Language choices of the chosen ECHO model (read from its config, without loading weights)."""
-        with _user_errors():
+        with user_errors():
             info = self.services.drafting.model_info(model)
             return gr.update(choices=list(info.languages), value=info.languages[0])
 
@@ -180,7 +180,7 @@ class RaceHandlers:
         from echo_model.sampling import SamplerConfig
 
         if files:
-            study, _ = ingest_uploads(_as_paths(files), store=self.services.store, owner=user,
+            study, _ = ingest_uploads(as_paths(files), store=self.services.store, owner=user,
                                       upload_cache_dir=self.settings.upload_cache_dir)
         elif (study_id or "").strip():
             study = self.services.store.get_study(study_id.strip(), user)
@@ -218,7 +218,7 @@ class RaceHandlers:
 
         Outputs follow :data:`RACE_FIELDS`; the last update carries the figures, the plot and the race record.
         """
-        with _user_errors(), _whole_device(self.services.gate, self._collecting, _waiting(progress)):
+        with user_errors(), _whole_device(self.services.gate, self._collecting, _waiting(progress)):
             race_study, updates = self._race(
                 files, study_id, user=self._user(request), model=model, include_teacher=include_teacher, mode=mode,
                 warmup=warmup, indication=indication, language=language, max_new_tokens=max_new_tokens,
@@ -246,7 +246,7 @@ class RaceHandlers:
 
         The figures are the samplers' own, unrounded (``speedup`` = AR seconds / ECHO seconds).
         """
-        with _user_errors(), _whole_device(self.services.gate, self._collecting):
+        with user_errors(), _whole_device(self.services.gate, self._collecting):
             race_study, updates = self._race(
                 files, study_id, user=self._user(request), model=model, include_teacher=include_teacher, mode=mode,
                 warmup=warmup, indication=indication, language=language, max_new_tokens=max_new_tokens,
