@@ -139,24 +139,13 @@ def _patterns(needles: list[str]) -> list[tuple[str, re.Pattern[bytes], bool]]:
     return out
 
 
-def _without_idat(png: bytes) -> bytes:
-    """The PNG with its IDAT payloads (compressed pixels) left out."""
-    kept, pos = bytearray(png[:8]), 8
-    while pos + 8 <= len(png):
-        length = int.from_bytes(png[pos:pos + 4], "big")
-        kind = png[pos + 4:pos + 8]
-        kept += png[pos:pos + 8] if kind == b"IDAT" else png[pos:pos + 12 + length]
-        pos += 12 + length
-    return bytes(kept)
-
-
 def scan_bytes(data: bytes, needles: list[str], *, where: str, strict_png: bool = False) -> list[Finding]:
     """Findings in one file's bytes (zips are opened and their members scanned, names included).
 
     ``strict_png``: a PNG must hold only IHDR/IDAT/IEND (stored and exported views); other PNGs (Gradio's
     display copies) are only searched.
     """
-    from echo_model.imaging import ALLOWED_PNG_CHUNKS, png_chunk_types
+    from echo_model.imaging import ALLOWED_PNG_CHUNKS, png_chunk_types, png_without_pixels
 
     if data[:4] == b"PK\x03\x04":
         found: list[Finding] = []
@@ -173,7 +162,7 @@ def scan_bytes(data: bytes, needles: list[str], *, where: str, strict_png: bool 
         extra = sorted({c.decode("latin-1") for c in png_chunk_types(data)} - allowed)
         if strict_png and extra:
             found.append(Finding(where, ",".join(extra), "png chunk"))
-        outside = _without_idat(data)
+        outside = png_without_pixels(data)
         hits = {n for n, p, _ in patterns if p.search(outside)}
         hits |= {n for n, p, long in patterns if long and p.search(data)}
     else:

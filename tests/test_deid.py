@@ -18,6 +18,7 @@ from echo_model.imaging import (
     load_image,
     pixel_content_hash,
     png_chunk_types,
+    png_without_pixels,
     to_deidentified_png,
 )
 from echo_model.imaging.synthetic import dicom_bytes, phantom_cxr, phantom_cxr_array, synthetic_dicom_dataset
@@ -93,22 +94,11 @@ def _phi_dataset(**extra: object) -> FileDataset:
     return ds
 
 
-def _outside_pixels(png: bytes) -> bytes:
-    """The PNG without IDAT payloads (headers and any metadata chunks)."""
-    kept, pos = bytearray(png[:8]), 8
-    while pos + 8 <= len(png):
-        length = int.from_bytes(png[pos : pos + 4], "big")
-        kind = png[pos + 4 : pos + 8]
-        kept += png[pos : pos + 8] if kind == b"IDAT" else png[pos : pos + 12 + length]
-        pos += 12 + length
-    return bytes(kept)
-
-
 def _assert_no_phi(loaded: LoadedImage, png: bytes) -> None:
     exposed_text = " ".join(
         [repr(dict(loaded.metadata)), *loaded.warnings, loaded.name, repr(loaded)]
     ).lower()
-    header_bytes = _outside_pixels(png).lower()
+    header_bytes = png_without_pixels(png).lower()
     full_bytes = png.lower()
     for value in FORBIDDEN:
         needle = value.lower()

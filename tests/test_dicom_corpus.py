@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from test_imaging import jpeg_with_patched_sof
 from pydicom import uid as dcm_uid
 from pydicom.pixels import get_decoder
 
@@ -123,18 +124,6 @@ def _encapsulated(frame: bytes, syntax: str, *, bits_stored: int = 8) -> bytes:
     return dicom_bytes(ds)
 
 
-def _patched_sof(jpeg: bytes, *, width: int | None = None, height: int | None = None,
-                 precision: int | None = None) -> bytes:
-    data = bytearray(jpeg)
-    sof = data.index(b"\xff\xc0")
-    if precision is not None:
-        data[sof + 4] = precision
-    if height is not None:
-        struct.pack_into(">H", data, sof + 5, height)
-    if width is not None:
-        struct.pack_into(">H", data, sof + 7, width)
-    return bytes(data)
-
 
 def _patched_siz(codestream: bytes, *, width: int, height: int) -> bytes:
     data = bytearray(codestream)
@@ -159,14 +148,14 @@ def test_compressed_frame_declaring_a_bomb_is_refused_before_decoding(syntax: st
     if syntax == dcm_uid.JPEG2000Lossless:
         frame = _patched_siz(_encoded("JPEG2000", no_jp2=True), width=60000, height=60000)
     else:
-        frame = _patched_sof(_encoded("JPEG"), width=60000, height=60000)
+        frame = jpeg_with_patched_sof(_encoded("JPEG"), width=60000, height=60000)
     with pytest.raises(ImageTooLargeError, match=r"compressed frame declares 60000x60000 = 3600\.0 megapixels "
                                                  r"\(the DICOM header says 64x64\).*decompression-bomb"):
         load_image(_encapsulated(frame, syntax), name="bomb.dcm")
 
 
 def test_compressed_frame_limit_follows_the_configured_limit() -> None:
-    frame = _patched_sof(_encoded("JPEG"), width=3000, height=3000)
+    frame = jpeg_with_patched_sof(_encoded("JPEG"), width=3000, height=3000)
     with pytest.raises(ImageTooLargeError, match="9.0 megapixels"):
         load_image(_encapsulated(frame, dcm_uid.JPEGBaseline8Bit), limits=ImageLimits(max_pixels=4_000_000))
 
@@ -174,7 +163,7 @@ def test_compressed_frame_limit_follows_the_configured_limit() -> None:
 def test_twelve_bit_jpeg_with_only_pillow_names_the_decoder_to_install() -> None:
     if set(get_decoder(dcm_uid.JPEGExtended12Bit).available_plugins) - {"pillow"}:
         pytest.skip("a 12-bit capable JPEG decoder is installed here")
-    frame = _patched_sof(_encoded("JPEG"), precision=12)
+    frame = jpeg_with_patched_sof(_encoded("JPEG"), precision=12)
     with pytest.raises(UnsupportedTransferSyntaxError,
                        match=r"12-bit JPEG Extended .*Pillow\) cannot read; run `pip install pylibjpeg"):
         load_image(_encapsulated(frame, dcm_uid.JPEGExtended12Bit, bits_stored=12), name="ct12.dcm")

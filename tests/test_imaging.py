@@ -74,9 +74,10 @@ def png_with_declared_size(width: int, height: int) -> bytes:
 
 
 def jpeg_with_patched_sof(
-    *, width: int | None = None, height: int | None = None, precision: int | None = None
+    jpeg: bytes | None = None, *, width: int | None = None, height: int | None = None, precision: int | None = None
 ) -> bytes:
-    data = bytearray(encode(cxr((64, 64)), "JPEG"))
+    """A JPEG (default: a 64x64 phantom) whose start-of-frame header declares other dimensions or precision."""
+    data = bytearray(jpeg if jpeg is not None else encode(cxr((64, 64)), "JPEG"))
     sof = data.index(b"\xff\xc0")
     if precision is not None:
         data[sof + 4] = precision

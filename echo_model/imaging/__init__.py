@@ -12,7 +12,7 @@ Public API (flat)::
 See ``docs/inputs.md`` for what is accepted, accepted with a warning, and refused.
 """
 
-from .deid import ALLOWED_PNG_CHUNKS, content_hash, png_chunk_types, to_deidentified_png
+from .deid import ALLOWED_PNG_CHUNKS, content_hash, png_chunk_types, png_without_pixels, to_deidentified_png
 from .errors import (
     CorruptImageError,
     EmptyFileError,
@@ -54,5 +54,6 @@ __all__ = [
     "load_study",
     "pixel_content_hash",
     "png_chunk_types",
+    "png_without_pixels",
     "to_deidentified_png",
 ]

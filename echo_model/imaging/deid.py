@@ -43,14 +43,27 @@ def content_hash(loaded: LoadedImage) -> str:
     return loaded.content_hash
 
 
-def png_chunk_types(data: bytes) -> list[bytes]:
-    """Chunk type codes of a PNG, in order (for audits and tests)."""
+def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, start, end) of each chunk of a PNG, in order."""
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise ValueError(f"not a PNG: starts with {data[:8]!r}")
-    types: list[bytes] = []
+    chunks: list[tuple[bytes, int, int]] = []
     pos = 8
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
-        types.append(kind)
+        chunks.append((kind, pos, pos + 12 + length))
         pos += 12 + length
-    return types
+    return chunks
+
+
+def png_chunk_types(data: bytes) -> list[bytes]:
+    """Chunk type codes of a PNG, in order (for audits and tests)."""
+    return [kind for kind, _, _ in _png_chunks(data)]
+
+
+def png_without_pixels(data: bytes) -> bytes:
+    """The PNG with its IDAT payloads (compressed pixels) left out: every header and metadata byte, for PHI scans."""
+    kept = bytearray(data[:8])
+    for kind, start, end in _png_chunks(data):
+        kept += data[start:start + 8] if kind == b"IDAT" else data[start:end]
+    return bytes(kept)
