@@ -3,11 +3,11 @@
 The zip holds one folder::
 
     echo-corrections-<UTC time>/
-        records.jsonl      one echo.study/1 record per signed draft (see echo_model.records)
+        records.jsonl      one echo.study/1 record per signed draft (see echo_model.data.records)
         images/<hash>.png  the de-identified views the records point to (relative paths)
         README.txt         what this is, the licence, and the not-for-clinical-use notice
 
-Why this layout: ``train.data.load_dataset`` reads the folder (or ``records.jsonl``) with its generic
+Why this layout: ``echo_model.data.load_dataset`` reads the folder (or ``records.jsonl``) with its generic
 record adapter, so corrections flow back into training without a converter. Each record's
 ``findings``/``impression`` are the signed text; ``correction`` carries the model's draft, the model
 and revision, the edit reasons, the comment (with any addenda) and who signed when.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from echo_model.records import LANGUAGES, VIEWS, Correction, ImageRef, StudyRecord, write_jsonl
+from echo_model.data.records import LANGUAGES, VIEWS, Correction, ImageRef, StudyRecord, write_jsonl
 
 from .store import DraftInfo, Store, StudyInfo
 
@@ -34,7 +34,7 @@ EXPORT_PREFIX = "echo-export-"
 RECORDS_FILE = "records.jsonl"
 _README = """ECHO radiologist corrections ({count} records, exported {when} UTC by {who}).
 
-records.jsonl follows the echo.study/1 study-record schema (echo_model/records.py); image paths are
+records.jsonl follows the echo.study/1 study-record schema (echo_model/data/records.py); image paths are
 relative to this folder. findings/impression are the signed text; "correction" holds the model draft.
 Images are de-identified PNGs (pixels only); burned-in text in the pixels is NOT removed.
 

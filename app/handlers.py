@@ -23,7 +23,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from echo_model.report_text import format_report
+from echo_model.data.report_text import format_report
 
 from .export import EXPORT_PREFIX, export_corrections, parse_day, prune_exports
 from .service import (

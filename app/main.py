@@ -23,7 +23,7 @@ from typing import Any
 
 import gradio as gr
 
-from echo_model.records import EDIT_REASONS
+from echo_model.data.records import EDIT_REASONS
 
 from .auth import AuthError, make_checker, parse_credentials
 from .handlers import (

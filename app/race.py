@@ -340,7 +340,7 @@ class RaceService:
         """The race's record: settings, every arm's figures (verbatim), speed-ups and how it was run."""
         import torch
 
-        from echo_model.bench import device_name
+        from echo_model.device import device_name
 
         results = {name: state.draft.result for name, state in progress.items() if state.draft is not None}
         ar, echo = results["ar"], results["echo"]

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from PIL import Image
 
 from echo_model.imaging import ImageInputError, LoadedImage, load_study, to_deidentified_png
-from echo_model.report_text import format_report, parse_report
+from echo_model.data.report_text import format_report, parse_report
 
 from .admission import GenerationGate
 from .settings import EMBEDDED, AppSettings
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 CONFIDENCE_BANDS: tuple[tuple[str, float], ...] = (("high", 0.9), ("medium", 0.6), ("low", 0.0))
 #: Placeholder shown for each not-yet-committed position of the next block.
 MASK_GLYPH = "\u2592"
-#: DICOM View Position -> record view (echo_model.records.VIEWS).
+#: DICOM View Position -> record view (echo_model.data.records.VIEWS).
 _VIEW_POSITIONS = {"PA": "pa", "AP": "ap", "LL": "lateral", "RL": "lateral", "LAT": "lateral", "LATERAL": "lateral"}
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from .checkpoint import EchoCheckpoint
 from .loading import load_checkpoint
 from .processing import StudyPrompt
-from .report_text import parse_report
+from .data.report_text import parse_report
 from .sampling import SAMPLER_ROLES, SAMPLERS, BlockEvent, GenerationResult, SamplerConfig, build_sampler, drain
 
 

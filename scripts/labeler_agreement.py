@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Agreement of ECHO's rule-based CheXpert labeler with the IU X-ray MeSH codes.
 
-Why: the labeler (``echo_model.metrics.chexpert``) drives the clinical-efficacy
+Why: the labeler (``echo_eval.metrics.chexpert``) drives the clinical-efficacy
 scores, so its errors become metric noise. IU X-ray (Demner-Fushman et al., JAMIA
 2016) ships, for every report, MeSH-style "major" findings coded by people who read
 the report; mapped onto the CheXpert observations they are a weak but independent
@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from echo_model.metrics.chexpert import (
+from echo_eval.metrics.chexpert import (
     COMPETITION_OBSERVATIONS,
     OBSERVATIONS,
     PRF,

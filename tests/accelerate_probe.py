@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from echo_model.loading import load_checkpoint  # noqa: E402
-from echo_model.records import StudyRecord  # noqa: E402
+from echo_model.data.records import StudyRecord  # noqa: E402
 from train.engine import TrainConfig, make_accelerator, train  # noqa: E402
 from train.items import encode_items  # noqa: E402
 from train.objectives import AutoregressiveObjective  # noqa: E402

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from echo_model.records import (
+from echo_model.data.records import (
     EDIT_REASONS,
     LANGUAGES,
     SPLITS,
@@ -29,7 +29,7 @@ from echo_model.records import (
     StudyRecord,
     write_jsonl,
 )
-from train.data import (
+from echo_model.data import (
     DatasetLayoutError,
     ImageHasher,
     RecordFileError,
@@ -43,7 +43,7 @@ from train.data import (
     read_iu_xray,
     remove_overlap,
 )
-from train.data.covid_notes import (
+from echo_model.data.covid_notes import (
     covid_split,
     keep_sentence,
     licence_decision,
@@ -51,8 +51,8 @@ from train.data.covid_notes import (
     radiograph_sentences,
     split_note,
 )
-from train.data.iu_xray import kaggle_name, map_iu_view, r2gen_folder
-from train.data.registry import detect_layout, main
+from echo_model.data.iu_xray import kaggle_name, map_iu_view, r2gen_folder
+from echo_model.data.registry import detect_layout, main
 
 # --------------------------------------------------------------------------------------- helpers
 

@@ -18,7 +18,7 @@ from app.handlers import DRAFT_FIELDS
 from app.main import build_demo, launch_options
 from app.settings import AppSettings
 from echo_model.imaging import png_chunk_types
-from train.data import load_dataset
+from echo_model.data import load_dataset
 
 F = {name: i for i, name in enumerate(DRAFT_FIELDS)}
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # pandas deprecations inside gradio

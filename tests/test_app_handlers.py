@@ -14,8 +14,8 @@ from app.handlers import DRAFT_FIELDS, VIEWER_FIELDS, Handlers
 from app.main import build_demo
 from app.service import MASK_GLYPH, DraftingService, Services
 from app.settings import AppSettings
-from echo_model.records import EDIT_REASONS
-from train.data import load_dataset
+from echo_model.data.records import EDIT_REASONS
+from echo_model.data import load_dataset
 
 F = {name: i for i, name in enumerate(DRAFT_FIELDS)}
 # gr.Warning outside a running server falls back to warnings.warn; the app's input warnings are expected here.

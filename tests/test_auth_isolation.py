@@ -25,7 +25,7 @@ from app.settings import AppSettings
 from app.store import NewDraft, NewImage
 from echo_model.imaging import load_image, to_deidentified_png
 from echo_model.imaging.synthetic import phantom_cxr
-from train.data import load_dataset
+from echo_model.data import load_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 USERS = {"alice": "pw-alice", "bob": "pw-bob", "../../mallory": "pw-mallory"}  # a path-like login name

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from echo_model.bench import (
+from echo_eval.bench import (
     ArmSettings,
     BenchConfig,
     CostModel,
@@ -27,7 +27,7 @@ from echo_model.bench import (
     speedup_cap,
     synthetic_radiograph,
 )
-from echo_model.bench_cli import build_parser, config_from_args, main
+from echo_eval.bench_cli import build_parser, config_from_args, main
 
 MAX_NEW = 20  # with the tiny b=8 prompt: a partial first block, full blocks, and a partial last block
 # One thread: the tiny model gains nothing from two, and a single thread stays steady when the CPU is shared.

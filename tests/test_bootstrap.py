@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from echo_model.metrics import BootstrapResult, compute_nlg, majority_template, paired_bootstrap
+from echo_eval.metrics import BootstrapResult, compute_nlg, majority_template, paired_bootstrap
 
 
 def accuracy(predictions: list[str], references: list[str]) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from echo_model.metrics import COMPETITION_OBSERVATIONS, OBSERVATIONS, Label, ce_scores, label_report
+from echo_eval.metrics import COMPETITION_OBSERVATIONS, OBSERVATIONS, Label, ce_scores, label_report
 
 POS, NEG, UNC = Label.POSITIVE, Label.NEGATIVE, Label.UNCERTAIN
 

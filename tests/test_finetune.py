@@ -6,7 +6,7 @@ import pytest
 from conftest import make_checkpoint, synthetic_cxr
 
 from echo_model.loading import load_checkpoint
-from echo_model.records import Correction, ImageRef, StudyRecord
+from echo_model.data.records import Correction, ImageRef, StudyRecord
 from echo_model.sampling import SamplerConfig
 from train import finetune as ft
 from train.engine import TrainConfig
@@ -157,7 +157,7 @@ def test_gate_accepts_and_writes_loadable_checkpoints(init_dir, tmp_path, monkey
 
 def test_real_gate_score_and_cli_rejection(init_dir, tmp_path, monkeypatch, capsys):
     """The unpatched scorer runs the sampler; the CLI exits non-zero naming the metric and both values."""
-    from echo_model.records import write_jsonl
+    from echo_model.data.records import write_jsonl
     from train.cli import main
 
     ck = load_checkpoint(str(init_dir / "student"))

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from echo_model.metrics import NLG_KEYS, compute_nlg, tokenize_report
+from echo_eval.metrics import NLG_KEYS, compute_nlg, tokenize_report
 
 # coco-caption's BLEU adds tiny smoothing constants (1e-15 / 1e-9), so "exact"
 # scores are exact to about 1e-8.

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from echo_model.records import (
+from echo_model.data.records import (
     EDIT_REASONS,
     LANGUAGES,
     SPLITS,
@@ -31,8 +31,8 @@ from echo_model.records import (
     read_jsonl,
     write_jsonl,
 )
-from echo_model.report_text import SECTION_KEYWORDS, ParsedReport, format_report, parse_report
-from train.data.covid_notes import (
+from echo_model.data.report_text import SECTION_KEYWORDS, ParsedReport, format_report, parse_report
+from echo_model.data.covid_notes import (
     COVID_IMAGES_DIR,
     COVID_RECORDS_FILE,
     covid_split,
@@ -42,9 +42,9 @@ from train.data.covid_notes import (
     read_covid_cxr_notes,
     stable_split,
 )
-from train.data.dedup import deduplicate, remove_overlap, report_key
-from train.data.iu_xray import IU_REPORTS_FILE, map_iu_view, read_iu_xray
-from train.data.jsonl import clean_text
+from echo_model.data.dedup import deduplicate, remove_overlap, report_key
+from echo_model.data.iu_xray import IU_REPORTS_FILE, map_iu_view, read_iu_xray
+from echo_model.data.jsonl import clean_text
 
 FAST = settings(max_examples=40, deadline=None)
 FILES = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from echo_model.records import (
+from echo_model.data.records import (
     EDIT_REASONS, Correction, ImageRef, RecordError, StudyRecord, read_jsonl, resolve_image, write_jsonl,
 )
 

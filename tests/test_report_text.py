@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echo_model.report_text import SECTION_KEYWORDS, ParsedReport, format_report, parse_report
+from echo_model.data.report_text import SECTION_KEYWORDS, ParsedReport, format_report, parse_report
 
 KEYWORDS = [word for words in SECTION_KEYWORDS.values() for word in words]
 

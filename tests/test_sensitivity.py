@@ -8,9 +8,9 @@ import torch
 from conftest import make_checkpoint, synthetic_cxr
 
 from echo_model.masks import block_causal_mask, to_attention_bias
-from echo_model.records import ImageRef, StudyRecord
+from echo_model.data.records import ImageRef, StudyRecord
 from echo_model.sampling import SamplerConfig
-from echo_model.sensitivity import (
+from echo_eval.sensitivity import (
     blank_images,
     image_sensitivity,
     nll_method,
@@ -248,8 +248,8 @@ def test_cli_sensitivity_mode(tmp_path, checkpoint, records, capsys):
     import dataclasses
     import json
 
-    from echo_model.eval_cli import main
-    from echo_model.records import write_jsonl
+    from echo_eval.eval_cli import main
+    from echo_model.data.records import write_jsonl
 
     model = tmp_path / "model"
     checkpoint.save_pretrained(model)

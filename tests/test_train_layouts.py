@@ -7,7 +7,7 @@ import torch
 
 from echo_model.masks import to_attention_bias
 from echo_model.sampling import SamplerConfig, build_sampler
-from train.layouts import CLEAN, CONTEXT, NOISY, assemble, build_layout
+from echo_model.layouts import CLEAN, CONTEXT, NOISY, assemble, build_layout
 from conftest import synthetic_cxr
 
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from echo_model.records import StudyRecord
+from echo_model.data.records import StudyRecord
 from train.engine import TrainConfig
 from train.items import encode_items
 from train.objectives import DiffusionObjective

@@ -30,7 +30,7 @@ from .engine import TrainConfig
 
 
 def _records(paths: list[str], split: str, limit: int | None):
-    from train.data import load_dataset
+    from echo_model.data import load_dataset
 
     out = []
     for p in paths:
@@ -41,7 +41,7 @@ def _records(paths: list[str], split: str, limit: int | None):
 def training_records(paths: list[str], limit: int | None = None, *, image_repeats: int = 1):
     """The train split of every data set, minus studies sharing an image with val/test; studies with images
     repeated ``image_repeats`` times (they are few beside the text-only IU X-ray studies)."""
-    from train.data import deduplicate, remove_overlap
+    from echo_model.data import deduplicate, remove_overlap
 
     train, _ = deduplicate(_records(paths, "train", None))
     held_out = _records(paths, "val", None) + _records(paths, "test", None)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 def _finetune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``echo-train finetune``: exit 0 when the gate accepts, 1 (message names metric and values) otherwise."""
     from echo_model.sampling import SamplerConfig
-    from train.data import load_records_jsonl
+    from echo_model.data import load_records_jsonl
 
     from .finetune import finetune_on_corrections
 

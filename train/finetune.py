@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from echo_model.records import StudyRecord
+from echo_model.data.records import StudyRecord
 
 from .engine import TrainConfig
 
@@ -152,7 +152,7 @@ class FinetuneReport:
 def gate_score(records: Sequence[StudyRecord], checkpoint, *, sampler: str, config, metric: str, label: str) -> float:
     """``metric`` of ``checkpoint`` drafting ``records`` with ``sampler`` (``label``: ``original`` or
     ``candidate``, for logs; tests replace this function)."""
-    from echo_model.evaluation import evaluate_records
+    from echo_eval.evaluation import evaluate_records
 
     result = evaluate_records(records, checkpoint, sampler=sampler, config=config, progress=False)
     if metric not in result.metrics:
@@ -201,7 +201,7 @@ def finetune_on_corrections(
         held_out_fraction: share of corrections held out for the gate.
         replay_ratio: replayed studies per training correction.
         seed: replay sampling seed.
-        gate_metric: a key of :func:`echo_model.evaluation.score_predictions` (``rougeL``, ``bleu4``, ``ce_f1_5``).
+        gate_metric: a key of :func:`echo_eval.evaluation.score_predictions` (``rougeL``, ``bleu4``, ``ce_f1_5``).
         sampler_config: decoding settings of the gate (default: the official ones).
         init_student: the original student to compare with; default ``<teacher folder>/../student`` when
             present, otherwise the student gate is skipped.

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from echo_model.modeling import EchoModel
 from echo_model.processing import EchoProcessor, StudyPrompt
-from echo_model.records import StudyRecord
+from echo_model.data.records import StudyRecord
 
 log = logging.getLogger(__name__)
 

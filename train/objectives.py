@@ -15,7 +15,7 @@ from echo_model.masks import block_causal_mask, to_attention_bias
 from echo_model.modeling import EchoModel
 
 from .items import TrainItem
-from .layouts import assemble, build_layout
+from echo_model.layouts import assemble, build_layout
 from .losses import dcd_loss, masked_diffusion_loss, next_token_loss, step_weights
 
 

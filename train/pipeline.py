@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from echo_model.checkpoint import EchoCheckpoint
-from echo_model.records import StudyRecord
+from echo_model.data.records import StudyRecord
 
 from .engine import TrainConfig, TrainReport, train
 from .items import encode_items

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from echo_model import __version__
 
 if TYPE_CHECKING:
     from .bench import BenchConfig
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """Turn parsed arguments into a :class:`~echo_model.bench.BenchConfig` (``--full`` first, explicit flags win)."""
+    """Turn parsed arguments into a :class:`~echo_eval.bench.BenchConfig` (``--full`` first, explicit flags win)."""
     from .bench import FULL_OVERRIDES, BenchConfig
 
     values: dict[str, object] = dict(FULL_OVERRIDES) if args.full else {}
@@ -91,7 +91,7 @@ def resolve_threads(args: argparse.Namespace) -> int | None:
     if value == "torch":
         return None
     if value == "auto":
-        from .bench import auto_threads
+        from echo_model.device import auto_threads
 
         return auto_threads(args.device)
     try:
@@ -107,13 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # Heavy imports after argument parsing, so --help is instant.
     from .bench import format_report, load_arms, plot_report, profile_arm, run_benchmark, synthetic_radiograph
-    from .loading import CheckpointError
+    from echo_model.loading import CheckpointError
 
     try:
         config = config_from_args(args)
         images, label = None, "synthetic"
         if args.images:
-            from .imaging import load_image
+            from echo_model.imaging import load_image
 
             images = [load_image(p).image for p in args.images]
             label = f"{len(images)} file(s)"
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(profile_arm(arm, imgs, max_new_tokens=config.max_new_tokens))
             return 0
         if str(args.threads).lower() == "auto" and config.threads is not None:
-            from .bench import load_average
+            from echo_model.device import load_average
 
             print(f"{PROG}: threads auto -> {config.threads} (1-min load average {load_average()}, "
                   f"{os.cpu_count()} CPUs); pass --threads N to choose", file=sys.stderr)

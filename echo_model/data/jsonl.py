@@ -1,6 +1,6 @@
 """Generic study-record JSONL adapter, and the result types every adapter shares.
 
-Any JSON Lines file in the study-record format of :mod:`echo_model.records` can be trained on:
+Any JSON Lines file in the study-record format of :mod:`echo_model.data.records` can be trained on:
 the app's correction export, or MIMIC-CXR / CheXpert-Plus data that a user converted
 themselves (those licences forbid us from shipping a converter's output, not from reading it).
 
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from echo_model.records import ImageRef, RecordError, StudyRecord, read_jsonl, resolve_image
+from .records import ImageRef, RecordError, StudyRecord, read_jsonl, resolve_image
 
 __all__ = [
     "EVAL_SPLITS",
@@ -62,7 +62,7 @@ class LoadReport:
     """What an adapter did with its input: kept, skipped (by reason), images found or missing.
 
     Why: adapters must never crash on a missing image or an empty report, but silently losing
-    data is as bad; the counts are logged and printed by ``python -m train.data.registry``.
+    data is as bad; the counts are logged and printed by ``python -m echo_model.data.registry``.
     """
 
     source: str

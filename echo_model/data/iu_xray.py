@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from echo_model.records import ImageRef, RecordError, StudyRecord
+from .records import ImageRef, RecordError, StudyRecord
 
 from .jsonl import LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text, parse_row
 

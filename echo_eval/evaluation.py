@@ -6,7 +6,7 @@ path, whether they are produced from the command line, a notebook or a test. The
 1. :func:`predict_records` drafts a report for every study (batched, with a progress bar) and returns one
    :class:`StudyPrediction` per study, in the order of the records; :func:`majority_predictions` does the same
    for the baseline that predicts the most frequent training report for every study;
-2. :func:`score_predictions` scores them with :func:`echo_model.metrics.evaluate_reports` and adds the cost
+2. :func:`score_predictions` scores them with :func:`echo_eval.metrics.evaluate_reports` and adds the cost
    figures (tokens per forward, seconds, tokens);
 3. :func:`compare_predictions` pairs two runs on their study ids and gives the difference of ROUGE-L,
    BLEU-4 and CE-F1 (5) with a paired-bootstrap interval.
@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .metrics import evaluate_reports, majority_template
-from .records import StudyRecord
+from echo_model.data.records import StudyRecord
 
 if TYPE_CHECKING:  # heavy modules (torch, transformers) only when a model is actually run
     from PIL import Image
 
-    from .checkpoint import EchoCheckpoint
-    from .sampling import SamplerConfig
+    from echo_model.checkpoint import EchoCheckpoint
+    from echo_model.sampling import SamplerConfig
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def load_study_input(record: StudyRecord) -> StudyInput:
     Why: one broken file in a shared set must not end an evaluation of hundreds of studies; the study is
     drafted from what is left (text-only with its indication when nothing is left) and the loss is counted.
     """
-    from .imaging import ImageInputError, load_image
+    from echo_model.imaging import ImageInputError, load_image
 
     images, missing = [], []
     for ref in record.images:
@@ -225,7 +225,7 @@ def predict_records(
     """
     from tqdm.auto import tqdm
 
-    from .sampling import SamplerConfig, build_sampler
+    from echo_model.sampling import SamplerConfig, build_sampler
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -489,7 +489,7 @@ def compare_predictions(
     """Paired-bootstrap comparison of two runs over the studies of ``a`` (see :func:`pair_predictions`).
 
     Why paired: resampling the same studies for both runs cancels study difficulty out of the difference,
-    so small but consistent differences get tight intervals (``echo_model.metrics.bootstrap``).
+    so small but consistent differences get tight intervals (``echo_eval.metrics.bootstrap``).
     """
     from .metrics import paired_bootstrap
 
@@ -552,7 +552,7 @@ def evaluate_records(
     embeddings: bool = False,
 ) -> EvaluationResult:
     """:func:`predict_records` then :func:`score_predictions`, with the run's settings recorded."""
-    from .sampling import SamplerConfig
+    from echo_model.sampling import SamplerConfig
 
     config = config or SamplerConfig()
     preds = predict_records(

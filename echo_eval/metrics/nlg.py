@@ -91,7 +91,7 @@ def compute_nlg(predictions: Sequence[str], references: Sequence[str]) -> dict[s
         raise ValueError(
             f"references must not be empty; {len(empty)} empty reference(s) at indices {empty[:10]}"
         )
-    # Imported here so that importing echo_model.metrics stays cheap.
+    # Imported here so that importing echo_eval.metrics stays cheap.
     try:
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider

@@ -14,7 +14,7 @@ a folder with ``records.jsonl`` in the study-record format generic study records
 
 Anything else raises :class:`DatasetLayoutError` naming the path and what was looked for.
 
-``python -m train.data.registry PATH [PATH ...]`` prints, for each data set, the studies per
+``python -m echo_model.data.registry PATH [PATH ...]`` prints, for each data set, the studies per
 split with and without images and the rows skipped with their reasons.
 """
 
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from echo_model.records import StudyRecord
+from .records import StudyRecord
 
 from .covid_notes import COVID_IMAGES_DIR, COVID_RECORDS_FILE, looks_like_covid_row, read_covid_cxr_notes
 from .dedup import deduplicate, remove_overlap
@@ -198,9 +198,9 @@ def format_dedup(records: Sequence[StudyRecord], *, hash_images: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m train.data.registry PATH [PATH ...]``: print what each adapter makes of each path."""
+    """``python -m echo_model.data.registry PATH [PATH ...]``: print what each adapter makes of each path."""
     parser = argparse.ArgumentParser(
-        prog="python -m train.data.registry", description="Summarise training data sets as ECHO study records."
+        prog="python -m echo_model.data.registry", description="Summarise training data sets as ECHO study records."
     )
     parser.add_argument("paths", nargs="+", help="data set folders or .jsonl files")
     parser.add_argument("--images-dir", help="IU X-ray only: folder with the user's IU images")

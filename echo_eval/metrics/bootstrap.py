@@ -80,7 +80,7 @@ def paired_bootstrap(
         ValueError: on unequal or empty inputs, ``n_resamples < 1`` or ``alpha``
             outside (0, 1).
     """
-    import numpy as np  # local: keeps `import echo_model.metrics` light
+    import numpy as np  # local: keeps `import echo_eval.metrics` light
 
     n = _check(preds_a, preds_b, refs)
     if n_resamples < 1:

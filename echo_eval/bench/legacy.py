@@ -14,7 +14,7 @@ the wall-clock speedup ECHO can reach over AR on this machine:
 measured speedup well below the cap means time goes somewhere other than the forwards (Python per block,
 mask building, cache copies, sampling), which ``echo-bench --profile`` helps locate.
 
-Everything here is importable and testable; :mod:`echo_model.bench_cli` is the command line. Nothing heavy
+Everything here is importable and testable; :mod:`echo_eval.bench_cli` is the command line. Nothing heavy
 happens at import time.
 """
 
@@ -36,16 +36,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import EchoCheckpoint
-from .masks import block_causal_rows, to_attention_bias
-from .modeling import EchoModel
-from .processing import EchoProcessor, StudyPrompt
-from .sampling import SAMPLER_ROLES, GenerationResult, SamplerConfig, build_sampler
+from echo_model.checkpoint import EchoCheckpoint
+from echo_model.device import QUANTIZATIONS, auto_threads, device_name, load_average, quantization_of, quantize_checkpoint
+from echo_model.masks import block_causal_rows, to_attention_bias
+from echo_model.modeling import EchoModel
+from echo_model.processing import EchoProcessor, StudyPrompt
+from echo_model.sampling import SAMPLER_ROLES, GenerationResult, SamplerConfig, build_sampler
 
 #: Arms in the order they run inside every timed round (interleaved: ar, teacher, vanilla, echo, ar, ...).
 ARMS: tuple[str, ...] = ("ar", "teacher", "vanilla", "echo")
 MODES: tuple[str, ...] = ("fixed", "natural")
-QUANTIZATIONS: tuple[str, ...] = ("none", "int8")
 #: Query lengths timed for the cost model: 1 (AR), b and 2b (ECHO's first and fused forwards) for b <= 16.
 DEFAULT_QUERY_LENGTHS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 #: The issue's target: measured AR -> ECHO speedup >= 90 % of cap_b.
@@ -160,73 +160,6 @@ def check_uniform_settings(settings: Mapping[str, ArmSettings | Sequence[ArmSett
             detail = ", ".join(f"{arm}={sorted(map(str, v))}" for arm, v in seen.items())
             raise ValueError(f"arms ran with different {name}: {detail}; every arm must use the same {name}")
     return first
-
-
-def quantization_of(module: torch.nn.Module) -> str:
-    """``int8-dynamic`` if any layer is a dynamically quantised linear, else ``none``."""
-    for sub in module.modules():
-        if type(sub).__module__.startswith("torch.ao.nn.quantized") or "Quantized" in type(sub).__name__:
-            return "int8-dynamic"
-    return "none"
-
-
-def quantize_checkpoint(checkpoint: EchoCheckpoint, mode: str) -> EchoCheckpoint:
-    """Apply ``mode`` (``none`` / ``int8``) in place: dynamic int8 weights on every ``nn.Linear``.
-
-    Why dynamic int8: these CPUs have no fast bf16, and int8 GEMMs roughly halve the weight traffic of fp32;
-    applying it to every arm alike keeps the comparison fair.
-    """
-    if mode not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {mode!r}")
-    if mode == "none" or quantization_of(checkpoint.model.model) != "none":
-        return checkpoint
-    if checkpoint.model.device.type != "cpu":
-        raise ValueError(f"int8 dynamic quantisation runs on the CPU only, the model is on {checkpoint.model.device}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
-        torch.ao.quantization.quantize_dynamic(checkpoint.model.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-    return checkpoint
-
-
-def device_name(device: torch.device | str) -> str:
-    """Human-readable name of the device the benchmark ran on (CPU model from /proc/cpuinfo, or the GPU)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine() or "unknown CPU"
-    return f"{name} ({os.cpu_count()} logical CPUs)"
-
-
-def auto_threads(device: str | torch.device | None = None) -> int | None:
-    """Torch threads for a fair CPU benchmark: the cores other processes leave free (at least 1, at most
-    torch's default); None (leave torch's setting) on a GPU.
-
-    Why: OpenMP threads wait for each other at every op, so a thread that shares its core with another job
-    stalls all of them. On the 2-core dev machine with a load average of 4-8, two threads made the default
-    run take 16 min with 5-30x slower, erratic forwards; one thread kept it near a minute.
-    """
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type != "cpu":
-        return None
-    cores = os.cpu_count() or 1
-    load = load_average() or 0.0
-    return max(1, min(torch.get_num_threads(), cores - math.ceil(load - 0.25)))
-
-
-def load_average() -> float | None:
-    """1-minute load average: a busy machine (load > cores) makes every timing here noisy."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -560,7 +493,7 @@ class Arm:
 
 def load_arms(config: BenchConfig) -> dict[str, Arm]:
     """Load each arm's checkpoint once (arms on the same checkpoint share it) and apply the quantisation."""
-    from .loading import load_checkpoint  # heavy-ish; only when actually loading
+    from echo_model.loading import load_checkpoint  # heavy-ish; only when actually loading
 
     loaded: dict[tuple[str | None, str], EchoCheckpoint] = {}
     arms: dict[str, Arm] = {}

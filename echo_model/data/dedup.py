@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from echo_model.records import StudyRecord
+from .records import StudyRecord
 
 __all__ = [
     "DedupReport",

@@ -15,7 +15,7 @@ Two checks expose that, each on studies that have images:
 
     * ``ar``: causal next-token NLL of the response (report + ``<eos>``) under the causal mask.
     * ``teacher`` / ``echo`` / ``vanilla`` (block diffusion): the masked-diffusion NLL in the RAD training
-      layout (``train.layouts``, method.md §3.3) with a fixed masking: by default **every** response token is
+      layout (``echo_model.layouts``, method.md §3.3) with a fixed masking: by default **every** response token is
       masked (t = 1 in every block), each noisy block seeing the context and the *clean* previous blocks.
       This is deterministic (no noise to average over), it is the conditional the one-step ECHO sampler
       decodes from (a fully masked block after committed ones), and it is the t = 1 term of the block
@@ -39,15 +39,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .evaluation import check_languages, load_study_input
-from .records import StudyRecord
+from echo_model.data.records import StudyRecord
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from .checkpoint import EchoCheckpoint
-    from .processing import StudyPrompt
-    from .sampling import SamplerConfig
+    from echo_model.checkpoint import EchoCheckpoint
+    from echo_model.processing import StudyPrompt
+    from echo_model.sampling import SamplerConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ BLANK_LEVEL = 128
 
 def nll_method(sampler: str) -> str:
     """The NLL that matches a sampler: ``causal`` for ``ar``, ``masked-diffusion`` for the block samplers."""
-    from .sampling import SAMPLERS
+    from echo_model.sampling import SAMPLERS
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; available: {list(SAMPLERS)}")
@@ -149,7 +149,7 @@ def _build_scored(
 ) -> _Scored:
     import torch
 
-    from .masks import block_causal_mask
+    from echo_model.masks import block_causal_mask
 
     model, proc = checkpoint.model, checkpoint.processor
     P = prompt.length
@@ -164,7 +164,7 @@ def _build_scored(
         targets = torch.full_like(clean, -100)
         targets[P - 1 : P - 1 + n_scored] = clean[P : P + n_scored]  # position j predicts token j+1
         return _Scored(clean, positions, block_causal_mask(P + R, 1), targets, prompt)
-    from train.layouts import assemble, build_layout
+    from echo_model.layouts import assemble, build_layout
 
     masked = torch.ones(R, dtype=torch.bool) if mask is None else mask
     noisy = clean.clone()
@@ -184,7 +184,7 @@ def _nll_batch(checkpoint: EchoCheckpoint, items: Sequence[_Scored]) -> list[tup
     import torch
     import torch.nn.functional as F
 
-    from .masks import to_attention_bias
+    from echo_model.masks import to_attention_bias
 
     model, device = checkpoint.model, checkpoint.model.device
     B, L = len(items), max(len(it.ids) for it in items)
@@ -427,7 +427,7 @@ def image_sensitivity(
     from tqdm.auto import tqdm
 
     from .metrics import paired_bootstrap
-    from .sampling import SamplerConfig, build_sampler
+    from echo_model.sampling import SamplerConfig, build_sampler
 
     method = nll_method(sampler)
     check_languages(records, checkpoint.spec.languages)

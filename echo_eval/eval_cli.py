@@ -8,11 +8,11 @@ Examples::
     echo-eval --data DATA/covid_cxr_notes --split test --limit 10 --sensitivity
 
 ``--data`` is a shared set's folder (IU X-ray, covid_cxr_notes), a study-record JSONL or the app's correction
-export (``train.data.load_dataset`` picks the reader). Metrics are printed as a Markdown table (stdout),
+export (``echo_model.data.load_dataset`` picks the reader). Metrics are printed as a Markdown table (stdout),
 progress goes to stderr. ``--compare`` pairs this run with another predictions file by study id and prints
 the difference (this run minus the other) of ROUGE-L, BLEU-4 and CE-F1 (5) with 95 % paired-bootstrap
 intervals. ``--sensitivity`` runs the image-sensitivity check instead of the evaluation
-(``echo_model.sensitivity``). Errors go to stderr with exit status 2 (bad input) or 1 (checkpoint).
+(``echo_eval.sensitivity``). Errors go to stderr with exit status 2 (bad input) or 1 (checkpoint).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from echo_model import __version__
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -96,7 +96,7 @@ def load_split(path: str, split: str, *, images_dir: str | None = None, limit: i
     that says which splits the data does hold."""
     from collections import Counter
 
-    from train.data import load_dataset
+    from echo_model.data import load_dataset
 
     kwargs: dict[str, Any] = {"images_dir": images_dir} if images_dir else {}
     records = load_dataset(path, **kwargs)
@@ -134,8 +134,8 @@ def run_evaluation(args: argparse.Namespace) -> int:
         train = load_split(args.train_data or args.data, args.train_split)  # reports only: no images needed
         result = evaluate_majority(records, train, embeddings=args.embeddings)
     else:
-        from .drafting import Drafter
-        from .sampling import SamplerConfig
+        from echo_model.drafting import Drafter
+        from echo_model.sampling import SamplerConfig
 
         config = SamplerConfig(max_new_tokens=args.max_new_tokens)
         checkpoint = Drafter(args.model, device=args.device).checkpoint(args.sampler)
@@ -171,8 +171,8 @@ def run_evaluation(args: argparse.Namespace) -> int:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
-    from .drafting import Drafter
-    from .sampling import SamplerConfig
+    from echo_model.drafting import Drafter
+    from echo_model.sampling import SamplerConfig
     from .sensitivity import image_sensitivity
 
     if args.baseline or args.compare:
@@ -203,7 +203,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Heavy imports happen inside the runners, after argument parsing, so --help is instant.
-    from .loading import CheckpointError
+    from echo_model.loading import CheckpointError
 
     try:
         if args.batch_size < 1:

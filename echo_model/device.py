@@ -1,0 +1,88 @@
+"""Where the model runs: device names, CPU thread counts and int8 dynamic quantisation.
+
+Library code because drafting, the app's race and the benchmark all need the same answers (which
+device ran this, how many threads a CPU run should use, whether weights are int8).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+
+from .checkpoint import EchoCheckpoint
+
+__all__ = ["QUANTIZATIONS", "auto_threads", "device_name", "load_average", "quantization_of", "quantize_checkpoint"]
+
+QUANTIZATIONS: tuple[str, ...] = ("none", "int8")
+
+
+def quantization_of(module: torch.nn.Module) -> str:
+    """``int8-dynamic`` if any layer is a dynamically quantised linear, else ``none``."""
+    for sub in module.modules():
+        if type(sub).__module__.startswith("torch.ao.nn.quantized") or "Quantized" in type(sub).__name__:
+            return "int8-dynamic"
+    return "none"
+
+
+def quantize_checkpoint(checkpoint: EchoCheckpoint, mode: str) -> EchoCheckpoint:
+    """Apply ``mode`` (``none`` / ``int8``) in place: dynamic int8 weights on every ``nn.Linear``.
+
+    Why dynamic int8: these CPUs have no fast bf16, and int8 GEMMs roughly halve the weight traffic of fp32;
+    applying it to every arm alike keeps the comparison fair.
+    """
+    if mode not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {mode!r}")
+    if mode == "none" or quantization_of(checkpoint.model.model) != "none":
+        return checkpoint
+    if checkpoint.model.device.type != "cpu":
+        raise ValueError(f"int8 dynamic quantisation runs on the CPU only, the model is on {checkpoint.model.device}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
+        torch.ao.quantization.quantize_dynamic(checkpoint.model.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return checkpoint
+
+
+def device_name(device: torch.device | str) -> str:
+    """Human-readable name of the device the benchmark ran on (CPU model from /proc/cpuinfo, or the GPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{name} ({os.cpu_count()} logical CPUs)"
+
+
+def auto_threads(device: str | torch.device | None = None) -> int | None:
+    """Torch threads for a fair CPU benchmark: the cores other processes leave free (at least 1, at most
+    torch's default); None (leave torch's setting) on a GPU.
+
+    Why: OpenMP threads wait for each other at every op, so a thread that shares its core with another job
+    stalls all of them. On the 2-core dev machine with a load average of 4-8, two threads made the default
+    run take 16 min with 5-30x slower, erratic forwards; one thread kept it near a minute.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type != "cpu":
+        return None
+    cores = os.cpu_count() or 1
+    load = load_average() or 0.0
+    return max(1, min(torch.get_num_threads(), cores - math.ceil(load - 0.25)))
+
+
+def load_average() -> float | None:
+    """1-minute load average: a busy machine (load > cores) makes every timing here noisy."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
