@@ -53,16 +53,7 @@ MODES: tuple[str, ...] = ("sequential", "concurrent")
 
 def result_figures(result: GenerationResult) -> dict[str, Any]:
     """The cost figures of one run, exactly as the sampler reported them (no rounding: the UI rounds for show)."""
-    return {
-        "seconds": result.seconds,
-        "first_block_seconds": result.first_block_seconds,
-        "forward_passes": result.forward_passes,
-        "model_calls": result.model_calls,
-        "tokens": result.tokens,
-        "tokens_per_forward": result.tokens_per_forward,
-        "tokens_per_second": result.tokens_per_second,
-        "block_tokens": result.block_tokens,
-    }
+    return result.figures.to_json(rounded=False)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from echo_model import __version__
+from echo_model.sampling import SAMPLERS
 
 if TYPE_CHECKING:
     from .bench import BenchConfig
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one checkpoint (folder or hub id) for all block arms (default: the embedded family, "
                          "each arm on its role's checkpoint)")
     ap.add_argument("--ar-model", default=None, help="checkpoint of the ar arm (default: --model, else embedded AR)")
-    ap.add_argument("--arms", nargs="+", default=None, choices=["ar", "teacher", "vanilla", "echo"],
+    ap.add_argument("--arms", nargs="+", default=None, choices=SAMPLERS,
                     help="arms to run (default: all four)")
     ap.add_argument("--images", nargs="+", default=None, metavar="FILE",
                     help="PNG/JPEG/DICOM files, each a single-view study; a batch cycles through them "
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Turn parsed arguments into a :class:`~echo_eval.bench.BenchConfig` (``--full`` first, explicit flags win)."""
-    from .bench import FULL_OVERRIDES, BenchConfig
+    from .bench import ARMS, FULL_OVERRIDES, BenchConfig
 
     values: dict[str, object] = dict(FULL_OVERRIDES) if args.full else {}
     if args.batch is not None:
@@ -79,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     explicit = {"runs": args.runs, "max_new_tokens": args.max_new_tokens, "probe_repeats": args.probe_repeats,
                 "modes": tuple(args.modes) if args.modes else None,
                 "query_lengths": tuple(args.query_lengths) if args.query_lengths else None,
-                "arms": tuple(a for a in ("ar", "teacher", "vanilla", "echo") if a in args.arms) if args.arms else None}
+                "arms": tuple(a for a in ARMS if a in args.arms) if args.arms else None}
     values.update({k: v for k, v in explicit.items() if v is not None})
     return BenchConfig(model=args.model, ar_model=args.ar_model, warmup=args.warmup, threads=resolve_threads(args),
                        quantize=args.quantize, device=args.device, **values)

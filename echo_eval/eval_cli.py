@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from echo_model import __version__
+from echo_model.sampling import SAMPLERS
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--model", default=None, help="checkpoint folder or hub id (default: the embedded ones)"
     )
-    model.add_argument("--sampler", default="echo", choices=["ar", "teacher", "echo", "vanilla"])
+    model.add_argument("--sampler", default="echo", choices=SAMPLERS)
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     model.add_argument("--batch-size", type=int, default=4, help="studies decoded together (default 4)")
     model.add_argument("--max-new-tokens", type=int, default=512, help="generation budget (default 512)")

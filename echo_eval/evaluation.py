@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # heavy modules (torch, transformers) only when a model is ac
     from PIL import Image
 
     from echo_model.checkpoint import EchoCheckpoint
-    from echo_model.sampling import SamplerConfig
+    from echo_model.sampling import RunFigures, SamplerConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,11 @@ class StudyPrediction:
     seconds: float | None = None
     images: int = 0
     missing_images: int = 0
+
+    @staticmethod
+    def cost_of(figures: RunFigures) -> dict[str, Any]:
+        """The cost fields of a prediction, taken from the run's :class:`RunFigures`."""
+        return {name: getattr(figures, name) for name in ("tokens", "forward_passes", "tokens_per_forward", "seconds")}
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -225,14 +230,13 @@ def predict_records(
     """
     from tqdm.auto import tqdm
 
-    from echo_model.sampling import SamplerConfig, build_sampler
+    from echo_model.drafting import generate_reports
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not records:
         raise ValueError("no studies to evaluate")
     check_languages(records, checkpoint.spec.languages)
-    runner = build_sampler(sampler, checkpoint.model, checkpoint.processor, config or SamplerConfig())
     out: list[StudyPrediction] = []
     with tqdm(total=len(records), desc=f"drafting ({sampler})", unit="study", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
@@ -241,7 +245,7 @@ def predict_records(
                 checkpoint.processor.encode(s.images, indication=s.record.indication, lang=s.record.language)
                 for s in inputs
             ]
-            for s, res in zip(inputs, runner.generate(prompts)):
+            for s, res in zip(inputs, generate_reports(checkpoint, prompts, sampler=sampler, config=config)):
                 out.append(
                     StudyPrediction(
                         id=s.record.id,
@@ -249,10 +253,7 @@ def predict_records(
                         reference=s.record.report,
                         sampler=sampler,
                         model=checkpoint.source,
-                        tokens=res.tokens,
-                        forward_passes=res.forward_passes,
-                        tokens_per_forward=res.tokens_per_forward,
-                        seconds=res.seconds,
+                        **StudyPrediction.cost_of(res.figures),
                         images=len(s.images),
                         missing_images=len(s.missing),
                     )

@@ -57,11 +57,9 @@ BLANK_LEVEL = 128
 
 def nll_method(sampler: str) -> str:
     """The NLL that matches a sampler: ``causal`` for ``ar``, ``masked-diffusion`` for the block samplers."""
-    from echo_model.sampling import SAMPLERS
+    from echo_model.sampling import sampler_spec
 
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; available: {list(SAMPLERS)}")
-    return "causal" if sampler == "ar" else "masked-diffusion"
+    return sampler_spec(sampler).scoring
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -427,7 +425,7 @@ def image_sensitivity(
     from tqdm.auto import tqdm
 
     from .metrics import paired_bootstrap
-    from echo_model.sampling import SamplerConfig, build_sampler
+    from echo_model.drafting import generate_reports
 
     method = nll_method(sampler)
     check_languages(records, checkpoint.spec.languages)
@@ -446,9 +444,11 @@ def image_sensitivity(
     def encode(s: Any, images: Sequence[Image.Image]) -> StudyPrompt:
         return proc.encode(list(images), indication=s.record.indication, lang=s.record.language)
 
+    def runner(prompts: list[StudyPrompt]) -> list[Any]:
+        return generate_reports(checkpoint, prompts, sampler=sampler, config=config)
+
     studies: list[StudyNLL] = []
     changes: list[StudyChange] = []
-    runner = build_sampler(sampler, checkpoint.model, proc, config or SamplerConfig()) if generation else None
     with tqdm(
         total=len(inputs), desc=f"image sensitivity ({sampler})", unit="study", disable=not progress
     ) as bar:
@@ -481,11 +481,11 @@ def image_sensitivity(
                         nll_partner=b,
                     )
                 )
-            if runner is not None:
-                true = runner.generate(own)
-                blank = runner.generate([encode(inputs[i], blank_images(inputs[i].images)) for i in chunk])
-                up = runner.generate([encode(inputs[i], shift_grey(inputs[i].images, 1)) for i in chunk])
-                down = runner.generate([encode(inputs[i], shift_grey(inputs[i].images, -1)) for i in chunk])
+            if generation:
+                true = runner(own)
+                blank = runner([encode(inputs[i], blank_images(inputs[i].images)) for i in chunk])
+                up = runner([encode(inputs[i], shift_grey(inputs[i].images, 1)) for i in chunk])
+                down = runner([encode(inputs[i], shift_grey(inputs[i].images, -1)) for i in chunk])
                 for i, t, bl, u, d in zip(chunk, true, blank, up, down):
                     changes.append(
                         StudyChange(

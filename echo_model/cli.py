@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .sampling import SAMPLERS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files of one study")
     ap.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the embedded checkpoints)")
-    ap.add_argument("--sampler", default="echo", choices=["ar", "teacher", "echo", "vanilla"])
+    ap.add_argument("--sampler", default="echo", choices=SAMPLERS)
     ap.add_argument("--indication", default=None, help="clinical indication put in the prompt")
     ap.add_argument("--lang", default="en", choices=["en", "zh"])
     ap.add_argument("--max-new-tokens", type=int, default=512)

@@ -18,7 +18,7 @@ from .checkpoint import EchoCheckpoint
 from .loading import load_checkpoint
 from .processing import StudyPrompt
 from .data.report_text import parse_report
-from .sampling import SAMPLER_ROLES, SAMPLERS, BlockEvent, GenerationResult, SamplerConfig, build_sampler, drain
+from .sampling import BlockEvent, GenerationResult, SamplerConfig, build_sampler, drain, sampler_spec
 
 
 @dataclass
@@ -37,23 +37,15 @@ class Draft:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        r = self.result
         return {
             "report": self.report,
             "findings": self.findings,
             "impression": self.impression,
             "blocks": self.block_texts,
-            "block_tokens": r.block_tokens,
             "sampler": self.sampler,
             "model": self.model,
             "model_revision": self.model_revision,
-            "tokens": r.tokens,
-            "forward_passes": r.forward_passes,
-            "model_calls": r.model_calls,
-            "tokens_per_forward": round(r.tokens_per_forward, 4),
-            "seconds": round(r.seconds, 4),
-            "first_block_seconds": round(r.first_block_seconds, 4),
-            "tokens_per_second": round(r.tokens_per_second, 2),
+            **self.result.figures.to_json(),
             "warnings": list(self.warnings),
             "settings": dict(self.settings),
         }
@@ -75,9 +67,7 @@ class Drafter:
         self._lock = threading.Lock()
 
     def checkpoint(self, sampler: str) -> EchoCheckpoint:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; available: {list(SAMPLERS)}")
-        role = SAMPLER_ROLES[sampler]
+        role = sampler_spec(sampler).role
         embedded = self.model is None or self.model == "embedded"
         key = (self.model, role if embedded else "any")
         with self._lock:
@@ -141,3 +131,10 @@ class Drafter:
 
     def draft(self, images: Sequence[Image.Image], **kwargs: Any) -> Draft:
         return drain(self.stream(images, **kwargs))
+
+
+def generate_reports(checkpoint: EchoCheckpoint, prompts: Sequence[StudyPrompt], *, sampler: str,
+                     config: SamplerConfig | None = None) -> list[GenerationResult]:
+    """Draft a batch of encoded studies on one checkpoint (``echo-eval`` and ``echo-bench`` draft through this,
+    the CLI and the app through :class:`Drafter`); one :class:`GenerationResult` per prompt, in order."""
+    return build_sampler(sampler, checkpoint.model, checkpoint.processor, config).generate(list(prompts))

@@ -41,10 +41,12 @@ from echo_model.device import QUANTIZATIONS, auto_threads, device_name, load_ave
 from echo_model.masks import block_causal_rows, to_attention_bias
 from echo_model.modeling import EchoModel
 from echo_model.processing import EchoProcessor, StudyPrompt
-from echo_model.sampling import SAMPLER_ROLES, GenerationResult, SamplerConfig, build_sampler
+from echo_model.sampling import SAMPLERS, GenerationResult, RunFigures, SamplerConfig, build_sampler, sampler_spec
 
 #: Arms in the order they run inside every timed round (interleaved: ar, teacher, vanilla, echo, ar, ...).
 ARMS: tuple[str, ...] = ("ar", "teacher", "vanilla", "echo")
+if set(ARMS) != set(SAMPLERS):  # every registered sampler is an arm
+    raise ImportError(f"bench arms {ARMS} do not match the registered samplers {SAMPLERS}")
 MODES: tuple[str, ...] = ("fixed", "natural")
 #: Query lengths timed for the cost model: 1 (AR), b and 2b (ECHO's first and fused forwards) for b <= 16.
 DEFAULT_QUERY_LENGTHS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -230,30 +232,32 @@ class RunSample:
 
     @classmethod
     def from_results(cls, results: Sequence[GenerationResult], wall_seconds: float) -> RunSample:
-        def mean(f: Callable[[GenerationResult], float]) -> float:
-            return float(statistics.fmean(f(r) for r in results))
+        runs = [r.figures for r in results]
 
-        def decode_rate(r: GenerationResult) -> float:
+        def mean(name: str) -> float:
+            return float(statistics.fmean(getattr(f, name) for f in runs))
+
+        def decode_rate(f: RunFigures) -> float:
             # After the first block: AR runs only 1-token forwards, ECHO only fused 2b-token ones, so this rate
             # is the one the cost-model cap bounds (prefill and the prompt-tail block excluded).
-            first = r.block_tokens[0] if r.blocks else 0
-            secs = r.seconds - r.first_block_seconds
-            return max(r.tokens - first, 0) / secs if secs > 0 else 0.0
+            first = f.block_tokens[0] if f.block_tokens else 0
+            secs = f.seconds - f.first_block_seconds
+            return max(f.tokens - first, 0) / secs if secs > 0 else 0.0
 
-        total = sum(r.tokens for r in results)
+        total = sum(f.tokens for f in runs)
         return cls(
-            seconds=mean(lambda r: r.seconds),
-            first_block_seconds=mean(lambda r: r.first_block_seconds),
-            tokens=mean(lambda r: r.tokens),
-            committed_tokens=mean(lambda r: r.committed_tokens),
-            forward_passes=mean(lambda r: r.forward_passes),
-            model_calls=mean(lambda r: r.model_calls),
-            tokens_per_forward=mean(lambda r: r.tokens_per_forward),
-            tokens_per_second=mean(lambda r: r.tokens_per_second),
+            seconds=mean("seconds"),
+            first_block_seconds=mean("first_block_seconds"),
+            tokens=mean("tokens"),
+            committed_tokens=float(statistics.fmean(sum(f.block_tokens) for f in runs)),
+            forward_passes=mean("forward_passes"),
+            model_calls=mean("model_calls"),
+            tokens_per_forward=mean("tokens_per_forward"),
+            tokens_per_second=mean("tokens_per_second"),
             wall_seconds=wall_seconds,
             batch_tokens_per_second=total / wall_seconds if wall_seconds > 0 else 0.0,
-            decode_tokens_per_second=mean(decode_rate),
-            block_tokens=list(results[0].block_tokens),
+            decode_tokens_per_second=float(statistics.fmean(decode_rate(f) for f in runs)),
+            block_tokens=list(runs[0].block_tokens),
         )
 
 
@@ -468,14 +472,13 @@ def predicted_seconds(arm: str, *, model_calls: float, forward_passes: float, bl
     Why: the gap between this and the measured time is the sampler's own overhead (Python, masks,
     sampling, cache bookkeeping) — the part a faster sampler can remove.
     """
-    b = block_length
-    if arm == "ar":  # the prefill yields token 1; then one 1-token forward per token
-        return prefill_seconds + max(model_calls - 1, 0) * cost.seconds(1)
-    if arm in ("echo", "vanilla"):  # first block: b queries, read-only; then [prev | cur] = 2b queries
-        return prefill_seconds + cost.seconds(b) + max(forward_passes - 1, 0) * cost.seconds(2 * b)
-    if arm == "teacher":  # b-query forwards: denoising steps plus one cache write per finished block
-        return prefill_seconds + max(model_calls - 1, 0) * cost.seconds(b)
-    raise ValueError(f"unknown arm {arm!r}; available: {list(ARMS)}")
+    spec = sampler_spec(arm)
+    first, later = spec.query_tokens(block_length)
+    if spec.one_step:  # first block: b queries, read-only; then [prev | cur] = 2b queries
+        return prefill_seconds + cost.seconds(first) + max(forward_passes - 1, 0) * cost.seconds(later)
+    # ar: the prefill yields token 1, then one 1-token forward per token; teacher: b-query forwards, the
+    # denoising steps plus one cache write per finished block
+    return prefill_seconds + max(model_calls - 1, 0) * cost.seconds(later)
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -498,12 +501,9 @@ def load_arms(config: BenchConfig) -> dict[str, Arm]:
     loaded: dict[tuple[str | None, str], EchoCheckpoint] = {}
     arms: dict[str, Arm] = {}
     for name in config.arms:
-        if name == "ar":
-            source = config.ar_model if config.ar_model is not None else config.model
-            key = (source, "ar" if source is None else "any")
-        else:
-            source = config.model
-            key = (source, SAMPLER_ROLES[name] if source is None else "any")
+        role = sampler_spec(name).role
+        source = config.ar_model if role == "ar" and config.ar_model is not None else config.model
+        key = (source, role if source is None else "any")
         if key not in loaded:
             loaded[key] = load_checkpoint(source, role=key[1] if source is None else "student", device=config.device)
             quantize_checkpoint(loaded[key], config.quantize)

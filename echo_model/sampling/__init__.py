@@ -1,35 +1,41 @@
 """Samplers: ``ar`` (Stage I), ``teacher`` (multi-step block diffusion), ``echo`` (one step per block with
-the fused cache) and ``vanilla`` (the ``echo`` sampler on the teacher's weights)."""
+the fused cache) and ``vanilla`` (the ``echo`` sampler on the teacher's weights).
+
+* :mod:`.registry` - the one table of sampler names (kind, checkpoint role, steps, fused cache, forward
+  schedule) and :func:`build_sampler`; it imports no torch, so command lines list samplers cheaply;
+* :mod:`.commit` - the commit rule (which masked tokens a denoising step accepts), a pure function;
+* :mod:`.base`, :mod:`.ar`, :mod:`.block` - configuration, outputs and the decoding loops.
+
+Names are resolved lazily (PEP 562), so ``from echo_model.sampling import SAMPLERS`` does not import torch.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ..modeling import EchoModel
-from ..processing import EchoProcessor
-from .ar import ARSampler
-from .base import BlockEvent, GenerationResult, Sampler, SamplerConfig, drain, num_transfer_tokens, sample_tokens
-from .block import BlockDiffusionSampler, CommitStep
-from .commit import commit_mask
+if TYPE_CHECKING:
+    from .ar import ARSampler
+    from .base import BlockEvent, GenerationResult, RunFigures, Sampler, SamplerConfig, drain, num_transfer_tokens, sample_tokens
+    from .block import BlockDiffusionSampler, CommitStep
+    from .commit import commit_mask
+    from .registry import SAMPLER_ROLES, SAMPLER_SPECS, SAMPLERS, SamplerSpec, build_sampler, sampler_spec
 
-SAMPLERS: tuple[str, ...] = ("ar", "teacher", "echo", "vanilla")
-# Which embedded checkpoint role each sampler runs on by default.
-SAMPLER_ROLES: dict[str, str] = {"ar": "ar", "teacher": "teacher", "vanilla": "teacher", "echo": "student"}
+_EXPORTS: dict[str, str] = {
+    "ARSampler": "ar",
+    "BlockEvent": "base", "GenerationResult": "base", "RunFigures": "base", "Sampler": "base", "SamplerConfig": "base",
+    "drain": "base", "num_transfer_tokens": "base", "sample_tokens": "base",
+    "BlockDiffusionSampler": "block", "CommitStep": "block",
+    "commit_mask": "commit",
+    "SAMPLERS": "registry", "SAMPLER_ROLES": "registry", "SAMPLER_SPECS": "registry", "SamplerSpec": "registry",
+    "build_sampler": "registry", "sampler_spec": "registry",
+}
 
-
-def build_sampler(name: str, model: EchoModel, processor: EchoProcessor, config: SamplerConfig = SamplerConfig()) -> Sampler:
-    """The sampler called ``name``; ``config.steps`` / ``fused`` are set by the name for block samplers."""
-    if name == "ar":
-        return ARSampler(model, processor, config, name=name)
-    if name == "teacher":
-        steps = config.steps if config.steps is not None else model.block_length
-        return BlockDiffusionSampler(model, processor, dataclasses.replace(config, steps=steps, fused=False), name=name)
-    if name in ("echo", "vanilla"):
-        return BlockDiffusionSampler(model, processor, dataclasses.replace(config, steps=1, fused=True), name=name)
-    raise ValueError(f"unknown sampler {name!r}; available: {list(SAMPLERS)}")
+__all__ = sorted(_EXPORTS)
 
 
-__all__ = [
-    "ARSampler", "BlockDiffusionSampler", "BlockEvent", "CommitStep", "GenerationResult", "SamplerConfig", "SAMPLERS",
-    "SAMPLER_ROLES", "Sampler", "build_sampler", "commit_mask", "drain", "num_transfer_tokens", "sample_tokens",
-]
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'echo_model.sampling' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

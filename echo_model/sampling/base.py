@@ -128,17 +128,57 @@ class GenerationResult:
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def figures(self) -> RunFigures:
+        """What this run cost, as the one record every serialiser writes."""
+        return RunFigures(
+            sampler=self.sampler,
+            tokens=self.tokens,
+            forward_passes=self.forward_passes,
+            model_calls=self.model_calls,
+            block_tokens=tuple(self.block_tokens),
+            tokens_per_forward=self.tokens_per_forward,
+            seconds=self.seconds,
+            first_block_seconds=self.first_block_seconds,
+            tokens_per_second=self.tokens_per_second,
+        )
+
     def stats(self) -> dict[str, float | int | list[int] | str]:
+        return {"sampler": self.sampler, **self.figures.to_json()}
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """The figures of one run: the one shape in which ``echo-report --json``, the app's stored drafts, the
+    race, ``echo-eval`` predictions and ``echo-bench`` samples record what a report cost.
+
+    Counting follows the paper's TPF (see :class:`GenerationResult`). :meth:`to_json` rounds for storage
+    (4 decimals; tokens per second 2); ``rounded=False`` keeps the sampler's exact numbers (the race shows
+    them as the sampler reported them).
+    """
+
+    sampler: str
+    tokens: int
+    forward_passes: int
+    model_calls: int
+    block_tokens: tuple[int, ...]
+    tokens_per_forward: float
+    seconds: float
+    first_block_seconds: float
+    tokens_per_second: float
+
+    def to_json(self, *, rounded: bool = True) -> dict[str, float | int | list[int]]:
+        """The figures under their JSON keys (the sampler's name is the caller's to add)."""
+        r4 = (lambda x: round(x, 4)) if rounded else (lambda x: x)
         return {
-            "sampler": self.sampler,
             "tokens": self.tokens,
             "forward_passes": self.forward_passes,
             "model_calls": self.model_calls,
-            "block_tokens": self.block_tokens,
-            "tokens_per_forward": round(self.tokens_per_forward, 4),
-            "seconds": round(self.seconds, 4),
-            "first_block_seconds": round(self.first_block_seconds, 4),
-            "tokens_per_second": round(self.tokens_per_second, 2),
+            "block_tokens": list(self.block_tokens),
+            "tokens_per_forward": r4(self.tokens_per_forward),
+            "seconds": r4(self.seconds),
+            "first_block_seconds": r4(self.first_block_seconds),
+            "tokens_per_second": round(self.tokens_per_second, 2) if rounded else self.tokens_per_second,
         }
 
 
