@@ -155,8 +155,7 @@ def _build_scored(
         checkpoint, report, block_pad_from=P if method == "masked-diffusion" else None
     )
     R = len(response)
-    rope, delta = model.rope_index(prompt, proc.image_token_id)  # (3, P), int
-    positions = torch.cat([rope.cpu(), (torch.arange(P, P + R) + delta)[None].expand(3, -1)], 1)  # (3, P+R)
+    positions = model.sequence_positions(prompt, proc.image_token_id, P + R)  # (3, P+R)
     clean = torch.cat([prompt.input_ids, torch.tensor(response, dtype=torch.long)])  # (P+R,)
     if method == "causal":
         targets = torch.full_like(clean, -100)
@@ -182,33 +181,21 @@ def _nll_batch(checkpoint: EchoCheckpoint, items: Sequence[_Scored]) -> list[tup
     import torch
     import torch.nn.functional as F
 
-    from echo_model.masks import to_attention_bias
+    from echo_model.modeling import pad_sequences, prompt_images
 
     model, device = checkpoint.model, checkpoint.model.device
-    B, L = len(items), max(len(it.ids) for it in items)
-    ids = torch.full((B, L), checkpoint.processor.pad_token_id, dtype=torch.long)
-    pos = torch.zeros(3, B, L, dtype=torch.long)
-    allow = torch.eye(L, dtype=torch.bool).repeat(B, 1, 1)  # padding rows see only themselves
-    targets = torch.full((B, L), -100, dtype=torch.long)
+    batch = pad_sequences([it.ids for it in items], [it.positions for it in items], [it.allow for it in items],
+                          pad_id=checkpoint.processor.pad_token_id)
+    B, L = batch.input_ids.shape
+    targets = torch.full((B, L), -100, dtype=torch.long)  # (B, L)
     for i, it in enumerate(items):
-        n = len(it.ids)
-        ids[i, :n], pos[:, i, :n], allow[i, :n, :n], targets[i, :n] = (
-            it.ids,
-            it.positions,
-            it.allow,
-            it.targets,
-        )
-    with_px = [it.prompt for it in items if it.prompt.pixel_values is not None]
-    pixels = torch.cat([p.pixel_values for p in with_px]).to(device, model.dtype) if with_px else None
-    grid = torch.cat([p.image_grid_thw for p in with_px]).to(device) if with_px else None
+        targets[i, : len(it.ids)] = it.targets
+    pixels, grid = prompt_images([it.prompt for it in items])
     with torch.no_grad():
-        logits = model(
-            ids.to(device),
-            position_ids=pos.to(device),
-            attention_bias=to_attention_bias(allow.to(device), model.dtype),
-            cache=None,
-            pixel_values=pixels,
-            image_grid_thw=grid,
+        logits = model.forward_padded(
+            batch.to(device),
+            pixel_values=pixels.to(device, model.dtype) if pixels is not None else None,
+            image_grid_thw=grid.to(device) if grid is not None else None,
         )  # (B, L, V)
     ce = F.cross_entropy(
         logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=-100, reduction="none"

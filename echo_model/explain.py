@@ -291,9 +291,7 @@ class Explainer:
         for i, s in enumerate(states):
             ids[i, : s.tokens.shape[0]] = s.tokens
             allow[i] = block_causal_mask(L, s.block_length)
-        rope, delta = self.model.rope_index(prompt, self.processor.image_token_id)  # (3, P), int
-        P = prompt.length
-        positions = torch.cat([rope.cpu(), (torch.arange(P, L) + delta)[None].expand(3, -1)], dim=1)  # (3, L)
+        positions = self.model.sequence_positions(prompt, self.processor.image_token_id, L)  # (3, L)
         positions = positions[:, None].expand(3, S, L)
         bias = to_attention_bias(allow.to(device), self.model.dtype)  # (S, 1, L, L)
         return ids.to(device), positions.to(device), bias

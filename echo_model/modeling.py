@@ -15,15 +15,74 @@ No attention is re-implemented. Block diffusion needs three things around the st
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from .masks import to_attention_bias
 from .processing import StudyPrompt
 from .spec import EchoSpec, read_spec
+
+
+def text_positions(first: int, count: int, delta: int, *, shift: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
+    """M-RoPE ids of ``count`` text tokens at sequence indices ``first, first + 1, ...`` after a prompt.
+
+    Qwen2.5-VL (``get_rope_index``) gives the text token at sequence index j the id ``j + delta`` on all three
+    axes, where ``delta`` comes from the prompt's image grid (:meth:`EchoModel.rope_index`). ``shift`` is the
+    left padding in front of the prompt (a left-padded batch row starts its prompt at index ``shift``).
+
+    Returns:
+        ``(3, count)`` long.
+    """
+    ids = torch.arange(first, first + count, device=device) - shift + delta  # (count,)
+    return ids[None].expand(3, -1)  # (3, count)
+
+
+def prompt_images(prompts: Sequence[StudyPrompt]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The batch's pixels and image grids, prompts with images in order (the language model reads the
+    ``<|image_pad|>`` tokens of the batch in this order); ``(None, None)`` when no prompt has an image."""
+    with_images = [p for p in prompts if p.pixel_values is not None]
+    if not with_images:
+        return None, None
+    return torch.cat([p.pixel_values for p in with_images]), torch.cat([p.image_grid_thw for p in with_images])
+
+
+@dataclass
+class PaddedBatch:
+    """Right-padded sequences for one cache-free forward.
+
+    Attributes:
+        input_ids: ``(B, L)`` long, padding filled with the pad token.
+        position_ids: ``(3, B, L)`` long M-RoPE ids (0 on padding).
+        allow: ``(B, L, L)`` bool attention (row attends to column); padding rows see only themselves, so no
+            real row sees padding and no row is fully masked.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    allow: torch.Tensor
+
+    def to(self, device: torch.device | str) -> PaddedBatch:
+        return PaddedBatch(self.input_ids.to(device), self.position_ids.to(device), self.allow.to(device))
+
+
+def pad_sequences(ids: Sequence[torch.Tensor], positions: Sequence[torch.Tensor], allow: Sequence[torch.Tensor], *,
+                  pad_id: int) -> PaddedBatch:
+    """Right-pad per-sample ``ids (n,)``, ``positions (3, n)`` and ``allow (n, n)`` into a :class:`PaddedBatch`."""
+    if not ids or not len(ids) == len(positions) == len(allow):
+        raise ValueError(f"need as many ids, positions and masks (at least one), got {len(ids)}, {len(positions)}, "
+                         f"{len(allow)}")
+    B, L = len(ids), max(len(x) for x in ids)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)  # (B, L)
+    position_ids = torch.zeros(3, B, L, dtype=torch.long)  # (3, B, L)
+    mask = torch.eye(L, dtype=torch.bool).repeat(B, 1, 1)  # (B, L, L) padding rows see themselves
+    for i, (x, p, a) in enumerate(zip(ids, positions, allow)):
+        n = len(x)
+        input_ids[i, :n], position_ids[:, i, :n], mask[i, :n, :n] = x, p, a
+    return PaddedBatch(input_ids, position_ids, mask)
 
 
 class EchoModel:
@@ -63,6 +122,24 @@ class EchoModel:
         grid = prompt.image_grid_thw.to(self.device) if prompt.image_grid_thw is not None else None
         positions, deltas = self.model.model.get_rope_index(ids, mm_types, image_grid_thw=grid)  # (3,1,P), (1,1)
         return positions[:, 0], int(deltas.reshape(-1)[0])
+
+    def sequence_positions(self, prompt: StudyPrompt, image_token_id: int, length: int) -> torch.Tensor:
+        """M-RoPE ids ``(3, length)`` (on the CPU) of ``prompt`` followed by ``length - P`` text tokens."""
+        rope, delta = self.rope_index(prompt, image_token_id)  # (3, P), int
+        P = prompt.length
+        return torch.cat([rope.cpu(), text_positions(P, length - P, delta)], dim=1)  # (3, length)
+
+    def forward_padded(self, batch: PaddedBatch, *, pixel_values: torch.Tensor | None = None,
+                       image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+        """The cache-free forward over a right-padded batch (training, reference scoring); the tensors must be on
+        the model's device already (:meth:`PaddedBatch.to`).
+
+        Returns:
+            logits ``(B, L, V)``.
+        """
+        bias = to_attention_bias(batch.allow, self.dtype)  # (B, 1, L, L)
+        return self.forward(batch.input_ids, position_ids=batch.position_ids, attention_bias=bias, cache=None,
+                            pixel_values=pixel_values, image_grid_thw=image_grid_thw)
 
     def image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
         """The merged image embeddings the language model reads, images concatenated in order.

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from echo_model.modeling import EchoModel
+from echo_model.modeling import EchoModel, text_positions
 from echo_model.processing import EchoProcessor, StudyPrompt
 from echo_model.data.records import StudyRecord
 
@@ -82,9 +82,8 @@ def encode_items(
         if block_pad:
             ids += [eos] * ((-(prompt.length + len(ids))) % b)
         response = torch.tensor(ids, dtype=torch.long)
-        rope, delta = model.rope_index(prompt, processor.image_token_id)  # (3, P)
-        P, R = prompt.length, len(ids)
-        positions = torch.cat([rope.cpu(), (torch.arange(P, P + R) + delta)[None].expand(3, -1)], 1)  # (3, P+R)
+        rope, delta = model.rope_index(prompt, processor.image_token_id)  # (3, P), int
+        positions = torch.cat([rope.cpu(), text_positions(prompt.length, len(ids), delta)], 1)  # (3, P+R)
         items.append(TrainItem(prompt=prompt, positions=positions, response=response, record_id=rec.id))
     if cut:
         log.info("cut %d of %d responses to %d tokens", cut, len(records), max_response_tokens)

@@ -11,11 +11,11 @@ from typing import Protocol
 
 import torch
 
-from echo_model.masks import block_causal_mask, to_attention_bias
-from echo_model.modeling import EchoModel
+from echo_model.layouts import assemble, build_layout
+from echo_model.masks import block_causal_mask
+from echo_model.modeling import EchoModel, PaddedBatch, pad_sequences, prompt_images
 
 from .items import TrainItem
-from echo_model.layouts import assemble, build_layout
 from .losses import dcd_loss, masked_diffusion_loss, next_token_loss, step_weights
 
 
@@ -29,32 +29,18 @@ class Objective(Protocol):
 
 def _pad_batch(ids: list[torch.Tensor], pos: list[torch.Tensor], allow: list[torch.Tensor], pad_id: int) -> dict:
     """Right-pad per-sample sequences into ``input_ids (B, L)``, ``position_ids (3, B, L)``, ``allow (B, L, L)``."""
-    B, L = len(ids), max(len(x) for x in ids)
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    position_ids = torch.zeros(3, B, L, dtype=torch.long)
-    mask = torch.eye(L, dtype=torch.bool).repeat(B, 1, 1)  # (B, L, L) padding rows see themselves
-    for i, (x, p, a) in enumerate(zip(ids, pos, allow)):
-        n = len(x)
-        input_ids[i, :n], position_ids[:, i, :n], mask[i, :n, :n] = x, p, a
-    return {"input_ids": input_ids, "position_ids": position_ids, "allow": mask}
+    return vars(pad_sequences(ids, pos, allow, pad_id=pad_id))
 
 
 def _images(items: list[TrainItem], copies: int = 1) -> dict:
-    with_px = [it.prompt for it in items if it.prompt.pixel_values is not None]
-    if not with_px:
-        return {"pixel_values": None, "image_grid_thw": None}
-    px = torch.cat([p.pixel_values for p in with_px])
-    grid = torch.cat([p.image_grid_thw for p in with_px])
-    if copies > 1:  # the full layout holds each sample's image tokens twice, in sample order
-        px = torch.cat([torch.cat([p.pixel_values] * copies) for p in with_px])
-        grid = torch.cat([torch.cat([p.image_grid_thw] * copies) for p in with_px])
+    # the full layout holds each sample's image tokens ``copies`` times, in sample order
+    px, grid = prompt_images([it.prompt for it in items for _ in range(copies)])
     return {"pixel_values": px, "image_grid_thw": grid}
 
 
 def _logits(model: EchoModel, batch: dict) -> torch.Tensor:
-    bias = to_attention_bias(batch["allow"], model.dtype)  # (B, 1, L, L)
-    return model(batch["input_ids"], position_ids=batch["position_ids"], attention_bias=bias, cache=None,
-                 pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"])  # (B, L, V)
+    padded = PaddedBatch(batch["input_ids"], batch["position_ids"], batch["allow"])
+    return model.forward_padded(padded, pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"])  # (B, L, V)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from echo_model.modeling import EchoModel
+from echo_model.modeling import EchoModel, text_positions
 from echo_model.processing import EchoProcessor
 from echo_model.sampling import BlockDiffusionSampler, CommitStep, SamplerConfig, drain
 
@@ -67,7 +67,7 @@ def with_response(item: TrainItem, response: torch.Tensor) -> TrainItem:
     """``item`` with another response (M-RoPE ids extended for its length)."""
     P = item.prompt.length
     delta = int(item.positions[0, P]) - P  # text position j has id j + delta after the prompt
-    positions = torch.cat([item.positions[:, :P], (torch.arange(P, P + len(response)) + delta)[None].expand(3, -1)], 1)
+    positions = torch.cat([item.positions[:, :P], text_positions(P, len(response), delta)], 1)  # (3, P+R)
     return TrainItem(prompt=item.prompt, positions=positions, response=response, record_id=item.record_id)
 
 

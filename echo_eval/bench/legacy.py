@@ -39,7 +39,7 @@ from PIL import Image
 from echo_model.checkpoint import EchoCheckpoint
 from echo_model.device import QUANTIZATIONS, auto_threads, device_name, load_average, quantization_of, quantize_checkpoint
 from echo_model.masks import block_causal_rows, to_attention_bias
-from echo_model.modeling import EchoModel
+from echo_model.modeling import EchoModel, text_positions
 from echo_model.processing import EchoProcessor, StudyPrompt
 from echo_model.sampling import SAMPLERS, GenerationResult, RunFigures, SamplerConfig, build_sampler, sampler_spec
 
@@ -445,7 +445,7 @@ def probe_forward_costs(
     lengths = sorted({int(t) for t in query_lengths})
     inputs = {
         T: (torch.full((batch, T), processor.mask_token_id, dtype=torch.long, device=device),  # (B, T)
-            (torch.arange(P, P + T, device=device) + delta)[None, None].expand(3, batch, T),  # (3, B, T)
+            text_positions(P, T, delta, device=device)[:, None].expand(3, batch, T),  # (3, B, T)
             torch.zeros(batch, 1, T, P + T, dtype=dtype, device=device))  # (B, 1, T, P+T)
         for T in lengths
     }

@@ -12,7 +12,7 @@ from collections.abc import Generator, Sequence
 import torch
 
 from ..masks import block_causal_mask, to_attention_bias, with_key_padding
-from ..modeling import EchoModel
+from ..modeling import EchoModel, prompt_images, text_positions
 from ..processing import EchoProcessor, StudyPrompt
 from .base import BlockEvent, Clock, GenerationResult, Sampler, SamplerConfig, make_generator, sample_tokens
 
@@ -46,13 +46,13 @@ class ARSampler(Sampler):
             valid[i, : pads[i]] = False
             rope, delta = self.model.rope_index(p, proc.image_token_id)  # (3, n), int
             positions[:, i, pads[i] : P] = rope.cpu()
-            positions[:, i, P:] = (torch.arange(P, T) - pads[i] + delta)[None]
+            positions[:, i, P:] = text_positions(P, T - P, delta, shift=pads[i])
         x, valid, positions = x.to(device), valid.to(device), positions.to(device)
         causal = with_key_padding(block_causal_mask(T, 1, device=device), valid, 0)  # (B, T, T), built once
         bias_all = to_attention_bias(causal, self.model.dtype)  # (B, 1, T, T)
-        with_images = [p for p in prompts if p.pixel_values is not None]
-        pixels = torch.cat([p.pixel_values for p in with_images]).to(device, self.model.dtype) if with_images else None
-        grid = torch.cat([p.image_grid_thw for p in with_images]).to(device) if with_images else None
+        pixels, grid = prompt_images(prompts)
+        pixels = pixels.to(device, self.model.dtype) if pixels is not None else None
+        grid = grid.to(device) if grid is not None else None
 
         results = [GenerationResult(sampler=self.name, token_ids=[], text="") for _ in range(B)]
         chunk: list[list[int]] = [[] for _ in range(B)]

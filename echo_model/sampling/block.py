@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ..masks import block_causal_mask, to_attention_bias, with_key_padding
-from ..modeling import EchoModel
+from ..modeling import EchoModel, prompt_images, text_positions
 from ..processing import EchoProcessor, StudyPrompt
 from .base import BlockEvent, Clock, GenerationResult, Sampler, SamplerConfig, make_generator, num_transfer_tokens, sample_tokens
 from .commit import commit_mask
@@ -195,7 +195,6 @@ class BlockDiffusionSampler(Sampler):
         masked = torch.zeros(B, T, dtype=torch.bool)
         valid = torch.ones(B, T, dtype=torch.bool)
         positions = torch.zeros(3, B, T, dtype=torch.long)
-        cols = torch.arange(T)
         for i, p in enumerate(prompts):
             pad, n = pads[i], lens[i]
             image_cols = (p.input_ids == proc.image_token_id).nonzero().flatten()
@@ -208,10 +207,8 @@ class BlockDiffusionSampler(Sampler):
             masked[i, start[i] :] = True
             rope, delta = self.model.rope_index(p, proc.image_token_id)  # (3, n), int
             positions[:, i, pad : pad + n] = rope.cpu()
-            positions[:, i, start[i] :] = (cols[start[i] :] - pad + delta)[None]
-        with_images = [p for p in prompts if p.pixel_values is not None]
-        pixel_values = torch.cat([p.pixel_values for p in with_images]) if with_images else None
-        grid = torch.cat([p.image_grid_thw for p in with_images]) if with_images else None
+            positions[:, i, start[i] :] = text_positions(start[i], T - start[i], delta, shift=pad)
+        pixel_values, grid = prompt_images(prompts)
         valid = valid.to(device)
         # The whole block-causal bias once per call; every forward takes a slice of it.
         allow = with_key_padding(block_causal_mask(T, b, device=device), valid, 0)  # (B, T, T)
