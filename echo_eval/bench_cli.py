@@ -107,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: --batch must be >= 1, got {args.batch}", file=sys.stderr)
         return 2
     # Heavy imports after argument parsing, so --help is instant.
-    from .bench import format_report, load_arms, plot_report, profile_arm, run_benchmark, synthetic_radiograph
+    from echo_model.imaging.synthetic import phantom_cxr
+
+    from .bench import format_report, load_arms, plot_report, profile_arm, run_benchmark
     from echo_model.loading import CheckpointError
 
     try:
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if config.threads is not None:
                 torch.set_num_threads(config.threads)
             arms = load_arms(config)
-            imgs = images or [synthetic_radiograph(0)]
+            imgs = images or [phantom_cxr((512, 512))]
             for arm in arms.values():
                 print(profile_arm(arm, imgs, max_new_tokens=config.max_new_tokens))
             return 0

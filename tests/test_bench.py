@@ -25,9 +25,9 @@ from echo_eval.bench import (
     quantize_checkpoint,
     run_benchmark,
     speedup_cap,
-    synthetic_radiograph,
 )
 from echo_eval.bench_cli import build_parser, config_from_args, main
+from echo_model.imaging.synthetic import phantom_cxr
 
 MAX_NEW = 20  # with the tiny b=8 prompt: a partial first block, full blocks, and a partial last block
 # One thread: the tiny model gains nothing from two, and a single thread stays steady when the CPU is shared.
@@ -37,7 +37,7 @@ TINY_CONFIG = BenchConfig(batches=(1, 2), runs=2, warmup=0, max_new_tokens=MAX_N
 
 @pytest.fixture(scope="module")
 def images():
-    return [synthetic_radiograph(seed=i, size=(128, 112)) for i in range(2)]
+    return [phantom_cxr((112, 128), seed=i) for i in range(2)]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,10 @@ def test_json_has_required_keys_and_serialises(data):
 def test_tokens_per_forward_matches_counts(data, checkpoint_b8):
     b = checkpoint_b8.model.block_length
     for r in data["results"]:
-        assert r["tokens_per_forward"] == pytest.approx(r["committed_tokens"] / r["forward_passes"], rel=1e-3)
+        # per report, then averaged over the batch: equal to the ratio of the means only when the batch's
+        # reports cost alike (always at batch 1)
+        rel = 1e-3 if r["batch"] == 1 else 0.05
+        assert r["tokens_per_forward"] == pytest.approx(r["committed_tokens"] / r["forward_passes"], rel=rel)
         assert r["model_calls"] >= r["forward_passes"]
         if r["arm"] == "ar":
             assert r["tokens_per_forward"] == 1.0 and r["forward_passes"] == r["tokens"]
@@ -201,16 +204,6 @@ def test_config_validation(kwargs):
 
 
 # ------------------------------------------------------------------------------------------ images, CLI
-def test_synthetic_radiograph_is_seeded():
-    a, b, c = synthetic_radiograph(1, (64, 80)), synthetic_radiograph(1, (64, 80)), synthetic_radiograph(2, (64, 80))
-    assert a.size == (80, 64) and a.mode == "L"
-    assert a.tobytes() == b.tobytes() != c.tobytes()
-    arr = np.asarray(a, dtype=float)
-    assert arr[:, 40].mean() > arr[:, 20].mean()  # mediastinum brighter than the lung field
-    with pytest.raises(ValueError, match="8, 8"):
-        synthetic_radiograph(0, (8, 8))
-
-
 def test_cli_full_and_explicit_flags():
     cfg = config_from_args(build_parser().parse_args(["--full"]))
     assert (cfg.max_new_tokens, cfg.runs, cfg.batches) == (256, 10, (1, 4))

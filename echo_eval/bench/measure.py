@@ -1,0 +1,236 @@
+"""Timing the arms: loading them, encoding the studies, timed rounds and their statistics, profiling."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from echo_model.checkpoint import EchoCheckpoint
+from echo_model.device import quantize_checkpoint
+from echo_model.processing import EchoProcessor, StudyPrompt
+from echo_model.sampling import GenerationResult, RunFigures, SamplerConfig, build_sampler, sampler_spec
+
+from .config import MODES, ArmSettings, BenchConfig, model_settings
+from .cost_model import sync_device
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+@dataclass(frozen=True)
+class Spread:
+    """Median with quartiles and extremes of a handful of timed runs."""
+
+    median: float
+    q25: float
+    q75: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        if not values:
+            raise ValueError("no values to summarise")
+        arr = np.asarray(values, dtype=np.float64)
+        q25, q75 = np.percentile(arr, [25, 75])
+        return cls(float(np.median(arr)), float(q25), float(q75), float(arr.min()), float(arr.max()))
+
+
+@dataclass(frozen=True)
+class RunSample:
+    """One timed call of ``generate`` on one batch; per-report figures are averaged over the batch."""
+
+    seconds: float
+    first_block_seconds: float
+    tokens: float
+    committed_tokens: float
+    forward_passes: float
+    model_calls: float
+    tokens_per_forward: float
+    tokens_per_second: float
+    wall_seconds: float
+    batch_tokens_per_second: float
+    decode_tokens_per_second: float
+    block_tokens: list[int]
+
+    @classmethod
+    def from_results(cls, results: Sequence[GenerationResult], wall_seconds: float) -> RunSample:
+        runs = [r.figures for r in results]
+
+        def mean(name: str) -> float:
+            return float(statistics.fmean(getattr(f, name) for f in runs))
+
+        def decode_rate(f: RunFigures) -> float:
+            # After the first block: AR runs only 1-token forwards, ECHO only fused 2b-token ones, so this rate
+            # is the one the cost-model cap bounds (prefill and the prompt-tail block excluded).
+            first = f.block_tokens[0] if f.block_tokens else 0
+            secs = f.seconds - f.first_block_seconds
+            return max(f.tokens - first, 0) / secs if secs > 0 else 0.0
+
+        total = sum(f.tokens for f in runs)
+        return cls(
+            seconds=mean("seconds"),
+            first_block_seconds=mean("first_block_seconds"),
+            tokens=mean("tokens"),
+            committed_tokens=float(statistics.fmean(sum(f.block_tokens) for f in runs)),
+            forward_passes=mean("forward_passes"),
+            model_calls=mean("model_calls"),
+            tokens_per_forward=mean("tokens_per_forward"),
+            tokens_per_second=mean("tokens_per_second"),
+            wall_seconds=wall_seconds,
+            batch_tokens_per_second=total / wall_seconds if wall_seconds > 0 else 0.0,
+            decode_tokens_per_second=float(statistics.fmean(decode_rate(f) for f in runs)),
+            block_tokens=list(runs[0].block_tokens),
+        )
+
+
+@dataclass
+class ArmResult:
+    """All timed runs of one arm in one (mode, batch) cell."""
+
+    arm: str
+    mode: str
+    batch: int
+    checkpoint: str
+    runs: list[RunSample] = field(default_factory=list)
+    settings: list[ArmSettings] = field(default_factory=list)
+
+    def spread(self, name: str) -> Spread:
+        return Spread.of([getattr(r, name) for r in self.runs])
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON entry: medians, IQR and min/max of the timings, medians of the counts."""
+        if not self.runs:
+            raise ValueError(f"arm {self.arm!r} ({self.mode}, batch {self.batch}) has no timed runs")
+        out: dict[str, Any] = {"arm": self.arm, "mode": self.mode, "batch": self.batch, "checkpoint": self.checkpoint,
+                               "runs": len(self.runs)}
+        for name in ("seconds", "first_block_seconds", "tokens_per_second", "batch_tokens_per_second",
+                     "decode_tokens_per_second", "wall_seconds"):
+            s = self.spread(name)
+            out[f"median_{name}"] = round(s.median, 6)
+            out[f"{name}_iqr"] = [round(s.q25, 6), round(s.q75, 6)]
+            out[f"{name}_min_max"] = [round(s.min, 6), round(s.max, 6)]
+        for name in ("tokens", "committed_tokens", "forward_passes", "model_calls", "tokens_per_forward"):
+            out[name] = round(self.spread(name).median, 4)
+        out["tokens_per_second"] = out["median_tokens_per_second"]
+        out["block_tokens"] = self.runs[-1].block_tokens
+        s = self.settings[-1] if self.settings else None
+        out.update(asdict(s) if s is not None else {})
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+@dataclass
+class Arm:
+    """A sampler name bound to the checkpoint it runs on."""
+
+    name: str
+    checkpoint: EchoCheckpoint
+
+    @property
+    def settings(self) -> ArmSettings:
+        return model_settings(self.checkpoint.model)
+
+
+def load_arms(config: BenchConfig) -> dict[str, Arm]:
+    """Load each arm's checkpoint once (arms on the same checkpoint share it) and apply the quantisation."""
+    from echo_model.loading import load_checkpoint  # heavy-ish; only when actually loading
+
+    loaded: dict[tuple[str | None, str], EchoCheckpoint] = {}
+    arms: dict[str, Arm] = {}
+    for name in config.arms:
+        role = sampler_spec(name).role
+        source = config.ar_model if role == "ar" and config.ar_model is not None else config.model
+        key = (source, role if source is None else "any")
+        if key not in loaded:
+            loaded[key] = load_checkpoint(source, role=key[1] if source is None else "student", device=config.device)
+            quantize_checkpoint(loaded[key], config.quantize)
+        arms[name] = Arm(name, loaded[key])
+    return arms
+
+
+def encode_studies(processor: EchoProcessor, images: Sequence[Image.Image], count: int) -> list[StudyPrompt]:
+    """``count`` single-view studies, cycling through ``images`` (batch entry i uses image i mod n)."""
+    if not images:
+        raise ValueError("no images to encode")
+    encoded = [processor.encode([im]) for im in images]
+    return [encoded[i % len(encoded)] for i in range(count)]
+
+
+def _timed_generate(sampler: Any, prompts: list[StudyPrompt], device: torch.device) -> RunSample:
+    sync_device(device)
+    t0 = time.perf_counter()
+    results = sampler.generate(prompts)
+    sync_device(device)
+    return RunSample.from_results(results, time.perf_counter() - t0)
+
+
+def measure_cell(
+    arms: Mapping[str, Arm],
+    images: Sequence[Image.Image],
+    *,
+    mode: str,
+    batch: int,
+    runs: int,
+    warmup: int,
+    max_new_tokens: int,
+    progress: bool = False,
+) -> dict[str, ArmResult]:
+    """Measure every arm in one (mode, batch) cell, interleaved: round r runs ar, teacher, vanilla, echo.
+
+    Why interleaved: on a shared machine load drifts over seconds; running all of one arm, then all of the
+    next, would charge the drift to one arm. Warm-up rounds run first and are not recorded.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    cfg = SamplerConfig(max_new_tokens=max_new_tokens, fixed_length=mode == "fixed")
+    samplers = {n: build_sampler(n, a.checkpoint.model, a.checkpoint.processor, cfg) for n, a in arms.items()}
+    prompts: dict[str, list[StudyPrompt]] = {}
+    by_processor: dict[int, list[StudyPrompt]] = {}
+    for n, a in arms.items():
+        key = id(a.checkpoint.processor)
+        if key not in by_processor:
+            by_processor[key] = encode_studies(a.checkpoint.processor, images, batch)
+        prompts[n] = by_processor[key]
+    out = {n: ArmResult(n, mode, batch, a.checkpoint.source) for n, a in arms.items()}
+    for _ in range(warmup):
+        for n in arms:
+            samplers[n].generate(prompts[n])
+    rounds: Any = range(runs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        rounds = tqdm(rounds, desc=f"{mode:7s} batch {batch}", unit="round", leave=False)
+    for _ in rounds:
+        for n, a in arms.items():
+            out[n].settings.append(a.settings)
+            out[n].runs.append(_timed_generate(samplers[n], prompts[n], a.checkpoint.model.device))
+    return out
+
+
+def profile_arm(arm: Arm, images: Sequence[Image.Image], *, max_new_tokens: int, batch: int = 1,
+                row_limit: int = 25) -> str:
+    """torch.profiler table (ops by total CPU time) of one fixed-length run of ``arm``, after a warm-up.
+
+    Why: when the measured speedup falls short of the cap, this shows whether the time is in the GEMMs
+    (the cap is the limit) or in the small ops around them (masks, cache cat/crop, sampling, Python).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = SamplerConfig(max_new_tokens=max_new_tokens, fixed_length=True)
+    sampler = build_sampler(arm.name, arm.checkpoint.model, arm.checkpoint.processor, cfg)
+    prompts = encode_studies(arm.checkpoint.processor, images, batch)
+    sampler.generate(prompts)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if arm.checkpoint.model.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        results = sampler.generate(prompts)
+        wall = time.perf_counter() - t0
+    head = (f"== {arm.name}: {results[0].tokens} tokens, {results[0].model_calls} model calls, "
+            f"{wall:.3f} s under the profiler ==\n")
+    return head + prof.key_averages().table(sort_by="cpu_time_total", row_limit=row_limit, max_name_column_width=48)

@@ -1,0 +1,349 @@
+"""One benchmark run end to end and its outputs: the JSON report, Markdown and the PNG plot."""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from echo_model.checkpoint import EchoCheckpoint
+from echo_model.device import device_name, load_average, quantize_checkpoint
+from echo_model.imaging.synthetic import phantom_cxr
+
+from .config import ARMS, TARGET_FRACTION_OF_CAP, ArmSettings, BenchConfig, check_uniform_settings
+from .cost_model import CostProbe, predicted_seconds, probe_forward_costs, safe_cap
+from .measure import Arm, ArmResult, encode_studies, load_arms, measure_cell
+
+
+# ---------------------------------------------------------------------------------------------- the report
+@dataclass
+class BenchReport:
+    """Everything one benchmark run measured; :meth:`to_json` is the ``--json`` file."""
+
+    config: BenchConfig
+    device: str
+    settings: ArmSettings
+    block_length: int
+    prompt_length: int
+    images: str
+    cells: list[ArmResult]
+    cost_probes: list[CostProbe]
+    load_average: tuple[float | None, float | None]
+    wall_seconds: float = 0.0
+
+    def cell(self, arm: str, mode: str, batch: int) -> ArmResult | None:
+        for c in self.cells:
+            if (c.arm, c.mode, c.batch) == (arm, mode, batch):
+                return c
+        return None
+
+    def speedup(self, slow: str, fast: str = "echo", *, mode: str = "fixed", batch: int | None = None,
+                metric: str = "tokens_per_second") -> float | None:
+        """Median ``metric`` of ``fast`` divided by that of ``slow`` (None when either arm was not run)."""
+        batch = batch if batch is not None else self.config.batches[0]
+        f, s = self.cell(fast, mode, batch), self.cell(slow, mode, batch)
+        if f is None or s is None:
+            return None
+        den = s.spread(metric).median
+        return f.spread(metric).median / den if den > 0 else None
+
+    def probe(self, batch: int) -> CostProbe | None:
+        return next((p for p in self.cost_probes if p.batch == batch), None)
+
+    def predicted(self, arm: str, *, batch: int) -> float | None:
+        """Cost-model tokens/s of ``arm`` in fixed mode for the forward counts it actually made."""
+        cell, probe = self.cell(arm, "fixed", batch), self.probe(batch)
+        if cell is None or probe is None:
+            return None
+        s = cell.summary()
+        secs = predicted_seconds(arm, model_calls=s["model_calls"], forward_passes=s["forward_passes"],
+                                 block_length=self.block_length, cost=probe.model, prefill_seconds=probe.prefill_seconds)
+        return s["tokens"] / secs if secs > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        head_batch = self.config.batches[0]
+        head_mode = "fixed" if "fixed" in self.config.modes else self.config.modes[0]
+        b = self.block_length
+        speedups: dict[str, dict[str, dict[str, float | None]]] = {}
+        for mode in self.config.modes:
+            for batch in self.config.batches:
+                speedups.setdefault(mode, {})[str(batch)] = {
+                    "ar_over_echo": _r(self.speedup("ar", mode=mode, batch=batch)),
+                    "teacher_over_echo": _r(self.speedup("teacher", mode=mode, batch=batch)),
+                    "ar_over_vanilla": _r(self.speedup("ar", "vanilla", mode=mode, batch=batch)),
+                    "decode_ar_over_echo": _r(self.speedup("ar", mode=mode, batch=batch,
+                                                           metric="decode_tokens_per_second")),
+                }
+        probe = self.probe(head_batch)
+        measured = self.speedup("ar", mode="fixed", batch=head_batch)
+        decode = self.speedup("ar", mode="fixed", batch=head_batch, metric="decode_tokens_per_second")
+        cap = safe_cap(probe.model, b) if probe is not None else None
+        pred_ar, pred_echo = self.predicted("ar", batch=head_batch), self.predicted("echo", batch=head_batch)
+        out: dict[str, Any] = {
+            "device": self.device,
+            "threads": self.settings.threads,
+            "dtype": self.settings.dtype,
+            "quantization": self.settings.quantization,
+            "torch_device": self.settings.device,
+            "block_length": b,
+            "prompt_length": self.prompt_length,
+            "images": self.images,
+            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()},
+            "load_average_1m": {"before": self.load_average[0], "after": self.load_average[1]},
+            "wall_seconds": round(self.wall_seconds, 2),
+            "headline": {"mode": head_mode, "batch": head_batch},
+            "arms": {c.arm: c.summary() for c in self.cells if (c.mode, c.batch) == (head_mode, head_batch)},
+            "results": [c.summary() for c in self.cells],
+            "speedup_ar_over_echo": _r(measured),
+            "speedup_teacher_over_echo": _r(self.speedup("teacher", mode="fixed", batch=head_batch)),
+            "speedups": speedups,
+            "cost_model": probe.to_json((8, 16, b) if b not in (8, 16) else (8, 16)) if probe is not None else None,
+            "cost_models": {str(p.batch): p.to_json((8, 16)) for p in self.cost_probes},
+            f"cap_b{b}": _r(cap),
+            "measured_over_cap": _r(measured / cap) if measured is not None and cap else None,
+            "target_fraction_of_cap": TARGET_FRACTION_OF_CAP,
+            "meets_target": (measured / cap >= TARGET_FRACTION_OF_CAP) if measured is not None and cap else None,
+            "decode_speedup_ar_over_echo": _r(decode),
+            "decode_measured_over_cap": _r(decode / cap) if decode is not None and cap else None,
+            "predicted_speedup_ar_over_echo": _r(pred_echo / pred_ar) if pred_ar and pred_echo else None,
+            "predicted_tokens_per_second": {
+                a: _r(self.predicted(a, batch=head_batch)) for a in self.config.arms
+            } if probe is not None else None,
+        }
+        return out
+
+
+def _fx(x: float | None) -> str:
+    """A speedup for printing: ``6.16x``, or ``n/a`` when it could not be computed."""
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), nd)
+
+
+def run_benchmark(
+    config: BenchConfig = BenchConfig(),
+    *,
+    images: Sequence[Image.Image] | None = None,
+    image_label: str = "synthetic",
+    checkpoints: Mapping[str, EchoCheckpoint] | None = None,
+    progress: bool = False,
+) -> BenchReport:
+    """Run the whole benchmark: every (mode, batch) cell, then the cost-model probe per batch size.
+
+    Args:
+        config: what to measure.
+        images: single-view studies (a batch cycles through them); None = seeded synthetic radiographs.
+        image_label: how the images are described in the report.
+        checkpoints: arm name -> an already loaded checkpoint (tests, notebooks); None = load per ``config``.
+        progress: tqdm bars for the timed rounds.
+
+    Raises:
+        ValueError: when the arms do not share threads, dtype, quantisation and device, or the block arms do
+            not share one block length.
+    """
+    previous_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config, images=images, image_label=image_label, checkpoints=checkpoints, progress=progress)
+    finally:
+        torch.set_num_threads(previous_threads)  # a library call leaves the process as it found it
+
+
+def _run(config: BenchConfig, *, images: Sequence[Image.Image] | None, image_label: str,
+         checkpoints: Mapping[str, EchoCheckpoint] | None, progress: bool) -> BenchReport:
+    start = time.perf_counter()
+    if checkpoints is not None:
+        missing = [a for a in config.arms if a not in checkpoints]
+        if missing:
+            raise ValueError(f"no checkpoint given for arms {missing}; got {sorted(checkpoints)}")
+        for ck in {id(checkpoints[a]): checkpoints[a] for a in config.arms}.values():
+            quantize_checkpoint(ck, config.quantize)
+        arms = {a: Arm(a, checkpoints[a]) for a in config.arms}
+    else:
+        arms = load_arms(config)
+    settings = check_uniform_settings({n: a.settings for n, a in arms.items()})
+    block_lengths = {a.checkpoint.model.block_length for n, a in arms.items() if n != "ar"}
+    if len(block_lengths) > 1:
+        raise ValueError(f"block arms use different block lengths {sorted(block_lengths)}; use one family")
+    b = block_lengths.pop() if block_lengths else arms["ar"].checkpoint.model.block_length
+    if images is None:
+        images = [phantom_cxr((512, 512), seed=i) for i in range(max(config.batches))]
+    images = list(images)
+    gc.collect()
+    gc.freeze()  # keep the collector's full passes over the loaded model out of the timings
+    before = load_average()
+    cells: list[ArmResult] = []
+    try:
+        for mode in config.modes:
+            for batch in config.batches:
+                res = measure_cell(arms, images, mode=mode, batch=batch, runs=config.runs, warmup=config.warmup,
+                                   max_new_tokens=config.max_new_tokens, progress=progress)
+                cells.extend(res[a] for a in config.arms)
+    finally:
+        gc.unfreeze()
+    check_uniform_settings({c.arm: c.settings for c in cells})
+    probe_arm = arms["echo"] if "echo" in arms else next(iter(arms.values()))
+    probes = [
+        probe_forward_costs(probe_arm.checkpoint.model, probe_arm.checkpoint.processor,
+                            encode_studies(probe_arm.checkpoint.processor, images, 1)[0], batch=batch,
+                            query_lengths=config.query_lengths, repeats=config.probe_repeats)
+        for batch in config.batches
+    ]
+    check_uniform_settings({"probe": probe_arm.settings, "arms": settings})
+    prompt_length = encode_studies(probe_arm.checkpoint.processor, images, 1)[0].length
+    return BenchReport(
+        config=config, device=device_name(probe_arm.checkpoint.model.device), settings=settings, block_length=b,
+        prompt_length=prompt_length, images=image_label, cells=cells, cost_probes=probes,
+        load_average=(before, load_average()), wall_seconds=time.perf_counter() - start,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- output
+def format_report(report: dict[str, Any]) -> str:
+    """The readable table printed by ``echo-bench`` (from the JSON dict, so a saved file can be re-printed)."""
+    lines: list[str] = []
+    la = report.get("load_average_1m") or {}
+    lines.append(f"device: {report['device']} | torch device {report['torch_device']} | threads {report['threads']} | "
+                 f"dtype {report['dtype']} | quantisation {report['quantization']} | b = {report['block_length']} | "
+                 f"prompt {report['prompt_length']} tokens ({report['images']} images) | "
+                 f"load avg {la.get('before')} -> {la.get('after')}")
+    hdr = (f"{'arm':8s} {'s/report':>22s} {'1st block s':>11s} {'tokens':>7s} {'fwd':>6s} {'calls':>6s} "
+           f"{'tok/fwd':>7s} {'tok/s (median [IQR])':>26s} {'batch tok/s':>11s} {'decode tok/s':>12s}")
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in report["results"]:
+        cells.setdefault((r["mode"], r["batch"]), []).append(r)
+    for (mode, batch), rows in cells.items():
+        lines.append("")
+        lines.append(f"-- {mode} length, batch {batch}, {rows[0]['runs']} timed runs "
+                     f"(max_new_tokens {report['settings']['max_new_tokens']}) --")
+        lines.append(hdr)
+        for r in rows:
+            s_iqr, t_iqr = r["seconds_iqr"], r["tokens_per_second_iqr"]
+            lines.append(
+                f"{r['arm']:8s} {r['median_seconds']:8.3f} [{s_iqr[0]:.3f}-{s_iqr[1]:.3f}] "
+                f"{r['median_first_block_seconds']:11.3f} {r['tokens']:7.1f} {r['forward_passes']:6.1f} "
+                f"{r['model_calls']:6.1f} {r['tokens_per_forward']:7.2f} "
+                f"{r['median_tokens_per_second']:9.1f} [{t_iqr[0]:7.1f}-{t_iqr[1]:7.1f}] "
+                f"{r['median_batch_tokens_per_second']:11.1f} {r['median_decode_tokens_per_second']:12.1f}"
+            )
+        sp = report["speedups"].get(mode, {}).get(str(batch), {})
+        names = {"ar_over_echo": "echo vs ar", "teacher_over_echo": "echo vs teacher",
+                 "ar_over_vanilla": "vanilla vs ar", "decode_ar_over_echo": "echo vs ar after the first block"}
+        lines.append("speedup (median tok/s ratio): " + ", ".join(
+            f"{names.get(k, k)} {v:.2f}x" if v is not None else f"{names.get(k, k)} n/a" for k, v in sp.items()))
+    cm = report.get("cost_model")
+    lines.append("")
+    if cm:
+        b = report["block_length"]
+        pts = ", ".join(f"T={p['query_tokens']}: {p['median'] * 1e3:.2f} ms" for p in cm["points"])
+        lines.append(f"cost model (batch {cm['batch']}, cache {cm['cache_length']} tokens): t(T) = "
+                     f"{cm['a'] * 1e3:.3f} ms + {cm['c'] * 1e3:.4f} ms * T  (R^2 {cm['r2']:.3f}); prefill "
+                     f"{cm['prefill_seconds'] * 1e3:.1f} ms")
+        lines.append(f"  measured: {pts}")
+        lines.append(f"  cap_b8 = {_fx(cm['cap_b8'])}, cap_b16 = {_fx(cm['cap_b16'])} "
+                     f"(b t(1) / t(2b); this checkpoint has b = {b})")
+        low = cm.get("fit_on_min")
+        if low:
+            lines.append(f"  fit on the fastest repeats: a = {low['a'] * 1e3:.3f} ms, c = {low['c'] * 1e3:.4f} ms, "
+                         f"cap_b8 = {_fx(low['cap_b8'])}, cap_b16 = {_fx(low['cap_b16'])}")
+        for batch, other in report.get("cost_models", {}).items():
+            if int(batch) != cm["batch"]:
+                lines.append(f"  batch {batch}: a = {other['a'] * 1e3:.3f} ms, c = {other['c'] * 1e3:.4f} ms, "
+                             f"cap_b8 = {_fx(other['cap_b8'])}, cap_b16 = {_fx(other['cap_b16'])}")
+    m, ratio = report.get("speedup_ar_over_echo"), report.get("measured_over_cap")
+    if m is not None:
+        b = report["block_length"]
+        cap = report.get(f"cap_b{b}")
+        lines.append(f"AR -> ECHO speedup (fixed length, batch {report['headline']['batch']}): measured {m:.2f}x"
+                     + (f", cap_b{b} {cap:.2f}x, measured/cap = {ratio:.0%} (target >= "
+                        f"{report['target_fraction_of_cap']:.0%}: {'met' if report['meets_target'] else 'NOT met'})"
+                        if cap else ""))
+        dec, dratio = report.get("decode_speedup_ar_over_echo"), report.get("decode_measured_over_cap")
+        if dec is not None and dratio is not None:
+            lines.append(f"  after the first block (no prefill; AR all 1-token forwards, ECHO all fused 2b-token "
+                         f"forwards, what the cap bounds): {dec:.2f}x = {dratio:.0%} of cap_b{b}")
+        pred = report.get("predicted_speedup_ar_over_echo")
+        if pred is not None:
+            lines.append(f"  cost-model prediction for the forwards actually made (prefill + first block + fused "
+                         f"blocks): {pred:.2f}x")
+    t = report.get("speedup_teacher_over_echo")
+    if t is not None:
+        lines.append(f"teacher -> ECHO speedup (fixed length): {t:.2f}x")
+    if max(la.get("before") or 0, la.get("after") or 0) > (os.cpu_count() or 1) * 0.75:
+        lines.append(f"note: the machine was busy (1-min load average {la.get('before')} -> {la.get('after')} on "
+                     f"{os.cpu_count()} CPUs); timings are noisy, compare only arms of this same run"
+                     + ("; with several torch threads on a shared CPU, --threads 1 is far steadier"
+                        if report["threads"] > 1 and report["torch_device"] == "cpu" else ""))
+    return "\n".join(lines)
+
+
+def plot_report(report: dict[str, Any], path: str | Path) -> None:
+    """PNG: tokens/s per arm with IQR bars (one group per batch, fixed length), and the cost-model line
+    against the measured forward times (min-max bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    mode = report["headline"]["mode"]
+    rows = [r for r in report["results"] if r["mode"] == mode]
+    batches = sorted({r["batch"] for r in rows})
+    arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
+    width = 0.8 / max(len(batches), 1)
+    for j, batch in enumerate(batches):
+        xs, ys, lo, hi = [], [], [], []
+        for i, arm in enumerate(arms):
+            r = next((r for r in rows if r["arm"] == arm and r["batch"] == batch), None)
+            if r is None:
+                continue
+            med, (q25, q75) = r["median_tokens_per_second"], r["tokens_per_second_iqr"]
+            xs.append(i + (j - (len(batches) - 1) / 2) * width)
+            ys.append(med)
+            lo.append(max(med - q25, 0))
+            hi.append(max(q75 - med, 0))
+        ax1.bar(xs, ys, width=width, yerr=[lo, hi], capsize=3, label=f"batch {batch}")
+    ax1.set_xticks(range(len(arms)), arms)
+    ax1.set_ylabel("tokens / s per report (median, IQR)")
+    ax1.set_title(f"{mode} length, {report['settings']['max_new_tokens']} new tokens")
+    ax1.legend()
+    cm = report.get("cost_model")
+    if cm:
+        T = np.array([p["query_tokens"] for p in cm["points"]], dtype=float)
+        med = np.array([p["median"] for p in cm["points"]]) * 1e3
+        err = [med - np.array([p["min"] for p in cm["points"]]) * 1e3,
+               np.array([p["max"] for p in cm["points"]]) * 1e3 - med]
+        ax2.errorbar(T, med, yerr=err, fmt="o", capsize=3, label="measured (median, min-max)")
+        grid = np.linspace(0, T.max() * 1.05, 100)
+        ax2.plot(grid, (cm["a"] + cm["c"] * grid) * 1e3, "-",
+                 label=f"fit a={cm['a'] * 1e3:.2f} ms, c={cm['c'] * 1e3:.3f} ms/token")
+        b = report["block_length"]
+        for x, label in ((1, "AR"), (2 * b, f"ECHO 2b={2 * b}")):
+            ax2.axvline(x, color="grey", ls=":", lw=1)
+            ax2.annotate(label, (x, 0), xytext=(3, 3), textcoords="offset points", fontsize=8, color="grey")
+        m, ratio = report.get("speedup_ar_over_echo"), report.get("measured_over_cap")
+        if m is not None and ratio is not None:
+            ax2.text(0.98, 0.04, f"measured ECHO/AR {m:.2f}x = {ratio:.0%} of cap_b{b}", transform=ax2.transAxes,
+                     ha="right", fontsize=8)
+        ax2.set_xlabel("query tokens T per forward")
+        ax2.set_ylabel("ms per forward")
+        ax2.set_title(f"cost model: cap_b8 {_fx(cm['cap_b8'])}, cap_b16 {_fx(cm['cap_b16'])}")
+        ax2.set_ylim(bottom=0)
+        ax2.legend(fontsize=8)
+    fig.suptitle(f"{report['device']} | threads {report['threads']} | {report['dtype']} | "
+                 f"quantisation {report['quantization']} | b = {report['block_length']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+    plt.close(fig)
