@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .metrics import evaluate_reports, majority_template
+from .metrics.bootstrap import WithInterval
 from echo_model.data.records import StudyRecord
 
 if TYPE_CHECKING:  # heavy modules (torch, transformers) only when a model is actually run
@@ -39,6 +40,8 @@ if TYPE_CHECKING:  # heavy modules (torch, transformers) only when a model is ac
 
     from echo_model.checkpoint import EchoCheckpoint
     from echo_model.sampling import RunFigures, SamplerConfig
+
+    from .metrics.bootstrap import BootstrapResult
 
 log = logging.getLogger(__name__)
 
@@ -398,19 +401,17 @@ _PAIRED: dict[str, tuple[Callable[[Sequence[str], Sequence[str]], list[Any]], Ca
 
 
 @dataclass(frozen=True)
-class MetricComparison:
+class MetricComparison(WithInterval):
     """``a - b`` of one metric on the paired studies, with its paired-bootstrap interval."""
 
     metric: str
     a: float
     b: float
-    delta: float
-    low: float
-    high: float
-    p_value: float
+    interval: BootstrapResult
 
-    def excludes_zero(self) -> bool:
-        return self.low > 0.0 or self.high < 0.0
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "a": self.a, "b": self.b, "delta": self.delta, "low": self.low,
+                "high": self.high, "p_value": self.p_value}
 
 
 @dataclass
@@ -427,13 +428,8 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "a": self.a,
-            "b": self.b,
-            "n": self.n,
-            "n_resamples": self.n_resamples,
-            "alpha": self.alpha,
-            "seed": self.seed,
-            "metrics": {k: dataclasses.asdict(v) for k, v in self.metrics.items()},
+            **{name: getattr(self, name) for name in ("a", "b", "n", "n_resamples", "alpha", "seed")},
+            "metrics": {k: v.to_json() for k, v in self.metrics.items()},
         }
 
     def markdown(self) -> str:
@@ -511,10 +507,7 @@ def compare_predictions(
             metric=metric,
             a=corpus_fn(sa),
             b=corpus_fn(sb),
-            delta=res.delta,
-            low=res.low,
-            high=res.high,
-            p_value=res.p_value,
+            interval=res,
         )
     return Comparison(
         a=names[0], b=names[1], n=len(pa), n_resamples=n_resamples, alpha=alpha, seed=seed, metrics=out

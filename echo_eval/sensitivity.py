@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .evaluation import check_languages, load_study_input
+from .metrics.bootstrap import WithInterval
 from echo_model.data.records import StudyRecord
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from echo_model.checkpoint import EchoCheckpoint
     from echo_model.processing import StudyPrompt
     from echo_model.sampling import SamplerConfig
+
+    from .metrics.bootstrap import BootstrapResult
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +307,8 @@ class StudyChange:
         return self.brighter == self.report and self.darker == self.report
 
 
-@dataclass
-class SensitivityResult:
+@dataclass(kw_only=True)
+class SensitivityResult(WithInterval):
     """Both checks over the studies with images.
 
     Attributes:
@@ -321,25 +324,26 @@ class SensitivityResult:
     model: str
     method: str
     n: int
+    studies: list[StudyNLL] = field(default_factory=list)
     nll_own: float
     nll_partner: float
-    nll_difference: float
-    low: float
-    high: float
-    p_value: float
-    alpha: float
-    n_resamples: int
+    interval: BootstrapResult
     seed: int
+    changes: list[StudyChange] = field(default_factory=list)
     mask_ratio: float
     blank_change_share: float | None = None
     shift_stable_share: float | None = None
     blank_change_and_shift_stable_share: float | None = None
     skipped: int = 0
-    studies: list[StudyNLL] = field(default_factory=list)
-    changes: list[StudyChange] = field(default_factory=list)
+
+    nll_difference = property(lambda self: self.interval.delta, doc="mean NLL own - partner")
+    alpha = property(lambda self: self.interval.alpha, doc="1 - the interval's level")
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("studies", "changes")}
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("studies", "changes", "interval")}
+        boot = self.interval
+        data |= {"nll_difference": boot.delta, "low": boot.low, "high": boot.high, "p_value": boot.p_value,
+                 "alpha": boot.alpha, "n_resamples": boot.n_resamples}
         data["studies"] = [dataclasses.asdict(s) | {"difference": s.difference} for s in self.studies]
         data["changes"] = [
             dataclasses.asdict(c)
@@ -391,12 +395,12 @@ def image_sensitivity(
     *,
     sampler: str = "echo",
     config: SamplerConfig | None = None,
-    batch_size: int = 4,
-    seed: int = 0,
+    generation: bool = True,
     mask_ratio: float = 1.0,
     n_resamples: int = 1000,
     alpha: float = 0.05,
-    generation: bool = True,
+    seed: int = 0,
+    batch_size: int = 4,
     progress: bool = True,
 ) -> SensitivityResult:
     """Run both checks (module docstring) on the records that have readable images.
@@ -506,12 +510,7 @@ def image_sensitivity(
         n=len(studies),
         nll_own=sum(own_v) / len(own_v),
         nll_partner=sum(swap_v) / len(swap_v),
-        nll_difference=boot.delta,
-        low=boot.low,
-        high=boot.high,
-        p_value=boot.p_value,
-        alpha=alpha,
-        n_resamples=n_resamples,
+        interval=boot,
         seed=seed,
         mask_ratio=mask_ratio,
         blank_change_share=share([c.changed_by_blank for c in changes]),

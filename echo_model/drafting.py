@@ -26,15 +26,26 @@ class Draft:
     """A drafted report and how it was produced."""
 
     report: str
-    findings: str
-    impression: str
     sampler: str
     model: str
     model_revision: str
     result: GenerationResult
+    #: the text each committed block decoded to, in order (what the app shows block by block)
     block_texts: list[str] = field(default_factory=list)
+    #: what the reader must know: input gating and report checks, in words
     warnings: list[str] = field(default_factory=list)
+    #: the prompt and decoding settings the draft was made with (stored with it, re-used by a re-draft)
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def findings(self) -> str:
+        """The Findings section of :attr:`report` (:func:`parse_report`)."""
+        return parse_report(self.report).findings
+
+    @property
+    def impression(self) -> str:
+        """The Impression section of :attr:`report` (:func:`parse_report`)."""
+        return parse_report(self.report).impression
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,12 +111,9 @@ class Drafter:
         result = results[0]
         if prefix_text:
             result.text = " ".join(f"{prefix_text} {result.text}".split())
-        parsed = parse_report(result.text)
         tok = ck.processor.tokenizer
         return Draft(
             report=result.text,
-            findings=parsed.findings,
-            impression=parsed.impression,
             sampler=sampler,
             model=ck.source,
             model_revision=ck.spec.revision,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -97,8 +97,8 @@ class ArmResult:
     mode: str
     batch: int
     checkpoint: str
-    runs: list[RunSample] = field(default_factory=list)
-    settings: list[ArmSettings] = field(default_factory=list)
+    runs: list[RunSample]
+    settings: list[ArmSettings]
 
     def spread(self, name: str) -> Spread:
         return Spread.of([getattr(r, name) for r in self.runs])
@@ -197,7 +197,7 @@ def measure_cell(
         if key not in by_processor:
             by_processor[key] = encode_studies(a.checkpoint.processor, images, batch)
         prompts[n] = by_processor[key]
-    out = {n: ArmResult(n, mode, batch, a.checkpoint.source) for n, a in arms.items()}
+    out = {n: ArmResult(n, mode, batch, a.checkpoint.source, runs=[], settings=[]) for n, a in arms.items()}
     for _ in range(warmup):
         for n in arms:
             samplers[n].generate(prompts[n])

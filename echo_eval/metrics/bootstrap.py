@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["BootstrapResult", "paired_bootstrap"]
+__all__ = [
+    "WithInterval","BootstrapResult", "paired_bootstrap"]
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -40,6 +41,20 @@ class BootstrapResult:
     def excludes_zero(self) -> bool:
         """True when the whole interval lies on one side of zero."""
         return self.low > 0.0 or self.high < 0.0
+
+
+class WithInterval:
+    """Mixin for results that carry a :class:`BootstrapResult` as ``interval``: its figures read through."""
+
+    interval: BootstrapResult
+
+    delta = property(lambda self: self.interval.delta, doc="``metric(a) - metric(b)`` on the full set")
+    low = property(lambda self: self.interval.low, doc="lower end of the interval")
+    high = property(lambda self: self.interval.high, doc="upper end of the interval")
+    p_value = property(lambda self: self.interval.p_value, doc="two-sided bootstrap p-value")
+
+    def excludes_zero(self) -> bool:
+        return self.interval.excludes_zero()
 
 
 def _check(preds_a: Sequence[object], preds_b: Sequence[object], refs: Sequence[object]) -> int:

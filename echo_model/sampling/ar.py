@@ -14,7 +14,7 @@ import torch
 from ..masks import block_causal_mask, to_attention_bias, with_key_padding
 from ..modeling import EchoModel, prompt_images, text_positions
 from ..processing import EchoProcessor, StudyPrompt
-from .base import BlockEvent, Clock, GenerationResult, Sampler, SamplerConfig, make_generator, sample_tokens
+from .base import BlockEvent, GenerationResult, Sampler, SamplerConfig, sample_tokens
 
 
 class ARSampler(Sampler):
@@ -25,12 +25,8 @@ class ARSampler(Sampler):
 
     @torch.no_grad()
     def stream(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> Generator[BlockEvent, None, list[GenerationResult]]:
-        prompts = [prompts] if isinstance(prompts, StudyPrompt) else list(prompts)
-        if not prompts:
-            raise ValueError("no prompts given")
+        prompts, clock, generator = self._begin(prompts)
         cfg, proc, device = self.config, self.processor, self.model.device
-        clock = Clock(device)
-        generator = make_generator(cfg, device)
         B = len(prompts)
         lens = [p.length for p in prompts]
         P = max(lens)

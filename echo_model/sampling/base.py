@@ -273,6 +273,16 @@ class Sampler:
     def stream(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> Generator[BlockEvent, None, list[GenerationResult]]:
         raise NotImplementedError
 
+    def _begin(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> tuple[list[StudyPrompt], Clock, torch.Generator | None]:
+        """The batch as a list, the clock started now and the sampling generator (every ``stream`` starts so)."""
+        from ..processing import StudyPrompt
+
+        prompts = [prompts] if isinstance(prompts, StudyPrompt) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given")
+        device = self.model.device
+        return prompts, Clock(device), make_generator(self.config, device)
+
     def generate(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> list[GenerationResult]:
         """Decode a batch of studies; one :class:`GenerationResult` per study."""
         return drain(self.stream(prompts))

@@ -30,7 +30,7 @@ import torch
 from ..masks import block_causal_mask, to_attention_bias, with_key_padding
 from ..modeling import EchoModel, prompt_images, text_positions
 from ..processing import EchoProcessor, StudyPrompt
-from .base import BlockEvent, Clock, GenerationResult, Sampler, SamplerConfig, make_generator, num_transfer_tokens, sample_tokens
+from .base import BlockEvent, GenerationResult, Sampler, SamplerConfig, num_transfer_tokens, sample_tokens
 from .commit import commit_mask
 
 
@@ -99,12 +99,8 @@ class BlockDiffusionSampler(Sampler):
 
         ``on_commit`` is called after every denoising step with a :class:`CommitStep`.
         """
-        prompts = [prompts] if isinstance(prompts, StudyPrompt) else list(prompts)
-        if not prompts:
-            raise ValueError("no prompts given")
+        prompts, clock, generator = self._begin(prompts)
         cfg, b, device = self.config, self.block_length, self.model.device
-        clock = Clock(device)
-        generator = make_generator(cfg, device)
         lay = self._layout(prompts)
         B, T = lay.x.shape
         results = [GenerationResult(sampler=self.name, token_ids=[], text="") for _ in range(B)]
