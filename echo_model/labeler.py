@@ -62,6 +62,7 @@ __all__ = [
     "Label",
     "label_report",
     "label_reports",
+    "mention_pattern",
 ]
 
 
@@ -293,6 +294,17 @@ def _compile(table: Mapping[str, tuple[str, ...]]) -> dict[str, re.Pattern[str]]
 
 _MENTION_RE = _compile(_MENTIONS)
 _NORMAL_RE = _compile(_NORMALS)
+
+
+def mention_pattern(observation: str) -> re.Pattern[str]:
+    """The compiled mention phrases of one observation (lower-case text), for other rule-based tools.
+
+    The report normalizer (:mod:`echo_model.data.normalize`) places device clauses with the Support
+    Devices phrases, so the two never disagree on what a device is.
+    """
+    if observation not in _MENTION_RE:
+        raise ValueError(f"no mention phrases for {observation!r}; known: {sorted(_MENTION_RE)}")
+    return _MENTION_RE[observation]
 
 
 # ------------------------------------------------------------------------- labelling
