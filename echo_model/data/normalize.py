@@ -347,6 +347,12 @@ _PREDICATE = re.compile(
 )
 
 
+def _complete(left: str) -> bool:
+    """A clause that can stand alone: it has a predicate, or is a noun phrase of 4+ words ("Severe
+    degenerative changes of the spine"), not a bare subject list ("Heart, mediastinum")."""
+    return _PREDICATE.search(left) is not None or len(re.findall(r"[A-Za-z]+", left)) >= 4
+
+
 def _labels(text: str) -> dict[str, Label]:
     return {k: v for k, v in label_report(text).items() if k != "No Finding"}
 
@@ -363,7 +369,7 @@ def _clauses(sentence: str) -> list[str]:
     start = 0
     for match in _SPLIT_POINT.finditer(sentence):
         left, right = sentence[start : match.start()], sentence[match.end() :]
-        if _NEW_SUBJECT.match(right) and _PREDICATE.search(left) and _region_hits(left) and _region_hits(right.split(",")[0]):
+        if _NEW_SUBJECT.match(right) and _complete(left) and _region_hits(left) and _region_hits(right.split(",")[0]):
             pieces.append(left)
             start = match.end()
     pieces.append(sentence[start:])
