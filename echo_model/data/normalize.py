@@ -59,6 +59,7 @@ __all__ = [
     "REGION_NAMES",
     "Region",
     "added_statement_conflicts",
+    "impression_regions",
     "normalize_report",
     "normalize_sections",
     "region_of",
@@ -127,7 +128,7 @@ REGIONS: tuple[Region, ...] = (
             ("There is no pneumothorax.", ("Pneumothorax",)),
             ("There is no pleural effusion.", ("Pleural Effusion",)),
         ),
-        r"\blungs?\b|pulmonary(?!\s+(?:vascul\w*|vessels?|arter\w*|vein\w*|venous|edema|oedema|congestion"
+        r"\blungs?\b|\bpulmonary(?!\s+(?:vascul\w*|vessels?|arter\w*|vein\w*|venous|edema|oedema|congestion"
         r"|hypertension|trunk))|\bpleura\w*|pneumothora\w*|effusion|opaci\w*|consolidat\w*|infiltrat\w*"
         r"|air[\s-]?space|atelecta\w*|granulom\w*|nodul\w*|\bmass(?:es)?\b|\blesions?\b|\bscar\w*|fibros\w*"
         r"|fibrotic|emphysem\w*|hyperinfla\w*|hyperexpan\w*|overinfla\w*|\bcopd\b|interstiti\w*|reticul\w*"
@@ -145,7 +146,7 @@ REGIONS: tuple[Region, ...] = (
     Region(
         "heart", "cardiac silhouette", "The cardiac silhouette is normal in size.",
         _parts(("The cardiac silhouette is normal in size.", ("Cardiomegaly",))),
-        r"\bheart\b|\bcardi\w*|pericardi\w*|ventric\w*|\batri(?:um|al|a)\b|\bcti\b|\bcardiomegaly\b",
+        r"\bheart\b|\bcardi(?!opulmonary)\w*|pericardi\w*|ventric\w*|\batri(?:um|al|a)\b|\bcti\b|\bcardiomegaly\b",
     ),
     Region(
         "hila", "hila", "The hila are not enlarged.",
@@ -249,7 +250,8 @@ class NormalizedReport:
 
 
 # ------------------------------------------------------------------------------------------ cleaning
-_MASK = re.compile(r"\b[Xx]{4,}\b")
+# The mask, also glued to digits or letters ("4XXXX", "XXXXPM"); whole tokens so "XXXXPM" leaves no "PM".
+_MASK = re.compile(r"[\w'-]*[Xx]{4,}[\w']*")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\.(?=[A-Z][a-z])|[;\n]")
 _FUNCTION = r"(?:a|an|the|no|of|in|on|at|to|for|with|by|from|and|or|is|are|was|were|without|any|this|these|those)"
 _AFTER_FUNCTION = r"(?:of|in|on|at|to|for|with|by|from|and|or|is|are|was|were)"
@@ -317,13 +319,14 @@ def _remove_masks(sentence: str) -> tuple[str, int, bool]:
     if not count:
         return sentence, 0, False
     cleaned = _collapse(_MASK.sub(" ", sentence)).strip(" ,")
-    cleaned = re.sub(r"(?<=\w)\s*-\s*(?=[\s,.]|$)", "", cleaned)  # "x-XXXX" -> "x"
-    broken = (
-        not cleaned
-        or len(re.findall(r"[A-Za-z]+", cleaned)) < 2
-        or _BROKEN.search(cleaned) is not None
-        or _DANGLING.search(sentence) is not None
-    )
+    # "changes of the XXXX and spine" -> "changes of the spine": the conjunction that joined the mask goes too
+    cleaned = re.sub(r"(?i)\b(the|a|an|of|in|on|at|with|from|to)\s+(?:and|or)\s+", r"\1 ", cleaned)
+    dangling = _DANGLING.search(sentence) is not None
+    broken = not cleaned or len(re.findall(r"[A-Za-z]+", cleaned)) < 2 or dangling
+    if not broken and _BROKEN.search(cleaned):
+        # a broken phrase is dropped, unless the clause reports something on a region ("degenerative changes
+        # of the spine"): a negative or region-less clause without its mask says nothing reliable
+        broken = not _region_hits(cleaned.lower()) or _NEGATIVE_WORD.search(cleaned) is not None
     before, after = _labels(sentence), _labels(cleaned)
     stated = {o for o, lab in before.items() if lab is not Label.NEGATIVE}
     if broken and stated:
@@ -451,12 +454,14 @@ def _source_findings(labels: dict[str, Label]) -> set[str]:
     return {o for o, lab in labels.items() if lab in (Label.POSITIVE, Label.UNCERTAIN) and o not in _NON_FINDING}
 
 
-def _blocks_region(clause: str) -> bool:
-    """An impression clause that says something other than "normal" about the regions it names."""
+def impression_regions(clause: str) -> tuple[str, ...]:
+    """The regions an impression clause reports on: those it names, when it states more than "normal"
+    (a positive or uncertain finding, or no negation or normal word at all). The normalizer withholds
+    these regions' normal statements; the report check accepts them as addressed."""
     labels = _labels(clause)
-    if _source_findings(labels):
-        return True
-    return not labels and _NEGATIVE_WORD.search(clause) is None
+    if _source_findings(labels) or (not labels and _NEGATIVE_WORD.search(clause) is None):
+        return tuple(_region_hits(clause))  # all regions, also those a device clause names
+    return ()
 
 
 def _normal_statement(region: Region, positives: set[str], blocked: set[str]) -> tuple[str, bool]:
@@ -500,7 +505,7 @@ def normalize_sections(
         covered.update(hits)
 
     impression_clauses = _clean_clauses(impression, config, counts)
-    blocked = {key for clause in impression_clauses if _blocks_region(clause) for key in region_of(clause)[1]}
+    blocked = {key for clause in impression_clauses for key in impression_regions(clause)}
     added: dict[str, str] = {}
     suppressed: list[str] = []
     for region in REGIONS:
