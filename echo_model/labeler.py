@@ -62,6 +62,7 @@ __all__ = [
     "Label",
     "label_report",
     "label_reports",
+    "mention_pattern",
 ]
 
 
@@ -167,6 +168,8 @@ _MENTIONS: dict[str, tuple[str, ...]] = {
         r"cephalization",
         r"fluid\s+overload",
         r"kerley",
+        r"vascul(?:arity|ature)(?:\s+[\w-]+){0,3}?\s+(?:is|are|appears?)\s+(?:\w+\s+)?(?:prominent|engorged|congested"
+        r"|indistinct|increased|plethoric)",
     ),
     "Consolidation": (r"consolidat\w*",),
     "Pneumonia": (
@@ -180,6 +183,9 @@ _MENTIONS: dict[str, tuple[str, ...]] = {
     "Pneumothorax": (r"(?:hydro)?pneumothora(?:x|ces)",),
     "Pleural Effusion": (
         r"(?<!pericardial\s)effusions?",
+        # blunting of a costophrenic angle is read as pleural fluid (CheXpert counts it as effusion)
+        r"blunt\w*\s+(?:of\s+)?(?:the\s+)?(?:[\w-]+\s+){0,2}?(?:costophrenic|cp)\s+(?:angles?|sulc(?:us|i)|recess\w*)",
+        r"(?:costophrenic|cp)\s+(?:angles?|sulc(?:us|i)|recess\w*)(?:\s+[\w-]+){0,3}?\s+blunt\w*",
         r"pleural\s+fluid|hydrothorax|fluid\s+in\s+the\s+(?:minor\s+|major\s+)?fissure",
     ),
     "Pleural Other": (
@@ -222,6 +228,10 @@ _NORMALS: dict[str, tuple[str, ...]] = {
         rf"{_CARDIOMED}{_GAP}{_NORMAL}",
         rf"normal\s+(?:{_HEART}|{_CARDIOMED})",
         r"normal[\s-]sized\s+heart",
+    ),
+    "Edema": (
+        r"(?:pulmonary\s+)?vascul(?:arity|ature)(?:\s+[\w-]+){0,3}?\s+(?:is|are|appears?)\s+(?:\w+\s+)?"
+        r"(?:normal|within\s+normal\s+limits|unremarkable)",
     ),
     "Pleural Effusion": (
         r"(?:costophrenic|cp)\s+(?:angles?|sulci|sulcus)(?:\s+[\w-]+){0,3}?\s+(?:sharp|clear|normal|preserved)",
@@ -293,6 +303,17 @@ def _compile(table: Mapping[str, tuple[str, ...]]) -> dict[str, re.Pattern[str]]
 
 _MENTION_RE = _compile(_MENTIONS)
 _NORMAL_RE = _compile(_NORMALS)
+
+
+def mention_pattern(observation: str) -> re.Pattern[str]:
+    """The compiled mention phrases of one observation (lower-case text), for other rule-based tools.
+
+    The report normalizer (:mod:`echo_model.data.normalize`) places device clauses with the Support
+    Devices phrases, so the two never disagree on what a device is.
+    """
+    if observation not in _MENTION_RE:
+        raise ValueError(f"no mention phrases for {observation!r}; known: {sorted(_MENTION_RE)}")
+    return _MENTION_RE[observation]
 
 
 # ------------------------------------------------------------------------- labelling

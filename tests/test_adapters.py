@@ -27,6 +27,7 @@ from echo_model.data.records import (
     ImageRef,
     RecordError,
     StudyRecord,
+    read_jsonl,
     write_jsonl,
 )
 from echo_model.data import (
@@ -106,7 +107,8 @@ def iu_folder(tmp_path: Path) -> Path:
 
 
 def test_iu_text_only_records(iu_folder: Path) -> None:
-    result = read_iu_xray(iu_folder)
+    # normalize=False: this test is about the raw text rules (the normalized text is tested below)
+    result = read_iu_xray(iu_folder, normalize=False)
     recs = {r.id: r for r in result.records}
     assert set(recs) == {"CXR1", "CXR2", "CXR4", "CXR5"}
     assert result.report.skipped == {"findings and impression both empty": 1}
@@ -241,7 +243,8 @@ def test_covid_licence_filter_and_counts(covid_folder: Path) -> None:
 
 
 def test_covid_sentences_become_sections(covid_folder: Path) -> None:
-    recs = {r.id: r for r in load_covid_cxr_notes(covid_folder)}
+    # normalize=False: this test is about which sentences are picked (the normalized text is tested below)
+    recs = {r.id: r for r in load_covid_cxr_notes(covid_folder, normalize=False)}
     a = recs["p1-a"]
     assert a.findings == "Chest radiograph shows patchy consolidation in the right lower zone. No pleural effusion."
     assert a.impression == ""
@@ -475,3 +478,62 @@ def test_summary_command(iu_folder: Path, covid_folder: Path, tmp_path: Path, ca
     assert "train vs val+test" in out
     assert main([str(tmp_path / "absent")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- normalization (issue 15)
+
+
+def test_iu_reports_are_normalized_by_default_and_keep_the_raw_text(iu_folder: Path) -> None:
+    from echo_model.data.normalize import normalize_sections
+
+    result = read_iu_xray(iu_folder)
+    recs = {r.id: r for r in result.records}
+    one = recs["CXR1"]
+    assert one.raw_report == "Findings: The heart is XXXX normal. Lungs clear. Impression: Normal chest x-XXXX."
+    expected = normalize_sections("The heart is XXXX normal. Lungs clear.", "Normal chest x-XXXX.")
+    assert (one.findings, one.impression) == (expected.findings, expected.impression)
+    assert "XXXX" not in one.report and "The hila are not enlarged." in one.findings
+    # an impression-only study gets region statements that do not contradict "Mild cardiomegaly"
+    five = recs["CXR5"]
+    assert five.impression == "Mild cardiomegaly." and "normal in size" not in five.findings
+    assert five.raw_report == "Findings:  Impression: Mild cardiomegaly."  # as StudyRecord.report writes it
+    assert any("normalized" in note for note in result.report.notes)
+    assert all(r.raw_report is None for r in load_iu_xray(iu_folder, normalize=False))
+
+
+def test_covid_reports_are_normalized_by_default(covid_folder: Path) -> None:
+    raw = {r.id: r for r in load_covid_cxr_notes(covid_folder, normalize=False)}
+    recs = {r.id: r for r in load_covid_cxr_notes(covid_folder)}
+    a = recs["p1-a"]
+    assert a.raw_report == raw["p1-a"].report
+    assert "Chest radiograph shows patchy consolidation in the right lower zone." in a.findings
+    assert a.impression and a.findings.index("consolidation") < a.findings.index("The hila are not enlarged.")
+    assert all(r.raw_report is None for r in raw.values())
+
+
+def test_load_dataset_normalize_flag_and_record_files_are_never_normalized(
+    iu_folder: Path, covid_folder: Path, tmp_path: Path
+) -> None:
+    assert all(r.raw_report for r in load_dataset(iu_folder))
+    assert all(r.raw_report is None for r in load_dataset(iu_folder, normalize=False))
+    assert all(r.raw_report for r in load_dataset(covid_folder))
+    # a correction export / record file carries the clinician's text as written, whatever the flag says
+    clinician = StudyRecord(id="c1", findings="Heart XXXX enlarged; lungs clear.", impression="Cardiomegaly.",
+                            source="echo_app")
+    path = tmp_path / "export.jsonl"
+    write_jsonl([clinician], path)
+    for flag in (True, False):
+        (rec,) = load_dataset(path, normalize=flag)
+        assert (rec.findings, rec.impression, rec.raw_report) == (clinician.findings, clinician.impression, None)
+
+
+def test_raw_report_round_trips_and_is_optional(tmp_path: Path) -> None:
+    rec = StudyRecord(id="r1", findings="The lungs are clear.", impression="Normal.", raw_report="Findings: Clear.")
+    plain = StudyRecord(id="r2", findings="Clear.", impression="")
+    path = tmp_path / "records.jsonl"
+    write_jsonl([rec, plain], path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert '"raw_report"' in lines[0] and '"raw_report"' not in lines[1]  # absent when not set
+    assert list(read_jsonl(path)) == [rec, plain]
+    with pytest.raises(RecordError, match="raw_report"):
+        StudyRecord(id="r3", findings="x", impression="", raw_report=5)  # type: ignore[arg-type]

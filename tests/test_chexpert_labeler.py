@@ -260,3 +260,55 @@ def test_ce_competition_set_is_the_usual_five() -> None:
 def test_ce_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="3 predictions and 2 references"):
         ce_scores(PRED, REF[:2])
+
+
+# ------------------------------------------------------------------ normalized phrasing (issue 15)
+# The report normalizer (echo_model/data/normalize.py, method.md §3.5) writes one statement per region.
+# The labeler must read those statements: normal statements are negative or no observation, abnormal
+# ones positive for the right observation.
+NORMALIZED_PHRASES: list[tuple[str, dict[str, Label]]] = [
+    ("Hila are not enlarged.", {}),
+    ("The hila are not enlarged.", {}),
+    ("The mediastinum and trachea are midline.", {}),
+    ("No osseous abnormalities.", {}),
+    ("There is no acute osseous abnormality.", {}),
+    ("The thorax is symmetric.", {}),
+    ("The lungs are clear.", {}),
+    ("The lungs are clear. There is no pneumothorax or pleural effusion.",
+     {"Pneumothorax": NEG, "Pleural Effusion": NEG}),
+    ("There is no pneumothorax.", {"Pneumothorax": NEG}),
+    ("There is no pleural effusion.", {"Pleural Effusion": NEG}),
+    ("The pulmonary vasculature is normal.", {"Edema": NEG}),
+    ("The pulmonary vasculature is prominent.", {"Edema": POS}),
+    ("The cardiac silhouette is normal in size.", {"Cardiomegaly": NEG}),
+    ("Cardiac silhouette is enlarged.", {"Cardiomegaly": POS}),
+    ("The cardiac silhouette is mildly enlarged.", {"Cardiomegaly": POS}),
+    ("The diaphragms are normal.", {}),
+    ("The costophrenic angles are sharp.", {"Pleural Effusion": NEG}),
+    ("The diaphragms are normal. The costophrenic angles are sharp.", {"Pleural Effusion": NEG}),
+    ("The left costophrenic angle is blunted.", {"Pleural Effusion": POS}),
+    ("Blunting of the right costophrenic angle.", {"Pleural Effusion": POS}),
+    ("No blunting of the costophrenic angles.", {"Pleural Effusion": NEG}),
+    ("The mediastinum is widened.", {"Enlarged Cardiomediastinum": POS}),
+    ("The mediastinum and trachea are midline. The cardiac silhouette is enlarged.", {"Cardiomegaly": POS}),
+    ("There is a small right pleural effusion.", {"Pleural Effusion": POS}),
+    ("There is a right internal jugular central venous catheter with its tip in the superior vena cava.",
+     {"Support Devices": POS}),
+    ("No acute cardiopulmonary abnormality.", {}),
+]
+
+
+@pytest.mark.parametrize(("sentence", "expected"), NORMALIZED_PHRASES)
+def test_normalized_phrasing(sentence: str, expected: dict[str, Label]) -> None:
+    labels = {k: v for k, v in label_report(sentence).items() if k != "No Finding"}
+    assert labels == expected
+
+
+def test_every_normal_statement_of_the_region_table_is_negative_or_silent() -> None:
+    from echo_model.data.normalize import REGIONS
+
+    for region in REGIONS:
+        for text, _ in region.parts:
+            labels = label_report(text)
+            assert all(v is NEG for k, v in labels.items() if k != "No Finding"), (text, labels)
+            assert labels.get("No Finding") is POS, text

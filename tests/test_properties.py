@@ -300,7 +300,12 @@ def test_iu_adapter_accounts_for_every_row(rows: list[dict[str, Any]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lines = [json.dumps({"id": f"CXR{n}", **row}, ensure_ascii=False) for n, row in enumerate(rows)]
         (Path(tmp) / IU_REPORTS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        result = read_iu_xray(tmp)
+        # normalize=False: the raw-text rules; the normalized default must keep that raw text in raw_report
+        result = read_iu_xray(tmp, normalize=False)
+        normalized = read_iu_xray(tmp)
+    assert [(r.id, r.raw_report) for r in normalized.records] == [
+        (r.id, f"Findings: {r.findings} Impression: {r.impression}".rstrip()) for r in result.records
+    ]
     report = result.report
     assert report.rows == len(rows) and report.kept + sum(report.skipped.values()) == len(rows)
     expected_ids = [f"CXR{n}" for n, row in enumerate(rows) if clean_text(row["findings"]) or

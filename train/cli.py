@@ -11,7 +11,8 @@ Examples::
     # fine-tune a finished run on radiologist corrections, behind a no-regression gate (train/finetune.py)
     echo-train finetune --init runs/echo-b8/teacher --corrections corrections.jsonl --data DATA/iu_xray --out runs/ft1
 
-Training studies are the ``train`` split of every ``--data``; studies that share an image with the ``val`` /
+Reports of IU X-ray and covid_cxr_notes are normalized (method.md §3.5) unless ``--no-normalize``; record
+files (the correction export) are used as written. Training studies are the ``train`` split of every ``--data``; studies that share an image with the ``val`` /
 ``test`` splits are removed first. Each stage writes a checkpoint folder (``<out>/<stage>``) with its loss
 log (``loss.csv``, ``loss.png``) and the run writes ``<out>/summary.json``.
 """
@@ -29,22 +30,23 @@ from echo_model.loading import load_checkpoint
 from .engine import TrainConfig
 
 
-def _records(paths: list[str], split: str, limit: int | None):
+def _records(paths: list[str], split: str, limit: int | None, *, normalize: bool = True):
     from echo_model.data import load_dataset
 
     out = []
     for p in paths:
-        out += load_dataset(p, split=split)
+        out += load_dataset(p, split=split, normalize=normalize)
     return out[:limit] if limit else out
 
 
-def training_records(paths: list[str], limit: int | None = None, *, image_repeats: int = 1):
+def training_records(paths: list[str], limit: int | None = None, *, image_repeats: int = 1, normalize: bool = True):
     """The train split of every data set, minus studies sharing an image with val/test; studies with images
-    repeated ``image_repeats`` times (they are few beside the text-only IU X-ray studies)."""
+    repeated ``image_repeats`` times (they are few beside the text-only IU X-ray studies). ``normalize``:
+    IU X-ray and covid_cxr_notes reports in the normalized form (method.md §3.5); record files never are."""
     from echo_model.data import deduplicate, remove_overlap
 
-    train, _ = deduplicate(_records(paths, "train", None))
-    held_out = _records(paths, "val", None) + _records(paths, "test", None)
+    train, _ = deduplicate(_records(paths, "train", None, normalize=normalize))
+    held_out = _records(paths, "val", None, normalize=normalize) + _records(paths, "test", None, normalize=normalize)
     train, report = remove_overlap(train, held_out, by_text=False)
     train = train[:limit] if limit else train
     train = train + [r for r in train if r.images] * (image_repeats - 1)
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threshold", type=float, default=0.85)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N training studies")
     ap.add_argument("--image-repeats", type=int, default=1, help="repeat studies that have images N times per epoch")
+    ap.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                    help="train on normalized IU X-ray / covid_cxr_notes reports (method.md §3.5; default on); "
+                         "record files such as the correction export are always used as written")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--resume", action="store_true")
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the following arguments are required: --data")
     from .pipeline import train_ar, train_dcd, train_rad
 
-    records = training_records(args.data, args.limit, image_repeats=args.image_repeats)
+    records = training_records(args.data, args.limit, image_repeats=args.image_repeats, normalize=args.normalize)
     if not records:
         raise SystemExit(f"echo-train: error: no training studies in {args.data}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -144,8 +149,10 @@ def _finetune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.init or not args.corrections:
         parser.error("finetune needs --init TEACHER_FOLDER and --corrections EXPORT.jsonl")
     corrections = load_records_jsonl(args.corrections)
-    replay = training_records(args.data) if args.data else []
-    eval_records = (_records(args.data, "val", None) + _records(args.data, "test", None)) if args.data else []
+    replay = training_records(args.data, normalize=args.normalize) if args.data else []
+    eval_records = (
+        _records(args.data, "val", None, normalize=args.normalize) + _records(args.data, "test", None, normalize=args.normalize)
+    ) if args.data else []
 
     def cfg(name: str, steps: int, lr: float) -> TrainConfig:
         steps = args.steps or steps

@@ -19,6 +19,8 @@ the radiograph; only those sentences become the report. Rules (also in ``docs/da
   ("(arrow)", "Fig. 2") and leading labels ("Chest X-ray:", "Patient 3 -") are removed;
 * **sections**: kept sentences with a conclusion phrase ("consistent with", "suggestive of", ...)
   form the impression, the others the findings; a note with no kept sentence is skipped;
+* **normalization** (default ``normalize=True``): the sections are rewritten in the normalized form
+  ECHO trains on (:mod:`.normalize`, method.md §3.5) and the extracted text is kept in ``raw_report``;
 * **split**: by patient, ``int(sha256("covid_cxr_notes|" + patientid)[:8], 16) % 100``: < 70 train,
   < 80 val, else test; the same rule as the folder's own ``split`` field, recomputed so that
   rows without that field still split by patient. Without a patient id the image id is hashed.
@@ -37,7 +39,10 @@ from tqdm import tqdm
 
 from .records import ImageRef, RecordError, StudyRecord
 
-from .jsonl import LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text, parse_row
+from .jsonl import (
+    LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text, parse_row, raw_report_text,
+)
+from .normalize import normalize_sections
 
 __all__ = [
     "COVID_RECORDS_FILE",
@@ -327,7 +332,7 @@ def radiograph_sentences(note: str) -> NoteSections:
 # ----------------------------------------------------------------------------------------- adapter
 
 
-def read_covid_cxr_notes(folder: str | Path, *, split: str | None = None) -> LoadResult:
+def read_covid_cxr_notes(folder: str | Path, *, split: str | None = None, normalize: bool = True) -> LoadResult:
     """Read covid_cxr_notes studies with a :class:`LoadReport`; see :func:`load_covid_cxr_notes`."""
     folder = Path(folder)
     check_split(split)
@@ -344,7 +349,7 @@ def read_covid_cxr_notes(folder: str | Path, *, split: str | None = None) -> Loa
             if not raw.strip():
                 continue
             report.rows += 1
-            rec = _row_to_record(raw, line_no, folder=folder, report=report, seen=seen)
+            rec = _row_to_record(raw, line_no, folder=folder, report=report, seen=seen, normalize=normalize)
             if rec is None:
                 continue
             if split is not None and rec.split != split:
@@ -354,12 +359,14 @@ def read_covid_cxr_notes(folder: str | Path, *, split: str | None = None) -> Loa
     except RecordError as err:
         raise RecordFileError(path, err) from None
     report.kept = len(records)
+    if normalize:
+        report.notes.append(f"{len(records)} reports normalized (method.md §3.5); the source text is in raw_report")
     log.info(report.summary())
     return LoadResult(records, report)
 
 
 def _row_to_record(
-    raw: str, line: int, *, folder: Path, report: LoadReport, seen: dict[str, int]
+    raw: str, line: int, *, folder: Path, report: LoadReport, seen: dict[str, int], normalize: bool = True
 ) -> StudyRecord | None:
     row, rid = parse_row(raw, line, seen)
     image = row.get("image")
@@ -390,8 +397,13 @@ def _row_to_record(
         return None
     report.images_found += 1
     patient = row.get("patientid")
+    findings, impression, raw_report = sections.findings, sections.impression, None
+    if normalize:
+        raw_report = raw_report_text(findings, impression)
+        normalized = normalize_sections(findings, impression)
+        findings, impression = normalized.findings, normalized.impression
     return StudyRecord(
-        id=rid, findings=sections.findings, impression=sections.impression,
+        id=rid, findings=findings, impression=impression, raw_report=raw_report,
         images=(ImageRef(path=absolute_path(image_path), view=map_covid_view(row.get("view"))),),
         indication=None, language="en", source=COVID_SOURCE,
         split=covid_split(patient if isinstance(patient, str) else None, rid),
@@ -399,7 +411,7 @@ def _row_to_record(
     )
 
 
-def load_covid_cxr_notes(folder: str | Path, *, split: str | None = None) -> list[StudyRecord]:
+def load_covid_cxr_notes(folder: str | Path, *, split: str | None = None, normalize: bool = True) -> list[StudyRecord]:
     """Load covid_cxr_notes as one study per image, keeping only publishable-licence rows.
 
     Each record has one image (absolute path under ``folder/images``), findings/impression taken
@@ -410,9 +422,11 @@ def load_covid_cxr_notes(folder: str | Path, *, split: str | None = None) -> lis
     Args:
         folder: the folder holding ``records.jsonl`` and ``images/``.
         split: keep only this split; ``None`` keeps all.
+        normalize: rewrite the extracted report in the normalized form (method.md §3.5), keeping the
+            extracted text in ``raw_report``; ``False`` keeps the extracted sentences as they are.
 
     Raises:
         RecordFileError: a row with a wrong type or a duplicate id (message names file, line, field).
         FileNotFoundError: ``folder/records.jsonl`` does not exist.
     """
-    return read_covid_cxr_notes(folder, split=split).records
+    return read_covid_cxr_notes(folder, split=split, normalize=normalize).records

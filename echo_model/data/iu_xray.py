@@ -7,8 +7,10 @@ The input folder holds ``reports.jsonl``, one study per line, with the collectio
 
 Rules (also in ``docs/data.md``):
 
-* text: whitespace collapsed, nothing else. ``XXXX`` is the collection's de-identification
-  mask and is kept verbatim, so that train and eval text are masked the same way;
+* text: whitespace collapsed; then, by default (``normalize=True``), the report is normalized
+  (:mod:`.normalize`, method.md §3.5: one statement per anatomical region in a fixed order, the
+  ``XXXX`` de-identification masks removed) and the source text is kept in ``raw_report``. With
+  ``normalize=False`` the text is only whitespace-cleaned and ``XXXX`` is kept verbatim;
 * a study whose findings and impression are both empty is skipped and counted;
 * ``indication`` is always carried (``""`` becomes ``None``). Without images it is the only
   study-specific input: without it every image-less study would have the same prompt;
@@ -31,7 +33,10 @@ from tqdm import tqdm
 
 from .records import ImageRef, RecordError, StudyRecord
 
-from .jsonl import LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text, parse_row
+from .jsonl import (
+    LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text, parse_row, raw_report_text,
+)
+from .normalize import normalize_sections
 
 __all__ = [
     "IU_LICENCE",
@@ -162,6 +167,7 @@ def read_iu_xray(
     images_dir: str | Path | None = None,
     split: str | None = None,
     split_field: str = "split",
+    normalize: bool = True,
 ) -> LoadResult:
     """Read IU X-ray studies with a :class:`LoadReport`; see :func:`load_iu_xray`."""
     folder = Path(folder)
@@ -184,7 +190,8 @@ def read_iu_xray(
             if not raw.strip():
                 continue
             report.rows += 1
-            rec = _row_to_record(raw, line_no, images_dir=img_root, split_field=split_field, report=report, seen=seen)
+            rec = _row_to_record(raw, line_no, images_dir=img_root, split_field=split_field, report=report, seen=seen,
+                                 normalize=normalize)
             if rec is None:
                 continue
             if split is not None and rec.split != split:
@@ -194,6 +201,9 @@ def read_iu_xray(
     except RecordError as err:
         raise RecordFileError(reports_path, err) from None
     report.kept = len(records)
+    if normalize:
+        report.notes.append(f"{sum(r.raw_report is not None for r in records)} reports normalized "
+                            "(method.md §3.5); the source text is in raw_report")
     if report.images_missing:
         log.warning("%s: %d listed images were not found under %s and were dropped",
                     folder, report.images_missing, img_root)
@@ -202,7 +212,8 @@ def read_iu_xray(
 
 
 def _row_to_record(
-    raw: str, line: int, *, images_dir: Path | None, split_field: str, report: LoadReport, seen: dict[str, int]
+    raw: str, line: int, *, images_dir: Path | None, split_field: str, report: LoadReport, seen: dict[str, int],
+    normalize: bool = True,
 ) -> StudyRecord | None:
     row, rid = parse_row(raw, line, seen)
     findings = clean_text(_str_field(row, "findings", rid, line, required=False))
@@ -215,9 +226,14 @@ def _row_to_record(
     if split_value is not None and split_value not in ("train", "val", "test"):
         raise RecordError(rid, split_field, f"must be 'train', 'val', 'test' or null, got {split_value!r}", line=line)
     images = _images(row, rid, line, images_dir=images_dir, report=report)
+    raw_report = None
+    if normalize:
+        raw_report = raw_report_text(findings, impression)
+        normalized = normalize_sections(findings, impression)
+        findings, impression = normalized.findings, normalized.impression
     return StudyRecord(
         id=rid, findings=findings, impression=impression, images=images, indication=indication,
-        language="en", source=IU_SOURCE, split=split_value, licence=IU_LICENCE,
+        language="en", source=IU_SOURCE, split=split_value, licence=IU_LICENCE, raw_report=raw_report,
     )
 
 
@@ -227,6 +243,7 @@ def load_iu_xray(
     images_dir: str | Path | None = None,
     split: str | None = None,
     split_field: str = "split",
+    normalize: bool = True,
 ) -> list[StudyRecord]:
     """Load the IU X-ray studies of ``folder/reports.jsonl`` as study records.
 
@@ -242,9 +259,14 @@ def load_iu_xray(
             ``split=None``).
         split_field: ``"split"`` (the data set's fixed study-id hash split, 70/10/20, every study)
             or ``"r2gen_split"`` (R2Gen's split, for comparison with published IU numbers).
+        normalize: rewrite each report in the normalized form ECHO trains on (method.md §3.5,
+            :mod:`.normalize`), keeping the source in ``raw_report``; ``False`` keeps the source text
+            (whitespace-cleaned, ``XXXX`` masks kept).
 
     Raises:
         RecordFileError: a row with a wrong type, a duplicate id or a bad split value.
         FileNotFoundError / NotADirectoryError: the folder or ``images_dir`` is not usable.
     """
-    return read_iu_xray(folder, images_dir=images_dir, split=split, split_field=split_field).records
+    return read_iu_xray(
+        folder, images_dir=images_dir, split=split, split_field=split_field, normalize=normalize
+    ).records

@@ -31,6 +31,7 @@ __all__ = [
     "check_split",
     "clean_text",
     "load_records_jsonl",
+    "raw_report_text",
     "read_records_jsonl",
     "split_counts",
 ]
@@ -100,6 +101,11 @@ class LoadResult:
 
     records: list[StudyRecord]
     report: LoadReport
+
+
+def raw_report_text(findings: str, impression: str) -> str:
+    """The source report as one string, ``Findings: … Impression: …`` (kept in ``StudyRecord.raw_report``)."""
+    return f"Findings: {findings.strip()} Impression: {impression.strip()}".rstrip()
 
 
 def check_split(split: str | None) -> str | None:
@@ -193,6 +199,9 @@ def _with_lines(records: Iterable[StudyRecord], path: Path) -> Iterable[tuple[St
 
 def load_records_jsonl(path: str | Path, *, split: str | None = None) -> list[StudyRecord]:
     """Load any JSONL file in the study-record format (``echo.study/1``).
+
+    The text is used as written: record files carry clinicians' corrections (the app's export) or text a
+    user prepared, so the report normalizer (:mod:`.normalize`) never runs on them.
 
     Relative image paths are resolved against the file's folder and made absolute, because the
     returned records live in memory, detached from the file. Image files are not opened; missing

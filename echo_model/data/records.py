@@ -15,6 +15,9 @@ paths are relative to the JSONL file's folder unless absolute. Version 1 fields:
 ``source``         data set name (``iu_xray``, ``covid_cxr_notes``, ``echo_app``, ...)
 ``split``          ``"train"``, ``"val"``, ``"test"`` or ``null``
 ``licence``        licence of the text and images
+``raw_report``     optional (absent or ``null``): the source report before normalization
+                   (``Findings: … Impression: …``, method.md §3.5), set by the IU X-ray and covid_cxr_notes
+                   adapters when they normalize; written only when set, so files without it are unchanged
 ``correction``     only for radiologist corrections: ``draft_id``, ``model``, ``model_revision``,
                    ``draft_findings``, ``draft_impression``, ``edit_reasons`` (subset of
                    :data:`EDIT_REASONS`), ``comment``, ``editor``, ``signed_at`` (ISO 8601)
@@ -81,6 +84,7 @@ class StudyRecord:
     licence: str = "unknown"
     correction: Correction | None = None
     schema: str = SCHEMA
+    raw_report: str | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -99,6 +103,8 @@ class StudyRecord:
         data["images"] = [dataclasses.asdict(i) for i in self.images]
         if self.correction is not None:
             data["correction"]["edit_reasons"] = list(self.correction.edit_reasons)
+        if self.raw_report is None:  # optional field: files written before it existed stay byte-identical
+            del data["raw_report"]
         return data
 
     @classmethod
@@ -165,6 +171,8 @@ def validate(rec: StudyRecord) -> None:
             raise RecordError(rid, name, f"must be a string, got {type(getattr(rec, name)).__name__}")
     if not (rec.findings.strip() or rec.impression.strip()):
         raise RecordError(rid, "findings", "findings and impression are both empty")
+    if rec.raw_report is not None and not isinstance(rec.raw_report, str):
+        raise RecordError(rid, "raw_report", f"must be a string or null, got {type(rec.raw_report).__name__}")
     if rec.indication is not None and not isinstance(rec.indication, str):
         raise RecordError(rid, "indication", f"must be a string or null, got {type(rec.indication).__name__}")
     if rec.language not in LANGUAGES:

@@ -116,6 +116,7 @@ def read_dataset(
     images_dir: str | Path | None = None,
     split_field: str | None = None,
     data_root: str | Path | None = None,
+    normalize: bool = True,
 ) -> LoadResult:
     """Like :func:`load_dataset`, but also returns the adapter's :class:`~.jsonl.LoadReport`."""
     check_split(split)
@@ -126,10 +127,12 @@ def read_dataset(
         if split_field is not None:
             raise ValueError(f"split_field is only used by the IU X-ray adapter; {str(target)!r} is read as {kind}")
     if kind == "iu_xray":
-        return read_iu_xray(target, images_dir=images_dir, split=split, split_field=split_field or "split")
+        return read_iu_xray(
+            target, images_dir=images_dir, split=split, split_field=split_field or "split", normalize=normalize
+        )
     if kind == "covid_cxr_notes":
-        return read_covid_cxr_notes(target, split=split)
-    return read_records_jsonl(target, split=split)
+        return read_covid_cxr_notes(target, split=split, normalize=normalize)
+    return read_records_jsonl(target, split=split)  # record files: clinician text as written, never normalized
 
 
 def load_dataset(
@@ -139,6 +142,7 @@ def load_dataset(
     images_dir: str | Path | None = None,
     split_field: str | None = None,
     data_root: str | Path | None = None,
+    normalize: bool = True,
 ) -> list[StudyRecord]:
     """Load a data set as study records, choosing the adapter from the layout (module docstring).
 
@@ -149,6 +153,10 @@ def load_dataset(
         split_field: IU X-ray only: ``"split"`` (default) or ``"r2gen_split"``.
         data_root: where to look up a bare name such as ``"iu_xray"`` (no default: data paths are
             always given by the caller).
+        normalize: IU X-ray and covid_cxr_notes: rewrite reports in the normalized form ECHO trains on
+            (method.md §3.5), the source text kept in ``raw_report``. Study-record JSONL files (the app's
+            correction export, user-prepared records) are never normalized: they carry clinicians' text
+            as written, whatever this flag says.
 
     Raises:
         DatasetLayoutError: the path exists but is no known layout.
@@ -157,7 +165,8 @@ def load_dataset(
         ValueError: an option the detected adapter does not take, or a bad split name.
     """
     return read_dataset(
-        path_or_name, split=split, images_dir=images_dir, split_field=split_field, data_root=data_root
+        path_or_name, split=split, images_dir=images_dir, split_field=split_field, data_root=data_root,
+        normalize=normalize,
     ).records
 
 
@@ -207,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split-field", choices=IU_SPLIT_FIELDS, help="IU X-ray only: which split field to use")
     parser.add_argument("--dedup", action="store_true", help="also count duplicates and train/val+test overlap")
     parser.add_argument("--no-image-hash", action="store_true", help="with --dedup: compare image paths, not pixels")
+    parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                        help="normalize IU X-ray / covid_cxr_notes reports (method.md §3.5; default on)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log adapter details")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -218,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 path,
                 images_dir=args.images_dir if kind == "iu_xray" else None,
                 split_field=args.split_field if kind == "iu_xray" else None,
+                normalize=args.normalize,
             )
         except (OSError, ValueError) as err:
             print(f"== {path}\nerror: {err}", file=sys.stderr)
