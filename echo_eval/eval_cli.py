@@ -27,6 +27,8 @@ from typing import Any
 from echo_model import __version__
 from echo_model.sampling import SAMPLERS
 
+from .evaluation import BASELINES
+
 SPLITS = ("train", "val", "test", "all")
 
 
@@ -43,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--limit", type=int, default=None, help="evaluate only the first N studies of the split"
     )
+    data.add_argument(
+        "--normalize", action=argparse.BooleanOptionalAction, default=True,
+        help="score against normalized IU X-ray / covid_cxr_notes references (method.md §3.5), and against the "
+             "references as written in a second table (default); --no-normalize scores the raw text only",
+    )
     model = ap.add_argument_group("model")
     model.add_argument(
         "--model", default=None, help="checkpoint folder or hub id (default: the embedded ones)"
@@ -55,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument(
         "--baseline",
         default=None,
-        choices=["majority"],
-        help="evaluate a baseline instead of a model: 'majority' predicts the most frequent training report",
+        choices=list(BASELINES),
+        help="evaluate a baseline instead of a model: " + "; ".join(f"'{k}' predicts {v}" for k, v in BASELINES.items()),
     )
     base.add_argument("--train-split", default="train", choices=SPLITS, help="split the baseline learns from")
     base.add_argument("--train-data", default=None, help="where the training reports are (default: --data)")
@@ -92,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def load_split(path: str, split: str, *, images_dir: str | None = None, limit: int | None = None) -> list:
+def load_split(path: str, split: str, *, images_dir: str | None = None, limit: int | None = None,
+               normalize: bool = True) -> list:
     """Records of one split (``all`` = every record), the first ``limit`` of them; an empty result is an error
     that says which splits the data does hold."""
     from collections import Counter
@@ -100,7 +108,7 @@ def load_split(path: str, split: str, *, images_dir: str | None = None, limit: i
     from echo_model.data import load_dataset
 
     kwargs: dict[str, Any] = {"images_dir": images_dir} if images_dir else {}
-    records = load_dataset(path, **kwargs)
+    records = load_dataset(path, normalize=normalize, **kwargs)
     chosen = records if split == "all" else [r for r in records if r.split == split]
     if not chosen:
         present = dict(Counter(r.split for r in records))
@@ -122,18 +130,20 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 def run_evaluation(args: argparse.Namespace) -> int:
     from .evaluation import (
         compare_predictions,
-        evaluate_majority,
+        evaluate_baseline,
         evaluate_records,
         read_predictions,
         write_predictions,
     )
     from .metrics import metrics_markdown
 
-    records = load_split(args.data, args.split, images_dir=args.images_dir, limit=args.limit)
+    records = load_split(args.data, args.split, images_dir=args.images_dir, limit=args.limit,
+                         normalize=args.normalize)
     other = read_predictions(args.compare) if args.compare else None  # fail on a bad file before drafting
-    if args.baseline == "majority":
-        train = load_split(args.train_data or args.data, args.train_split)  # reports only: no images needed
-        result = evaluate_majority(records, train, embeddings=args.embeddings)
+    if args.baseline is not None:
+        # reports only: no images needed
+        train = load_split(args.train_data or args.data, args.train_split, normalize=args.normalize)
+        result = evaluate_baseline(records, train, kind=args.baseline, embeddings=args.embeddings)
     else:
         from echo_model.drafting import Drafter
         from echo_model.sampling import SamplerConfig
@@ -149,7 +159,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             embeddings=args.embeddings,
         )
-    result.run.update(data=args.data, split=args.split, limit=args.limit)
+    result.run.update(data=args.data, split=args.split, limit=args.limit, normalized_references=args.normalize)
     name = f"{result.run['sampler']} ({result.run['model']})"
     if other is not None:
         other_name = f"{other[0].sampler} ({other[0].model})" if other[0].sampler else Path(args.compare).name
@@ -160,8 +170,12 @@ def run_evaluation(args: argparse.Namespace) -> int:
         write_predictions(result.predictions, args.predictions)
     if args.json:
         _write_json(args.json, result.to_json())
-    print(f"## {name} on {args.data} [{args.split}], {int(result.metrics['n'])} studies\n")
+    kind = "normalized references" if result.raw_metrics is not None else "references"
+    print(f"## {name} on {args.data} [{args.split}], {int(result.metrics['n'])} studies, {kind}\n")
     print(metrics_markdown(result.metrics))
+    if result.raw_metrics is not None:
+        print("\n## the same drafts against the references as written (raw)\n")
+        print(metrics_markdown(result.raw_metrics))
     if result.comparison is not None:
         print(
             f"\n## paired bootstrap over {result.comparison.n} studies "
@@ -178,7 +192,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
     if args.baseline or args.compare:
         raise ValueError("--sensitivity checks a model; it does not take --baseline or --compare")
-    records = load_split(args.data, args.split, images_dir=args.images_dir, limit=args.limit)
+    records = load_split(args.data, args.split, images_dir=args.images_dir, limit=args.limit,
+                         normalize=args.normalize)
     checkpoint = Drafter(args.model, device=args.device).checkpoint(args.sampler)
     result = image_sensitivity(
         records,

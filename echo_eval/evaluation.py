@@ -64,6 +64,13 @@ COMPARE_METRICS: tuple[str, ...] = ("rougeL", "bleu4", "ce_f1_5")
 MAJORITY_SAMPLER = "majority"
 MAJORITY_MODEL = "majority-template"
 
+BASELINES: dict[str, str] = {
+    "majority": "the most frequent training report as written (raw)",
+    "frequent-normalized": "the most frequent normalized training report",
+    "normal-template": "a fixed normal report in the normalized form (every region normal)",
+}
+"""Baselines ``echo-eval --baseline`` scores exactly as a model run; every model is read against them."""
+
 
 # ------------------------------------------------------------------------------------------ records
 @dataclass
@@ -86,6 +93,10 @@ class StudyPrediction:
             started, so the means of batched runs are not per-study latencies).
         images: number of views given to the model.
         missing_images: views listed by the record that could not be read (the study went without them).
+        raw_reference: the reference before normalization (``StudyRecord.raw_report``; method.md §3.5), or
+            None when the reference was not normalized.
+        warnings: the report check of the prediction as drafted (:func:`echo_model.report_check.check_report`;
+            empty = well formed), or None for predictions read from files written before the check existed.
     """
 
     id: str
@@ -99,6 +110,8 @@ class StudyPrediction:
     seconds: float | None = None
     images: int = 0
     missing_images: int = 0
+    raw_reference: str | None = None
+    warnings: list[str] | None = None
 
     @staticmethod
     def cost_of(figures: RunFigures) -> dict[str, Any]:
@@ -234,12 +247,14 @@ def predict_records(
     from tqdm.auto import tqdm
 
     from echo_model.drafting import generate_reports
+    from echo_model.report_check import check_report
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not records:
         raise ValueError("no studies to evaluate")
     check_languages(records, checkpoint.spec.languages)
+    normalized = checkpoint.spec.report_style == "normalized"
     out: list[StudyPrediction] = []
     with tqdm(total=len(records), desc=f"drafting ({sampler})", unit="study", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
@@ -259,36 +274,69 @@ def predict_records(
                         **StudyPrediction.cost_of(res.figures),
                         images=len(s.images),
                         missing_images=len(s.missing),
+                        raw_reference=s.record.raw_report,
+                        warnings=check_report(res.text, normalized=normalized, language=s.record.language).warnings,
                     )
                 )
             bar.update(len(inputs))
     return out
 
 
-def majority_predictions(
-    records: Sequence[StudyRecord], train_records: Sequence[StudyRecord]
+def baseline_template(kind: str, train_records: Sequence[StudyRecord]) -> str:
+    """The one report a baseline predicts for every study (:data:`BASELINES`).
+
+    ``majority`` learns from the training reports as written (``raw_report`` where the adapter normalized),
+    ``frequent-normalized`` from their normalized form, ``normal-template`` from nothing.
+    """
+    from echo_model.data.normalize import normalize_report, normalize_sections
+
+    if kind not in BASELINES:
+        raise ValueError(f"unknown baseline {kind!r}; available: {list(BASELINES)}")
+    if kind == "normal-template":
+        return normalize_sections("", "").text
+    if not train_records:
+        raise ValueError(f"the {kind} baseline needs training reports, got none")
+    if kind == "majority":
+        return majority_template(r.raw_report or r.report for r in train_records)
+    return majority_template(r.report if r.raw_report is not None else normalize_report(r.report).text
+                             for r in train_records)
+
+
+def baseline_predictions(
+    records: Sequence[StudyRecord], train_records: Sequence[StudyRecord], *, kind: str = "majority"
 ) -> list[StudyPrediction]:
-    """The majority-template baseline: the most frequent training report, predicted for every study.
+    """A baseline (:data:`BASELINES`): one fixed report predicted for every study.
 
     Why: many chest X-ray reports are word-for-word normal templates, so a constant answer already scores
-    well on n-gram metrics; every model is read against this floor on the same studies.
+    well on n-gram metrics; every model is read against these floors on the same studies.
     """
+    from echo_model.report_check import check_report
+
     if not records:
         raise ValueError("no studies to evaluate")
-    if not train_records:
-        raise ValueError("the majority baseline needs training reports, got none")
-    template = majority_template(r.report for r in train_records)
+    template = baseline_template(kind, train_records)
+    warnings = check_report(template, normalized=kind != "majority").warnings
+    model = MAJORITY_MODEL if kind == "majority" else f"{kind}-baseline"
     return [
         StudyPrediction(
             id=r.id,
             prediction=template,
             reference=r.report,
-            sampler=MAJORITY_SAMPLER,
-            model=MAJORITY_MODEL,
+            sampler=kind,
+            model=model,
             images=0,
+            raw_reference=r.raw_report,
+            warnings=list(warnings),
         )
         for r in records
     ]
+
+
+def majority_predictions(
+    records: Sequence[StudyRecord], train_records: Sequence[StudyRecord]
+) -> list[StudyPrediction]:
+    """The majority-template baseline (:func:`baseline_predictions` with ``kind="majority"``)."""
+    return baseline_predictions(records, train_records, kind="majority")
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -315,7 +363,22 @@ def score_predictions(
         mean = _mean([getattr(p, key) for p in predictions])
         if mean is not None:
             results[f"{key}_mean"] = mean
+    checked = [p.warnings for p in predictions if p.warnings is not None]
+    if checked:
+        results["well_formed"] = sum(1 for w in checked if not w) / len(checked)
     return results
+
+
+def score_raw_references(
+    predictions: Sequence[StudyPrediction], *, embeddings: bool = False
+) -> dict[str, float] | None:
+    """The predictions scored against the references as written before normalization (method.md §3.5), or
+    None when no reference was normalized (then :func:`score_predictions` already used the raw text)."""
+    if all(p.raw_reference is None for p in predictions):
+        return None
+    return evaluate_reports([p.prediction for p in predictions],
+                            [p.raw_reference if p.raw_reference is not None else p.reference for p in predictions],
+                            embeddings=embeddings)
 
 
 # --------------------------------------------------------------------------------------- comparison
@@ -523,12 +586,16 @@ class EvaluationResult:
     metrics: dict[str, float]
     run: dict[str, Any] = field(default_factory=dict)
     comparison: Comparison | None = None
+    raw_metrics: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Metrics at the top level (``n``, ``rougeL``, ``bleu4``, ``ce_f1_5``...), then ``run`` and
-        ``comparison``; the predictions go to their own JSONL file."""
+        """Metrics at the top level (``n``, ``rougeL``, ``bleu4``, ``ce_f1_5``..., against the references as
+        loaded: normalized by default), ``raw_reference`` (the same metrics against the references as written,
+        when they were normalized), then ``run`` and ``comparison``; the predictions go to their own file."""
         data: dict[str, Any] = dict(self.metrics)
         data["n"] = int(self.metrics["n"])
+        if self.raw_metrics is not None:
+            data["raw_reference"] = dict(self.raw_metrics)
         data["run"] = dict(self.run)
         if self.comparison is not None:
             data["comparison"] = self.comparison.to_json()
@@ -562,28 +629,37 @@ def evaluate_records(
         "images_used": sum(p.images for p in preds),
         "images_missing": sum(p.missing_images for p in preds),
         "text_only_studies": sum(1 for p in preds if p.images == 0),
+        "report_style": checkpoint.spec.report_style,
     }
     return EvaluationResult(
-        predictions=preds, metrics=score_predictions(preds, embeddings=embeddings), run=run
+        predictions=preds, metrics=score_predictions(preds, embeddings=embeddings), run=run,
+        raw_metrics=score_raw_references(preds, embeddings=embeddings),
     )
+
+
+def evaluate_baseline(
+    records: Sequence[StudyRecord], train_records: Sequence[StudyRecord], *, kind: str = "majority",
+    embeddings: bool = False,
+) -> EvaluationResult:
+    """A baseline (:data:`BASELINES`) scored exactly as a model run is."""
+    preds = baseline_predictions(records, train_records, kind=kind)
+    run = {
+        "sampler": preds[0].sampler,
+        "model": preds[0].model,
+        # A digest, not the text: result files get shared, and a template can be a verbatim training report.
+        "template_sha256": hashlib.sha256(preds[0].prediction.encode("utf-8")).hexdigest(),
+        "template_words": len(preds[0].prediction.split()),
+        "train_studies": len(train_records),
+    }
+    return EvaluationResult(predictions=preds, metrics=score_predictions(preds, embeddings=embeddings),
+                            run=run, raw_metrics=score_raw_references(preds, embeddings=embeddings))
 
 
 def evaluate_majority(
     records: Sequence[StudyRecord], train_records: Sequence[StudyRecord], *, embeddings: bool = False
 ) -> EvaluationResult:
-    """The majority-template baseline scored exactly as a model run is."""
-    preds = majority_predictions(records, train_records)
-    run = {
-        "sampler": MAJORITY_SAMPLER,
-        "model": MAJORITY_MODEL,
-        # A digest, not the text: result files get shared, and the template is a verbatim training report.
-        "template_sha256": hashlib.sha256(preds[0].prediction.encode("utf-8")).hexdigest() if preds else None,
-        "template_words": len(preds[0].prediction.split()) if preds else 0,
-        "train_studies": len(train_records),
-    }
-    return EvaluationResult(
-        predictions=preds, metrics=score_predictions(preds, embeddings=embeddings), run=run
-    )
+    """The majority-template baseline (:func:`evaluate_baseline` with ``kind="majority"``)."""
+    return evaluate_baseline(records, train_records, kind="majority", embeddings=embeddings)
 
 
 __all__ = [
@@ -591,9 +667,14 @@ __all__ = [
     "PREDICTION_FIELDS",
     "Comparison",
     "EvaluationResult",
+    "BASELINES",
     "MetricComparison",
     "StudyInput",
     "StudyPrediction",
+    "baseline_predictions",
+    "baseline_template",
+    "evaluate_baseline",
+    "score_raw_references",
     "check_languages",
     "compare_predictions",
     "evaluate_majority",

@@ -18,6 +18,7 @@ from .checkpoint import EchoCheckpoint
 from .loading import load_checkpoint
 from .processing import StudyPrompt
 from .data.report_text import parse_report
+from .report_check import check_report
 from .sampling import BlockEvent, GenerationResult, SamplerConfig, build_sampler, drain, sampler_spec
 
 
@@ -112,6 +113,7 @@ class Drafter:
         if prefix_text:
             result.text = " ".join(f"{prefix_text} {result.text}".split())
         tok = ck.processor.tokenizer
+        check = check_report(result.text, normalized=ck.spec.report_style == "normalized", language=lang)
         return Draft(
             report=result.text,
             sampler=sampler,
@@ -119,7 +121,7 @@ class Drafter:
             model_revision=ck.spec.revision,
             result=result,
             block_texts=[tok.decode(b, skip_special_tokens=True) for b in result.blocks],
-            warnings=list(warnings),
+            warnings=[*warnings, *check.warnings],
             settings={"indication": indication, "lang": lang, "block_length": ck.spec.block_length,
                       "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                       "top_k": config.top_k, "top_p": config.top_p, "threshold": config.threshold,

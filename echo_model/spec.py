@@ -16,6 +16,8 @@ CONFIG_KEY = "echo"
 MASK_TOKEN = "<|MASK|>"
 Role = Literal["ar", "teacher", "student"]
 ROLES: tuple[str, ...] = ("ar", "teacher", "student")
+ReportStyle = Literal["raw", "normalized"]
+REPORT_STYLES: tuple[str, ...] = ("raw", "normalized")
 
 # The official prompts (inference/generate_echo.py, method.md §2).
 OFFICIAL_INSTRUCTIONS: dict[str, str] = {
@@ -44,6 +46,9 @@ class EchoSpec:
             must contain ``{indication}``.
         max_pixels / min_pixels: image pixel budget given to the Qwen2.5-VL image processor.
         revision: free-form version string of the weights (shown in the app and in exports).
+        report_style: ``normalized`` when the model was trained on normalized reports (method.md §3.5: every
+            anatomical region stated, in a fixed order, then the Impression; the official checkpoints), else
+            ``raw``. The report check then also asks every region for a statement.
     """
 
     block_length: int = 8
@@ -55,6 +60,7 @@ class EchoSpec:
     max_pixels: int = 1500 * 1500
     min_pixels: int = 256 * 28 * 28
     revision: str = "unversioned"
+    report_style: ReportStyle = "raw"
 
     def __post_init__(self) -> None:
         if not isinstance(self.block_length, int) or self.block_length < 1:
@@ -69,6 +75,8 @@ class EchoSpec:
             fmt = self.indication_formats.get(lang, "")
             if "{indication}" not in fmt:
                 raise ValueError(f"indication format for {lang!r} must contain '{{indication}}', got {fmt!r}")
+        if self.report_style not in REPORT_STYLES:
+            raise ValueError(f"report_style must be one of {REPORT_STYLES}, got {self.report_style!r}")
         if self.min_pixels <= 0 or self.max_pixels < self.min_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
         object.__setattr__(self, "languages", tuple(self.languages))
@@ -104,7 +112,7 @@ def read_spec(config: Any) -> EchoSpec:
 
     A config saved by this project carries ``config.echo``. An official ECHO checkpoint carries only
     ``mask_token_id`` (and sometimes ``block_length``/``block_size``); for those the defaults of the released
-    inference code are used (b = 8, student, EN + ZH prompts).
+    inference code are used (b = 8, student, EN + ZH prompts, normalized reports).
     """
     data = getattr(config, CONFIG_KEY, None)
     if isinstance(data, dict):
@@ -115,6 +123,7 @@ def read_spec(config: Any) -> EchoSpec:
         role="student",
         mask_token_id=getattr(config, "mask_token_id", None),
         languages=("en", "zh"),
+        report_style="normalized",
     )
 
 

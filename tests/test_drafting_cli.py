@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from echo_model.cli import main
 from echo_model.drafting import Drafter
+from echo_model.report_check import check_report
 from echo_model.sampling import SamplerConfig
 from conftest import synthetic_cxr
 
@@ -68,3 +70,35 @@ def test_embedded_checkpoint_runs(image_file, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "embedded:student"
     assert 1 <= out["tokens"] <= 16
+
+
+@pytest.fixture(scope="module")
+def normalized_model_dir(model_dir, tmp_path_factory):
+    """The tiny checkpoint, declared in its config as trained on normalized reports (``echo.report_style``)."""
+    out = tmp_path_factory.mktemp("normalized") / "tiny"
+    shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    config["echo"]["report_style"] = "normalized"
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["ar", "teacher", "echo", "vanilla"])
+def test_every_draft_is_checked_and_never_repaired(model_dir, sampler):
+    """The tiny random model writes garble: the draft keeps the decoded text exactly and says what is wrong."""
+    drafter = Drafter(str(model_dir))
+    draft = drafter.draft([synthetic_cxr(2)], sampler=sampler, config=SamplerConfig(max_new_tokens=24),
+                          warnings=["view 1: an input warning"])
+    assert draft.report == draft.result.text  # nothing appended, cut or re-formatted
+    expected = check_report(draft.result.text, normalized=False).warnings
+    assert expected, f"a random tiny model wrote a well-formed report: {draft.report!r}"
+    assert draft.warnings == ["view 1: an input warning", *expected]
+    assert not any(w.startswith("No statement about") for w in draft.warnings)  # raw-style model
+
+
+def test_a_normalized_model_is_also_asked_for_every_region(normalized_model_dir, capsys, image_file):
+    assert main(["--model", str(normalized_model_dir), "--json", "--max-new-tokens", "24", str(image_file)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    region_warnings = [w for w in out["warnings"] if w.startswith("No statement about")]
+    assert region_warnings, out["warnings"]
+    assert out["warnings"] == check_report(out["report"], normalized=True).warnings

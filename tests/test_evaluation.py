@@ -350,3 +350,75 @@ def test_text_only_studies_carry_their_indication(dataset, checkpoint, monkeypat
     records = [r for r in load_dataset(dataset, split="test") if r.id in ("t3", "t4")]
     predict_records(records, checkpoint, config=SamplerConfig(max_new_tokens=4), progress=False)
     assert seen == [(0, "dyspnoea"), (0, "back pain")]
+
+
+# ------------------------------------------------------------------- normalized references, baselines, checks
+@pytest.fixture(scope="module")
+def normalized_dataset(tmp_path_factory) -> Path:
+    """Text-only records whose reports were normalized by an adapter: ``raw_report`` keeps the source."""
+    from echo_model.data.normalize import normalize_sections
+
+    root = tmp_path_factory.mktemp("normalized")
+    # the raw normal train report is most frequent as written; the normalized effusion report becomes most
+    # frequent once the de-identification mask of one copy is removed and both normalize to the same text
+    effusion_b = (EFFUSION[0] + " XXXX XXXX.", EFFUSION[1])
+    rows = [("n1", "test", NORMAL), ("n2", "test", EFFUSION), ("n3", "test", CARDIO),
+            ("a1", "train", NORMAL), ("a2", "train", NORMAL), ("a3", "train", EFFUSION),
+            ("a4", "train", EFFUSION), ("a5", "train", effusion_b)]
+    records = []
+    for sid, split, (findings, impression) in rows:
+        norm = normalize_sections(findings, impression)
+        records.append(StudyRecord.from_dict({
+            "id": sid, "findings": norm.findings, "impression": norm.impression, "split": split,
+            "source": "handwritten", "raw_report": f"Findings: {findings} Impression: {impression}"}))
+    path = root / "studies.jsonl"
+    write_jsonl(records, path)
+    return path
+
+
+def _baseline(dataset: Path, kind: str, tmp_path: Path) -> tuple[dict, list[dict]]:
+    assert _run(["--data", str(dataset), "--baseline", kind, "--json", str(tmp_path / f"{kind}.json"),
+                 "--predictions", str(tmp_path / f"{kind}.jsonl")]) == 0
+    return json.loads((tmp_path / f"{kind}.json").read_text()), _lines(tmp_path / f"{kind}.jsonl")
+
+
+def test_the_three_baselines_predict_what_they_say(normalized_dataset, tmp_path):
+    from echo_model.data.normalize import normalize_sections
+    from echo_model.report_check import check_report
+
+    _, majority = _baseline(normalized_dataset, "majority", tmp_path)
+    assert {x["prediction"] for x in majority} == {f"Findings: {NORMAL[0]} Impression: {NORMAL[1]}"}
+    _, frequent = _baseline(normalized_dataset, "frequent-normalized", tmp_path)
+    frequent_text = {x["prediction"] for x in frequent}
+    assert frequent_text == {normalize_sections(*EFFUSION).text} != {normalize_sections(*NORMAL).text}
+    data, template = _baseline(normalized_dataset, "normal-template", tmp_path)
+    assert {x["prediction"] for x in template} == {normalize_sections("", "").text}
+    assert check_report(template[0]["prediction"], normalized=True).well_formed
+    assert data["well_formed"] == 1.0 and data["run"]["sampler"] == "normal-template"
+
+
+def test_scores_against_normalized_and_raw_references(normalized_dataset, tmp_path, capsys):
+    data, preds = _baseline(normalized_dataset, "normal-template", tmp_path)
+    assert "raw_reference" in data and data["raw_reference"]["n"] == data["n"] == 3
+    # the normalized normal template is closer to the normalized references than to the raw ones
+    assert data["rougeL"] > data["raw_reference"]["rougeL"]
+    assert all(x["raw_reference"].startswith("Findings: ") and x["raw_reference"] != x["reference"] for x in preds)
+    assert "against the references as written (raw)" in capsys.readouterr().out
+
+
+def test_reference_kinds_follow_the_records(dataset, tmp_path):
+    data, preds = _baseline(dataset, "majority", tmp_path)
+    assert "raw_reference" not in data  # clinician-style record files are never normalized
+    assert all(x["raw_reference"] is None for x in preds)
+
+
+def test_every_model_prediction_carries_its_report_check(model_run):
+    from echo_model.report_check import check_report
+
+    _, metrics_path, preds_path = model_run
+    lines = _lines(preds_path)
+    for line in lines:
+        assert line["warnings"] == check_report(line["prediction"], normalized=False).warnings
+    share = sum(1 for x in lines if not x["warnings"]) / len(lines)
+    assert json.loads(metrics_path.read_text())["well_formed"] == pytest.approx(share)
+    assert share < 1  # 8 tokens of a random tiny model never make a whole report

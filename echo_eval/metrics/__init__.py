@@ -73,6 +73,7 @@ _DISPLAY: dict[str, str] = {
     "ce_macro_recall_14": "CE recall (14, macro)",
     "ce_macro_f1_14": "CE F1 (14, macro)",
     "minilm_similarity": "MiniLM cosine similarity",
+    "well_formed": "well-formed drafts (report check)",
 }
 
 
