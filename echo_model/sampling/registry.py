@@ -58,6 +58,11 @@ class SamplerSpec:
         return self.kind == "block" and self.steps == 1
 
     @property
+    def multi_step(self) -> bool:
+        """Several denoising steps per block (``teacher``): each token's commit step matters for its state."""
+        return self.kind == "block" and self.steps != 1
+
+    @property
     def scoring(self) -> str:
         """How a reference report is scored under this sampler's model: ``causal`` or ``masked-diffusion``."""
         return "causal" if self.kind == "ar" else "masked-diffusion"
