@@ -53,11 +53,11 @@ from .report_text import format_report, parse_report
 
 __all__ = [
     "DEFAULT_IMPRESSION",
-    "NormalizeConfig",
-    "NormalizedReport",
     "OTHER_REGION",
     "REGIONS",
     "REGION_NAMES",
+    "NormalizeConfig",
+    "NormalizedReport",
     "Region",
     "added_statement_conflicts",
     "impression_regions",
@@ -204,7 +204,7 @@ class NormalizeConfig:
         if self.unmentioned not in ("normal", "omit"):
             raise ValueError(f"unmentioned must be 'normal' or 'omit', got {self.unmentioned!r}")
         if not isinstance(self.drop_priors, bool):
-            raise ValueError(f"drop_priors must be a bool, got {self.drop_priors!r}")
+            raise ValueError(f"drop_priors must be a bool, got {self.drop_priors!r}")  # noqa: TRY004 - config error
         if self.language not in ("en", "zh"):
             raise ValueError(f"language must be 'en' or 'zh', got {self.language!r}")
 
