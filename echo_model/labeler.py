@@ -168,8 +168,10 @@ _MENTIONS: dict[str, tuple[str, ...]] = {
         r"cephalization",
         r"fluid\s+overload",
         r"kerley",
-        r"vascul(?:arity|ature)(?:\s+[\w-]+){0,3}?\s+(?:is|are|appears?)\s+(?:\w+\s+)?(?:prominent|engorged|congested"
-        r"|indistinct|increased|plethoric)",
+        (
+            r"vascul(?:arity|ature)(?:\s+[\w-]+){0,3}?\s+(?:is|are|appears?)\s+(?:\w+\s+)?(?:prominent|engorged"
+            r"|congested|indistinct|increased|plethoric)"
+        ),
     ),
     "Consolidation": (r"consolidat\w*",),
     "Pneumonia": (
@@ -230,8 +232,10 @@ _NORMALS: dict[str, tuple[str, ...]] = {
         r"normal[\s-]sized\s+heart",
     ),
     "Edema": (
-        r"(?:pulmonary\s+)?vascul(?:arity|ature)(?:\s+[\w-]+){0,3}?\s+(?:is|are|appears?)\s+(?:\w+\s+)?"
-        r"(?:normal|within\s+normal\s+limits|unremarkable)",
+        (
+            r"(?:pulmonary\s+)?vascul(?:arity|ature)(?:\s+[\w-]+){0,3}?\s+(?:is|are|appears?)\s+(?:\w+\s+)?"
+            r"(?:normal|within\s+normal\s+limits|unremarkable)"
+        ),
     ),
     "Pleural Effusion": (
         r"(?:costophrenic|cp)\s+(?:angles?|sulci|sulcus)(?:\s+[\w-]+){0,3}?\s+(?:sharp|clear|normal|preserved)",

@@ -10,9 +10,9 @@ Checks (issue 15):
    first, neither empty.
 2. **Region statements** (only with ``normalized=True``; method.md §3.5): every region of
    :data:`echo_model.data.normalize.REGIONS` that has a normal statement is addressed, i.e. the region's anatomy
-   or finding vocabulary (the normalizer's own placement rule) occurs in the findings, or an impression
-   sentence reports on it (:func:`~echo_model.data.normalize.impression_regions`: the normalizer withholds a
-   region's normal statement when the impression reports a finding there).
+   or finding vocabulary (the normalizer's own placement rule) occurs in the findings or the impression (the
+   normalizer withholds a region's normal statement when the impression reports a finding there, see
+   :func:`~echo_model.data.normalize.impression_regions`).
    Lines, tubes and devices are addressed only when present, so they are never required.
 3. **Ending.** The draft ends at a sentence boundary (``.``, ``!``, ``?``, ``。``).
 4. **Degenerate runs.** A letter 4+ times in a row; a word, or a phrase of 2-4 words, 3+ times in a row;
@@ -31,7 +31,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Literal
 
-from .data.normalize import REGIONS, impression_regions
+from .data.normalize import REGIONS
 
 __all__ = ["REGION_STATEMENT_NAMES", "ReportCheck", "check_report", "known_words"]
 
@@ -177,12 +177,11 @@ def _unknown_words(text: str, extra: frozenset[str], warnings: list[str]) -> Non
 
 
 def _regions(findings: str, impression: str, warnings: list[str]) -> None:
-    f_low = findings.lower()
-    reported = {key for sentence in re.split(r"(?<=[.!?])\s+", impression) for key in impression_regions(sentence)}
+    f_low, i_low = findings.lower(), impression.lower()
     for region in REGIONS:
         if not region.parts:  # lines, tubes and devices: only when present
             continue
-        if region.pattern.search(f_low) or region.key in reported:
+        if region.pattern.search(f_low) or region.pattern.search(i_low):
             continue
         warnings.append(f"No statement about {REGION_STATEMENT_NAMES.get(region.key, region.name)}")
 

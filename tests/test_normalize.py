@@ -270,3 +270,11 @@ def test_cli_reads_stdin_as_a_process() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Findings: ") and proc.stdout.count("\n") == 1
+
+
+def test_masked_abnormal_clause_is_kept_and_blocks_its_normal_statement() -> None:
+    result = normalize_sections("Mild blunting of the right costophrenic XXXX. Prominent pulmonary XXXX.", "Normal.")
+    assert "Mild blunting of the right costophrenic." in result.findings  # kept without the mask
+    assert "The costophrenic angles are sharp." not in result.findings
+    assert "The pulmonary vasculature is normal." not in result.findings  # the mask may have hidden the vessels
+    assert "XXXX" not in result.text and normalize_report(result.text).text == result.text

@@ -104,3 +104,20 @@ def test_bad_arguments() -> None:
         check_report(3, normalized=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'fr'"):
         check_report("Findings: x. Impression: y.", normalized=True, language="fr")  # type: ignore[arg-type]
+
+
+def test_pure_text_modules_import_no_model_code() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys, echo_model.report_check, echo_model.data.normalize, echo_model.data.normalize_cli;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'echo_eval', 'train', 'app')"
+        " or m.startswith(('echo_model.sampling', 'echo_model.loading', 'echo_model.modeling'))];"
+        "print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                          env={"PYTHONPATH": str(root), "PATH": ""}, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import train.cli as cli
 from echo_model.data.records import StudyRecord, write_jsonl
+from train import cli
 
 
 def _iu_folder(tmp_path: Path) -> Path:

@@ -16,8 +16,9 @@ Rules (also in ``docs/data.md``, "Report normalization"):
    are", "there is", "no ...") and only when :func:`echo_model.labeler.label_report` reads the pieces
    exactly as it reads the whole sentence (so a negation never loses its scope).
 3. **Assign.** Each clause goes to the first region of :data:`REGIONS` whose anatomy or finding
-   vocabulary it names (devices reuse the labeler's Support Devices phrases) and *covers* every region it
-   names ("Heart size and mediastinal contours are normal" covers the mediastinum and the heart). A
+   vocabulary it names, a device clause to the devices (devices reuse the labeler's Support Devices
+   phrases); a clause *covers* every region it names ("Heart size and mediastinal contours are normal"
+   covers the mediastinum and the heart; "Pacer leads in the right ventricle" the devices and the heart). A
    clause that names no region goes to the ``other`` bucket, placed after the regions; nothing is dropped.
    Clauses move **verbatim** (only the first letter is capitalised and a full stop added), so laterality,
    size, severity and negation survive.
@@ -52,11 +53,11 @@ from .report_text import format_report, parse_report
 
 __all__ = [
     "DEFAULT_IMPRESSION",
-    "NormalizeConfig",
-    "NormalizedReport",
     "OTHER_REGION",
     "REGIONS",
     "REGION_NAMES",
+    "NormalizeConfig",
+    "NormalizedReport",
     "Region",
     "added_statement_conflicts",
     "impression_regions",
@@ -141,7 +142,9 @@ REGIONS: tuple[Region, ...] = (
         "vasculature", "pulmonary vasculature", "The pulmonary vasculature is normal.",
         _parts(("The pulmonary vasculature is normal.", ("Edema",))),
         r"vascul\w*|\bvessels?\b|pulmonary\s+(?:arter\w*|vein\w*|venous|trunk|hypertension)|\bedema\b|oedema"
-        r"|congest\w*|kerley|cephaliz\w*|engorge\w*|\bchf\b|heart\s+failure|fluid\s+overload",
+        r"|congest\w*|kerley|cephaliz\w*|engorge\w*|\bchf\b|heart\s+failure|fluid\s+overload"
+        # "pulmonary" with its noun gone (IU's mask: "Pulmonary XXXX are prominent") is read as the vessels
+        r"|\bpulmonary(?=\s*(?:[,.;]|$|(?:are|is|were|was|appears?|and|or|with|without|in|at|on)\b))",
     ),
     Region(
         "heart", "cardiac silhouette", "The cardiac silhouette is normal in size.",
@@ -201,7 +204,7 @@ class NormalizeConfig:
         if self.unmentioned not in ("normal", "omit"):
             raise ValueError(f"unmentioned must be 'normal' or 'omit', got {self.unmentioned!r}")
         if not isinstance(self.drop_priors, bool):
-            raise ValueError(f"drop_priors must be a bool, got {self.drop_priors!r}")
+            raise ValueError(f"drop_priors must be a bool, got {self.drop_priors!r}")  # noqa: TRY004 - config error
         if self.language not in ("en", "zh"):
             raise ValueError(f"language must be 'en' or 'zh', got {self.language!r}")
 
@@ -321,11 +324,11 @@ def _remove_masks(sentence: str) -> tuple[str, int, bool]:
     cleaned = _collapse(_MASK.sub(" ", sentence)).strip(" ,")
     # "changes of the XXXX and spine" -> "changes of the spine": the conjunction that joined the mask goes too
     cleaned = re.sub(r"(?i)\b(the|a|an|of|in|on|at|with|from|to)\s+(?:and|or)\s+", r"\1 ", cleaned)
-    dangling = _DANGLING.search(sentence) is not None
-    broken = not cleaned or len(re.findall(r"[A-Za-z]+", cleaned)) < 2 or dangling
-    if not broken and _BROKEN.search(cleaned):
+    broken = not cleaned or len(re.findall(r"[A-Za-z]+", cleaned)) < 2
+    if not broken and (_BROKEN.search(cleaned) or _DANGLING.search(sentence)):
         # a broken phrase is dropped, unless the clause reports something on a region ("degenerative changes
-        # of the spine"): a negative or region-less clause without its mask says nothing reliable
+        # of the spine", "mild blunting of right costophrenic"): dropping it could let a normal statement
+        # contradict it; a negative or region-less clause without its mask says nothing reliable
         broken = not _region_hits(cleaned.lower()) or _NEGATIVE_WORD.search(cleaned) is not None
     before, after = _labels(sentence), _labels(cleaned)
     stated = {o for o, lab in before.items() if lab is not Label.NEGATIVE}
@@ -500,9 +503,9 @@ def normalize_sections(
     regions: dict[str, list[str]] = {key: [] for key in (*REGION_NAMES, OTHER_REGION)}
     covered: set[str] = set()
     for clause in _clean_clauses(findings, config, counts):
-        place, hits = region_of(clause)
+        place, _ = region_of(clause)
         regions[place].append(clause)
-        covered.update(hits)
+        covered.update(_region_hits(clause))  # a device clause also addresses the anatomy it names
 
     impression_clauses = _clean_clauses(impression, config, counts)
     blocked = {key for clause in impression_clauses for key in impression_regions(clause)}
