@@ -224,3 +224,33 @@ def test_dicom_without_extension_is_shown_with_its_window_and_no_header_is_kept(
     assert "window C 2048" in viewer["view_info"] and "(dicom)" in viewer["view_info"]
     stored = b"".join(p.read_bytes() for p in handlers.settings.data_dir.rglob("*") if p.is_file())
     assert b"DOE^JOHN" not in stored and b"MRN-998877" not in stored and not (folder / "IM0001").exists()
+
+
+def test_two_tabs_a_stale_save_is_refused_and_warnings_need_sign_anyway(handlers: Handlers) -> None:
+    """Two sessions hold version 0 of one draft; the second's save is refused in words, its text stays unsaved."""
+    from app.current import Current
+
+    updates = _generate(handlers, [_upload(handlers, seed=31)])
+    draft_id, tab = updates[-1][F["draft_id"]], updates[-1][F["current"]]
+    assert isinstance(tab, Current) and (tab.draft_id, tab.version, tab.state) == (draft_id, 0, "draft")
+    handlers.save_edit("", "Tab one.", "x", [], "", None, tab)  # the session names the draft and version
+    with pytest.raises(gr.Error, match="is at version 1, but this editor holds version 0"):
+        handlers.save_edit("", "Tab two.", "x", [], "", None, tab)
+    with pytest.raises(gr.Error, match="no draft on study"):
+        handlers.save_edit("", "Typed on another study.", "x", [], "", None, Current(study_id="b" * 32))
+    assert [v.findings for v in handlers.store.get_draft(draft_id, "local").versions] == ["Tab one."]
+
+    # A draft with a warning: signing needs sign_anyway, through the UI and the API.
+    study = handlers.store.get_study(tab.study_id, "local")
+    from app.store import NewDraft
+
+    warned = handlers.store.add_draft(NewDraft(
+        study_id=study.id, author="local", model="m", model_revision="r", sampler="echo", language="en",
+        report="Findings: a Impression: b", findings="a", impression="b", warnings=["repeated header"]))
+    with pytest.raises(gr.Error, match="Sign anyway"):
+        handlers.sign(warned.id, "a", "b", [], "")
+    panel, text, anyway = handlers.confirm_sign(warned.id, "a", "b")
+    assert "repeated header" in text and anyway["visible"] is True
+    handlers.sign(warned.id, "a", "b", [], "", None, True)
+    with pytest.raises(gr.Error, match="already signed"):
+        handlers.confirm_sign(warned.id, "a", "b")
