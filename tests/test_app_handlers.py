@@ -249,7 +249,7 @@ def test_two_tabs_a_stale_save_is_refused_and_warnings_need_sign_anyway(handlers
         report="Findings: a Impression: b", findings="a", impression="b", warnings=["repeated header"]))
     with pytest.raises(gr.Error, match="Sign anyway"):
         handlers.sign(warned.id, "a", "b", [], "")
-    panel, text, anyway = handlers.confirm_sign(warned.id, "a", "b")
+    _, text, anyway = handlers.confirm_sign(warned.id, "a", "b")
     assert "repeated header" in text and anyway["visible"] is True
     handlers.sign(warned.id, "a", "b", [], "", None, True)
     with pytest.raises(gr.Error, match="already signed"):
