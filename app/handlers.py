@@ -132,16 +132,14 @@ def _draft_current(draft: DraftInfo, study: StudyInfo) -> Current:
 def _bind(current: Current | None, draft_id: str | None, version: float | None) -> tuple[str, int | None]:
     """The draft and version an action acts on, refusing an action with no draft to act on.
 
-    The browser sends the draft id and version its editor is bound to (they change only together with the
-    session's :class:`Current`); an API call names its draft itself, with the version its text is based on
-    or without one (no version check). The store then refuses a version that is not the stored one.
+    The browser sends the draft id and version of its editor (boxes that change only together with the
+    session's :class:`Current`, which names the study in the refusal); an API call names its draft, with the
+    version its text is based on or without one (no version check, as before versions existed). Neither is
+    taken from the session state: a ``gradio_client`` session keeps the state of its last ``/generate``, which
+    is not what a later call names. The store refuses a version that is not the stored one.
     """
     draft_id = (draft_id or "").strip()
     current = current if isinstance(current, Current) else Current()
-    if not draft_id:
-        draft_id = current.draft_id
-    if version is None and current.draft_id and draft_id == current.draft_id:
-        version = current.version
     if not draft_id:
         where = f"study {current.study_id[:8]!r}" if current.study_id else "the screen"
         raise ValueError(f"no draft on {where}: press Generate first (or open a draft from History & export)")

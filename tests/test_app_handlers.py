@@ -233,12 +233,15 @@ def test_two_tabs_a_stale_save_is_refused_and_warnings_need_sign_anyway(handlers
     updates = _generate(handlers, [_upload(handlers, seed=31)])
     draft_id, tab = updates[-1][F["draft_id"]], updates[-1][F["current"]]
     assert isinstance(tab, Current) and (tab.draft_id, tab.version, tab.state) == (draft_id, 0, "draft")
-    handlers.save_edit("", "Tab one.", "x", [], "", None, tab)  # the session names the draft and version
+    # Each tab sends the draft id and version of its editor (as the browser does from its boxes).
+    handlers.save_edit(draft_id, "Tab one.", "x", [], "", tab.version, tab)
     with pytest.raises(gr.Error, match="is at version 1, but this editor holds version 0"):
-        handlers.save_edit("", "Tab two.", "x", [], "", None, tab)
+        handlers.save_edit(draft_id, "Tab two.", "x", [], "", tab.version, tab)
+    handlers.save_edit(draft_id, "API call without a version: no check.", "x", [], "")
     with pytest.raises(gr.Error, match="no draft on study"):
         handlers.save_edit("", "Typed on another study.", "x", [], "", None, Current(study_id="b" * 32))
-    assert [v.findings for v in handlers.store.get_draft(draft_id, "local").versions] == ["Tab one."]
+    assert [v.findings for v in handlers.store.get_draft(draft_id, "local").versions] == [
+        "Tab one.", "API call without a version: no check."]
 
     # A draft with a warning: signing needs sign_anyway, through the UI and the API.
     study = handlers.store.get_study(tab.study_id, "local")
