@@ -183,7 +183,8 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
     redrafting = redraft.click(
         h.redraft, [draft_id, findings, impression, *decoding, current], draft_outputs,
         api_name="redraft_from_edit", show_progress="minimal", trigger_mode="once", **gpu)
-    stop.click(None, None, None, cancels=[generating, redrafting], **PRIVATE)
+    stop.click(None, None, None, cancels=[generating, redrafting], **PRIVATE).then(
+        h.draft_stopped, [current], [banner, current, status], **PRIVATE)
     generating.then(**tab.lock)
     redrafting.then(**tab.lock)
 

@@ -240,6 +240,14 @@ class Handlers:
         now = Current(study_id=base.study_id, views=base.views, state="drafting")
         return DraftView(study_id=study_id, status="Drafting: waiting for the model…", current=now).outputs()
 
+    def draft_stopped(self, current: Current | None = None) -> tuple[str, Current, str]:
+        """After *Stop*: nothing was saved, the study stays on screen without a draft. Outputs: banner, state, status."""
+        base = current if isinstance(current, Current) else Current()
+        if base.state != "drafting":
+            return banner_markdown(base), base, gr.skip()
+        now = Current(study_id=base.study_id, views=base.views)
+        return banner_markdown(now), now, "**Stopped**: the partial draft was not saved; press *Generate* again."
+
     def study_opened(self, study_id: str = "", request: gr.Request | None = None) -> tuple[Any, ...]:
         """Bind the editor to the study now on screen: no draft, empty editor and draft view. Outputs: DRAFT_FIELDS.
 

@@ -70,6 +70,7 @@ def cases(bogus: str) -> dict[str, Case | CannotFail]:
         "Handlers.render_view": Case(("no-such-study", 0, 128, 256), MISSING),
         "Handlers.languages": Case(("not-a-model",), "is not offered by this app"),
         "Handlers.begin_draft": CannotFail("clears the draft view; reads nothing"),
+        "Handlers.draft_stopped": CannotFail("resets the session state after Stop; reads nothing"),
         "Handlers.generate": Case((None, "", "en", *DECODING, ""), "no image"),
         "Handlers.redraft": Case(("", "f", "i", *DECODING, Current()), NO_DRAFT),
         "Handlers.save_edit": Case(("", "f", "i", [], "", None, Current()), NO_DRAFT),

@@ -257,3 +257,14 @@ def test_two_tabs_a_stale_save_is_refused_and_warnings_need_sign_anyway(handlers
     handlers.sign(warned.id, "a", "b", [], "", None, True)
     with pytest.raises(gr.Error, match="already signed"):
         handlers.confirm_sign(warned.id, "a", "b")
+
+
+def test_stop_leaves_the_study_without_a_draft(handlers: Handlers) -> None:
+    from app.current import Current
+
+    drafting = Current(study_id="s" * 32, views=("pa",), state="drafting")
+    banner, now, status = handlers.draft_stopped(drafting)
+    assert (now.study_id, now.state, now.draft_id) == (drafting.study_id, "", "") and "Stopped" in status
+    assert "no draft yet" in banner
+    signed = Current(study_id="s" * 32, draft_id="d" * 32, version=1, state="signed")
+    assert handlers.draft_stopped(signed)[1] == signed  # Stop when nothing drafts changes nothing
