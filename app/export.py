@@ -92,7 +92,8 @@ def build_record(draft: DraftInfo, study: StudyInfo, *, licence: str) -> StudyRe
     reasons: list[str] = []
     for version in draft.versions:
         reasons.extend(r for r in version.reasons if r not in reasons)
-    comments = [v.comment for v in draft.versions if v.comment.strip()]
+    # Each comment once: a comment left in the box is sent again with every later save and with the signature.
+    comments = list(dict.fromkeys(v.comment.strip() for v in draft.versions if v.comment.strip()))
     comments += [f"Addendum ({a.created_at:%Y-%m-%d %H:%M} UTC, {a.author}): {a.comment}" for a in draft.addenda]
     return StudyRecord(
         id=draft.id,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from PIL import Image
 
 from echo_model.data.report_text import format_report
 
+from .current import Current, banner_markdown, warnings_html
 from .export import EXPORT_PREFIX, export_corrections, parse_day, prune_exports
 from .service import (
     MASK_GLYPH,
@@ -38,9 +40,10 @@ from .service import (
     report_language,
     split_report,
 )
-from .store import DraftInfo, NewDraft, StoreError, StudyInfo
+from .store import DraftInfo, NewDraft, SignedReportError, StoreError, StudyInfo
 
-__all__ = ["DRAFT_FIELDS", "VIEWER_FIELDS", "DraftView", "Handlers", "as_paths", "user_errors", "waiting_progress"]
+__all__ = ["CURRENT_FIELDS", "DRAFT_FIELDS", "VIEWER_FIELDS", "DraftView", "Handlers", "as_paths",
+           "user_errors", "waiting_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,10 @@ REPORT_COLOURS: dict[str, str] = {
 #: Output order of every callback that shows a draft (generate, re-draft, open).
 DRAFT_FIELDS: tuple[str, ...] = (
     "report_view", "findings", "impression", "copy_text", "summary", "timing", "blocks", "warnings",
-    "study_id", "draft_id", "status",
+    "study_id", "draft_id", "status", "version", "draft_warnings", "banner", "current",
 )
+#: Outputs of ``refresh_current`` (chained after save, sign and addendum: the session state follows the store).
+CURRENT_FIELDS: tuple[str, ...] = ("version", "banner", "current", "draft_warnings")
 #: Output order of the viewer callbacks (upload, open study).
 VIEWER_FIELDS: tuple[str, ...] = ("study_id", "view_select", "viewer", "view_info", "center", "width", "warnings")
 BLOCK_HEADERS = ["block", "ms", "tokens", "min confidence", "text"]
@@ -98,13 +103,49 @@ class DraftView:
     study_id: str = ""
     draft_id: str = ""
     status: str = ""
+    current: Current = field(default_factory=Current)
 
     def outputs(self) -> tuple[Any, ...]:
         """Plain values (API clients get strings); whether the editor is locked is set by ``editor_lock``."""
         copy = (format_report(self.findings, self.impression, lang=report_language(self.language))
                 if (self.findings or self.impression) else "")
+        cur = self.current
         return (self.report_view, self.findings, self.impression, copy, self.summary, self.timing, self.blocks,
-                self.warnings, self.study_id, self.draft_id, self.status)
+                self.warnings, self.study_id, self.draft_id, self.status, cur.version,
+                warnings_html(cur.warnings), banner_markdown(cur), cur)
+
+
+def _study_current(study: StudyInfo | None) -> Current:
+    """The session state of a study just put on screen (no draft in the editor)."""
+    if study is None:
+        return Current()
+    return Current(study_id=study.id, views=tuple(img.view for img in study.images))
+
+
+def _draft_current(draft: DraftInfo, study: StudyInfo) -> Current:
+    state = "signed" if draft.signed_at else ("edited" if draft.versions else "draft")
+    return _study_current(study).with_draft(
+        draft.id, version=len(draft.versions), state=state, indication=draft.settings.get("indication") or "",
+        model=draft.settings.get("model_label") or draft.model, warnings=tuple(draft.warnings))
+
+
+def _bind(current: Current | None, draft_id: str | None, version: float | None) -> tuple[str, int | None]:
+    """The draft and version an action acts on, refusing an action with no draft to act on.
+
+    The browser sends the draft id and version of its editor (boxes that change only together with the
+    session's :class:`Current`, which names the study in the refusal); an API call names its draft, with the
+    version its text is based on or without one (no version check, as before versions existed). Neither is
+    taken from the session state: a ``gradio_client`` session keeps the state of its last ``/generate``, which
+    is not what a later call names. The store refuses a version that is not the stored one.
+    """
+    draft_id = (draft_id or "").strip()
+    current = current if isinstance(current, Current) else Current()
+    if not draft_id:
+        where = f"study {current.study_id[:8]!r}" if current.study_id else "the screen"
+        raise ValueError(f"no draft on {where}: press Generate first (or open a draft from History & export)")
+    if version is not None and (not math.isfinite(version) or int(version) != version or version < 0):
+        raise ValueError(f"a draft version is a whole number >= 0, got {version!r}")
+    return draft_id, None if version is None else int(version)
 
 
 def _block_rows(trace: Sequence[dict[str, Any]]) -> list[list[Any]]:
@@ -192,6 +233,32 @@ class Handlers:
         """Forget the current study in this browser tab (nothing is deleted). Outputs: VIEWER_FIELDS."""
         return self._viewer(None, 0)
 
+    def begin_draft(self, study_id: str = "", current: Current | None = None) -> tuple[Any, ...]:
+        """Clear the previous draft (text, ids, summary, warnings) before drafting, so nothing stale shows under
+        the progress line and nothing can be saved to the old draft meanwhile. Outputs: DRAFT_FIELDS."""
+        base = current if isinstance(current, Current) and current.study_id == study_id else Current(study_id=study_id)
+        now = Current(study_id=base.study_id, views=base.views, state="drafting")
+        return DraftView(study_id=study_id, status="Drafting: waiting for the model…", current=now).outputs()
+
+    def draft_stopped(self, current: Current | None = None) -> tuple[str, Current, str]:
+        """After *Stop*: nothing was saved, the study stays on screen without a draft. Outputs: banner, state, status."""
+        base = current if isinstance(current, Current) else Current()
+        if base.state != "drafting":
+            return banner_markdown(base), base, gr.skip()
+        now = Current(study_id=base.study_id, views=base.views)
+        return banner_markdown(now), now, "**Stopped**: the partial draft was not saved; press *Generate* again."
+
+    def study_opened(self, study_id: str = "", request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Bind the editor to the study now on screen: no draft, empty editor and draft view. Outputs: DRAFT_FIELDS.
+
+        Chained after upload, *New study* and opening a study, so nothing of the previous study's draft can be
+        saved, signed or explained while another study is shown.
+        """
+        with user_errors():
+            study = self.store.get_study(study_id, self._user(request)) if (study_id or "").strip() else None
+            current = _study_current(study)
+            return DraftView(study_id=current.study_id, current=current).outputs()
+
     def show_study(self, study_id: str, request: gr.Request | None = None) -> tuple[Any, ...]:
         """Show the views of a stored study. Outputs: VIEWER_FIELDS."""
         with user_errors():
@@ -245,7 +312,7 @@ class Handlers:
         """
         with user_errors():
             user = self._user(request)
-            progress(0.0, desc="Reading the images")
+            progress(None, desc="Reading the images")
             if files:
                 study, _ = ingest_uploads(as_paths(files), store=self.store, owner=user,
                                           upload_cache_dir=self.settings.upload_cache_dir,
@@ -255,7 +322,7 @@ class Handlers:
             else:
                 raise ValueError("no image: upload one or more views (PNG, JPEG or DICOM) first")
             with self.services.gate.admitted(on_wait=waiting_progress(progress)):
-                progress(0.0, desc="Loading the model and encoding the images")
+                progress(None, desc="Loading the model and encoding the images")
                 yield from self._draft_stream(
                     study, user=user, indication=indication, language=language, model=model, sampler=sampler,
                     config=_sampler_config(max_new_tokens, temperature, threshold, seed), prefix=None,
@@ -273,6 +340,7 @@ class Handlers:
         temperature: float = 0.0,
         threshold: float = 0.85,
         seed: int = 0,
+        current: Current | None = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008  (Gradio injects progress through this default)
     ) -> Iterator[tuple[Any, ...]]:
@@ -284,6 +352,7 @@ class Handlers:
         """
         with user_errors():
             user = self._user(request)
+            draft_id, _ = _bind(current, draft_id, None)
             source = self.store.get_draft(draft_id, user)
             if not self.drafting.supports_prefix(model):
                 gr.Info("Re-draft from edit is not available with this model.")
@@ -295,7 +364,7 @@ class Handlers:
             study = self.store.get_study(source.study_id, user)
             config = _sampler_config(max_new_tokens, temperature, threshold, seed)
             with self.services.gate.admitted(on_wait=waiting_progress(progress)):
-                progress(0.0, desc="Re-drafting after your edit")
+                progress(None, desc="Re-drafting after your edit")
                 yield from self._draft_stream(
                     study, user=user, indication=source.settings.get("indication") or "",
                     language=source.language, model=model, sampler=sampler, config=config, prefix=prefix,
@@ -315,6 +384,8 @@ class Handlers:
         steps = (self.drafting.redraft_from(prefix, images, **kwargs) if prefix
                  else self.drafting.stream(images, **kwargs))
         shown: list[tuple[str, str | None]] = [(prefix + " ", "kept")] if prefix else []
+        drafting = _study_current(study).with_draft("", version=0, state="drafting",
+                                                     indication=indication.strip(), model=label)
         trace: list[dict[str, Any]] = []
         per_block_ms: list[float] = []
         first_block_s = 0.0
@@ -335,7 +406,7 @@ class Handlers:
                 report_view=shown + ([] if step.done else [(MASK_GLYPH * step.block_length, "masked")]),
                 language=language, study_id=study.id,
                 blocks=_block_rows(trace),
-                warnings="\n".join(input_warnings), status="Drafting…",
+                warnings="\n".join(input_warnings), status="Drafting…", current=drafting,
             )
             view.findings, view.impression = split_report(step.report)
             if step.draft is not None:
@@ -343,6 +414,7 @@ class Handlers:
                                          timing=timing, parent=parent, seed=config.seed)
                 view.timing, view.draft_id, view.status = saved.timings, saved.id, _status_text(saved)
                 view.findings, view.impression = saved.findings, saved.impression
+                view.current = _draft_current(saved, study)
             else:
                 view.timing = timing
             view.summary = _summary(view.timing)
@@ -351,6 +423,8 @@ class Handlers:
     def _save_draft(self, draft: Any, *, study: StudyInfo, user: str, label: str, trace: list[dict[str, Any]],
                     timing: dict[str, Any], parent: str | None, seed: int | None) -> DraftInfo:
         result = draft.result
+        findings, impression = split_report(draft.report) if draft.report.strip() else (draft.findings,
+                                                                                        draft.impression)
         timings = {
             **timing,
             "done": True,
@@ -366,7 +440,7 @@ class Handlers:
         return self.store.add_draft(NewDraft(
             study_id=study.id, author=user, model=draft.model, model_revision=draft.model_revision,
             sampler=draft.sampler, language=draft.settings.get("lang", "en"), report=draft.report,
-            findings=draft.findings, impression=draft.impression, seed=seed,
+            findings=findings, impression=impression, seed=seed,
             settings={**draft.settings, "model_label": label}, trace=trace, timings=timings,
             warnings=list(draft.warnings), parent_id=parent,
         ))
@@ -374,10 +448,11 @@ class Handlers:
     def open_draft(self, draft_id: str, request: gr.Request | None = None) -> tuple[Any, ...]:
         """Show a stored draft with its latest text. Outputs: DRAFT_FIELDS."""
         with user_errors():
-            draft = self.store.get_draft(draft_id.strip(), self._user(request))
-            return self._draft_view(draft).outputs()
+            user = self._user(request)
+            draft = self.store.get_draft((draft_id or "").strip(), user)
+            return self._draft_view(draft, self.store.get_study(draft.study_id, user)).outputs()
 
-    def _draft_view(self, draft: DraftInfo) -> DraftView:
+    def _draft_view(self, draft: DraftInfo, study: StudyInfo) -> DraftView:
         shown: list[tuple[str, str | None]] = []
         prefix = draft.settings.get("prefix")
         if prefix:
@@ -385,34 +460,86 @@ class Handlers:
         for block in draft.trace:
             shown.append((block["text"], None) if not block.get("confidences") else
                          (block["text"], confidence_band(min(block["confidences"]))))
-        findings, impression = draft.current
+        # Unedited: split the drafted text again, so a garbled draft's repeated headers are not left in a section.
+        findings, impression = draft.current if draft.versions or not draft.report.strip() else split_report(
+            draft.report)
         view = DraftView(
             report_view=shown, findings=findings, impression=impression, language=draft.language,
             timing=draft.timings, study_id=draft.study_id, draft_id=draft.id, status=_status_text(draft),
             blocks=_block_rows(draft.trace),
-            warnings="\n".join(draft.warnings),
+            warnings="\n".join(draft.warnings), current=_draft_current(draft, study),
         )
         view.summary = _summary(draft.timings) if draft.timings.get("blocks") else ""
         return view
 
     # ------------------------------------------------------------------ correct and sign
     def save_edit(self, draft_id: str, findings: str, impression: str, reasons: list[str] | None = None,
-                  comment: str = "", request: gr.Request | None = None) -> tuple[str, str]:
-        """Save the text exactly as sent (a new version; the draft stays unsigned). Outputs: status, copy_text."""
+                  comment: str = "", version: float | None = None, current: Current | None = None,
+                  request: gr.Request | None = None) -> tuple[str, str]:
+        """Save the text exactly as sent (a new version; the draft stays unsigned). Outputs: status, copy_text.
+
+        ``version`` (optional): the number of saved versions the text is based on; a save based on another
+        version than the stored one (e.g. from a second tab) is refused.
+        """
         with user_errors():
             user = self._user(request)
-            edit = self.store.save_edit(draft_id.strip(), user, findings=findings, impression=impression,
-                                        reasons=list(reasons or []), comment=comment)
-            draft = self.store.get_draft(draft_id.strip(), user)
+            draft_id, expected = _bind(current, draft_id, version)
+            edit = self.store.save_edit(draft_id, user, findings=findings, impression=impression,
+                                        reasons=list(reasons or []), comment=comment, expected_version=expected)
+            draft = self.store.get_draft(draft_id, user)
             return (f"Saved version {len(draft.versions)} at {edit.created_at:%H:%M:%S} UTC (not signed).",
                     format_report(findings, impression, lang=report_language(draft.language)))
 
-    def sign(self, draft_id: str, findings: str, impression: str, reasons: list[str] | None = None,
-             comment: str = "", request: gr.Request | None = None) -> tuple[Any, ...]:
-        """Sign the text as sent; the report becomes read-only. Outputs: status, findings, impression, copy_text."""
+    def refresh_current(self, current: Current | None = None, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """The session's draft as stored now (version, state). Outputs: CURRENT_FIELDS."""
         with user_errors():
-            draft = self.store.sign(draft_id.strip(), self._user(request), findings=findings, impression=impression,
-                                    reasons=list(reasons or []), comment=comment)
+            if not isinstance(current, Current) or not current.draft_id:
+                return (None, banner_markdown(current), current or Current(), "")
+            user = self._user(request)
+            draft = self.store.get_draft(current.draft_id, user)
+            now = _draft_current(draft, self.store.get_study(draft.study_id, user))
+            now = Current(**{**now.__dict__, "indication": now.indication or current.indication})
+            return now.version, banner_markdown(now), now, warnings_html(now.warnings)
+
+    def confirm_sign(self, draft_id: str, findings: str, impression: str, version: float | None = None,
+                     current: Current | None = None, request: gr.Request | None = None) -> tuple[Any, Any, Any]:
+        """Show what *Sign* would sign (and the draft's warnings) before signing. Outputs: panel, text, sign-anyway."""
+        with user_errors():
+            user = self._user(request)
+            draft_id, _ = _bind(current, draft_id, version)
+            draft = self.store.get_draft(draft_id, user)
+            if draft.signed_at is not None:
+                raise SignedReportError(f"draft {draft_id!r} is already signed (by {draft.signed_by} at "
+                                        f"{draft.signed_at:%Y-%m-%d %H:%M} UTC): add an addendum instead")
+            if not (findings.strip() or impression.strip()):
+                raise ValueError(f"cannot sign draft {draft_id!r}: findings and impression are both empty")
+            text = (f"**You are signing draft `{draft_id[:8]}` of study `{draft.study_id[:8]}`** "
+                    f"(version {len(draft.versions) + 1}); the report is then locked.\n\n"
+                    f"**Findings:** {findings.strip() or '(empty)'}\n\n**Impression:** {impression.strip() or '(empty)'}")
+            if draft.warnings:
+                text += (f"\n\n**⚠ This draft has {len(draft.warnings)} warning"
+                         f"{'' if len(draft.warnings) == 1 else 's'}:** " + "; ".join(draft.warnings)
+                         + "\n\nTick *Sign anyway* to sign it as it is.")
+            return gr.update(visible=True), text, gr.update(visible=bool(draft.warnings), value=False)
+
+    def sign(self, draft_id: str, findings: str, impression: str, reasons: list[str] | None = None,
+             comment: str = "", version: float | None = None, sign_anyway: bool = False,
+             current: Current | None = None, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Sign the text as sent; the report becomes read-only. Outputs: status, findings, impression, copy_text.
+
+        A draft with warnings is signed only with ``sign_anyway``; ``version`` is checked as in ``save_edit``.
+        """
+        with user_errors():
+            user = self._user(request)
+            draft_id, expected = _bind(current, draft_id, version)
+            before = self.store.get_draft(draft_id, user)
+            if before.signed_at is None and before.warnings and not sign_anyway:
+                raise ValueError(
+                    f"draft {draft_id!r} has {len(before.warnings)} warning{'' if len(before.warnings) == 1 else 's'}"
+                    f" ({'; '.join(before.warnings)}): check the text against the images and tick 'Sign anyway' "
+                    "to sign it as it is")
+            draft = self.store.sign(draft_id, user, findings=findings, impression=impression,
+                                    reasons=list(reasons or []), comment=comment, expected_version=expected)
             return (_status_text(draft), findings, impression,
                     format_report(findings, impression, lang=report_language(draft.language)))
 
@@ -426,12 +553,14 @@ class Handlers:
                 signed = False
         return gr.update(interactive=not signed), gr.update(interactive=not signed)
 
-    def add_addendum(self, draft_id: str, text: str, request: gr.Request | None = None) -> tuple[str, str]:
+    def add_addendum(self, draft_id: str, text: str, current: Current | None = None,
+                     request: gr.Request | None = None) -> tuple[str, str]:
         """Append an addendum to a signed report. Outputs: status, addendum box (cleared)."""
         with user_errors():
             user = self._user(request)
-            self.store.add_addendum(draft_id.strip(), user, text)
-            return _status_text(self.store.get_draft(draft_id.strip(), user)), ""
+            draft_id, _ = _bind(current, draft_id, None)
+            self.store.add_addendum(draft_id, user, text)
+            return _status_text(self.store.get_draft(draft_id, user)), ""
 
     # ------------------------------------------------------------------ history, export, deletion
     def history(self, request: gr.Request | None = None) -> list[list[Any]]:

@@ -341,7 +341,9 @@ def build_race_tab(services: Services, *, draft_study_id: gr.Textbox | None = No
               temperature, seed]
     # As the Draft tab's events: Gradio hands races over at once, the device is held in Services.gate.
     gpu: dict[str, Any] = {"concurrency_id": "gpu", "concurrency_limit": None}
-    files.upload(h.upload, [files], [study_id, files, input_warnings], **direct, **private)
+    # A refused upload leaves the file list (its reason is the error message), so the next upload works.
+    files.upload(h.upload, [files], [study_id, files, input_warnings], **direct, **private).failure(
+        lambda: None, None, [files], **direct, **private)
     # Progress (loading, warm-up) on the how-it-ran line only, so that it never covers a streaming panel.
     racing = start.click(h.race_stream, inputs, outputs, api_name="race_stream", show_progress="minimal",
                          show_progress_on=[how], trigger_mode="once", **gpu)

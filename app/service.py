@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,8 @@ if TYPE_CHECKING:  # torch/transformers load only when a model is first needed
 
 __all__ = [
     "CONFIDENCE_BANDS", "BlockStep", "DraftingService", "ModelInfo", "PieceDecoder", "Services", "TokenPiece",
-    "app_version", "confidence_band", "ingest_uploads", "load_study_images", "redraft_prefix", "render_window",
-    "report_language", "split_report",
+    "add_report_check", "app_version", "confidence_band", "ingest_uploads", "load_study_images", "redraft_prefix",
+    "render_window", "report_check_warnings", "report_language", "split_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -408,6 +409,7 @@ class DraftingService:
                 event = next(events)
             except StopIteration as stop:  # the sampler ended without flagging a last block
                 draft = stop.value
+                add_report_check(draft)
                 yield BlockStep(index=-1, pieces=decoder.flush(), block_text="", report=draft.report,
                                 seconds=draft.result.seconds, block_ms=0.0, block_length=block_length,
                                 model_revision=revision, token_ids=[], confidences=[], done=True, draft=draft)
@@ -422,8 +424,11 @@ class DraftingService:
             )
             previous = event.seconds
             if event.done:
+                from echo_model.sampling import drain
+
                 step.pieces.extend(decoder.flush())
-                step.draft = _finish(events)
+                step.draft = drain(events)
+                add_report_check(step.draft)
                 step.report = step.draft.report
             yield step
             if event.done:
@@ -438,13 +443,24 @@ class DraftingService:
         return self.stream(images, prefix=prefix_text, **kwargs)
 
 
-def _finish(events: Generator[Any, None, Draft]) -> Draft:
-    """Run the sampler's generator to its return value (the :class:`Draft`)."""
-    while True:
-        try:
-            next(events)
-        except StopIteration as stop:
-            return stop.value
+def report_check_warnings(text: str) -> list[str]:
+    """The warnings of ``echo_model.report_check`` on a drafted report; none where that module is not installed.
+
+    Why optional: the report check lands separately; until then a draft carries its input warnings only.
+    """
+    try:
+        from echo_model.report_check import check_report  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return []
+    return [str(w) for w in check_report(text, normalized=False).warnings]
+
+
+def add_report_check(draft: Draft) -> Draft:
+    """Append the report check's warnings to ``draft.warnings`` (each once); returns the draft."""
+    for warning in report_check_warnings(draft.report):
+        if warning not in draft.warnings:
+            draft.warnings.append(warning)
+    return draft
 
 
 def load_study_images(study: StudyInfo) -> list[Image.Image]:
@@ -456,9 +472,29 @@ def load_study_images(study: StudyInfo) -> list[Image.Image]:
     return images
 
 
+# A run of the same section header, repeated with or without colons ("Impression Impression Impression:"),
+# as a garbled draft writes it: one header. A lone header word without a colon is prose and stays.
+_REPEATED_HEADER = re.compile(
+    r"(?<![A-Za-z])(?P<word>(?i:findings?|impressions?))[ \t]*:?(?:[ \t]*(?i:findings?|impressions?)"
+    r"(?![A-Za-z])[ \t]*:?)+"
+)
+
+
+def _one_header(match: re.Match[str]) -> str:
+    words = re.findall(r"(?i:findings?|impressions?)", match.group(0))
+    sections = {w.lower().rstrip("s") for w in words}
+    if len(sections) != 1:  # "Findings Impression:": keep the last header, the one that opens the section
+        return f"{words[-1].capitalize()}:"
+    return "Impression:" if sections == {"impression"} else "Findings:"
+
+
 def split_report(text: str) -> tuple[str, str]:
-    """(findings, impression) of report text, for the editable boxes."""
-    parsed = parse_report(text)
+    """(findings, impression) of report text, for the editable boxes.
+
+    Headers in any case are recognised (``FINDINGS:``, ``impression:``), and a header repeated in a row
+    (``Impression Impression Impression:``) counts once, so no header word is left inside a section.
+    """
+    parsed = parse_report(_REPEATED_HEADER.sub(_one_header, text))
     return parsed.findings, parsed.impression
 
 

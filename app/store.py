@@ -56,7 +56,8 @@ from echo_model.data.records import EDIT_REASONS
 
 __all__ = [
     "AccessError", "AuditInfo", "DraftInfo", "EditInfo", "ExplanationInfo", "HistoryRow", "ImageInfo", "NewDraft", "NewImage",
-    "NotFoundError", "SignedReportError", "Store", "StoreError", "StudyInfo", "needs_single_connection",
+    "NotFoundError", "SignedReportError", "StaleVersionError", "Store", "StoreError", "StudyInfo",
+    "needs_single_connection",
 ]
 
 DB_NAME = "echo.sqlite"
@@ -81,6 +82,10 @@ class AccessError(StoreError):
 
 class SignedReportError(StoreError):
     """The draft is signed: its text can no longer change, only addenda can be added."""
+
+
+class StaleVersionError(StoreError):
+    """The caller edited an older version of the draft than the stored one (another tab or window saved since)."""
 
 
 UTC = timezone.utc
@@ -611,6 +616,20 @@ class Store:
         s.flush()
         return row
 
+    @staticmethod
+    def _check_version(draft: DraftRow, expected: int | None) -> None:
+        """Optimistic concurrency: refuse a write based on another version than the stored one."""
+        if expected is None:
+            return
+        if expected < 0:
+            raise StoreError(f"a draft version is a count of saved versions (>= 0), got {expected}")
+        stored = sum(1 for e in draft.edits if e.kind != "addendum")
+        if stored != expected:
+            raise StaleVersionError(
+                f"draft {draft.id!r} is at version {stored}, but this editor holds version {expected}: it was "
+                "changed elsewhere (another tab or window); open the draft again before saving"
+            )
+
     def _refuse_if_signed(self, draft: DraftRow) -> None:
         if draft.signed_at is not None:
             raise SignedReportError(
@@ -619,11 +638,16 @@ class Store:
             )
 
     def save_edit(self, draft_id: str, actor: str, *, findings: str, impression: str,
-                  reasons: Sequence[str] = (), comment: str = "") -> EditInfo:
-        """Append a version of the report text exactly as given (no trimming or normalising)."""
+                  reasons: Sequence[str] = (), comment: str = "", expected_version: int | None = None) -> EditInfo:
+        """Append a version of the report text exactly as given (no trimming or normalising).
+
+        ``expected_version`` (the number of saved versions the caller's text is based on) is checked in the
+        same transaction; ``None`` skips the check (API callers that do not track versions).
+        """
         with self._transaction() as s:
             draft = self._owned_draft(s, draft_id, actor)
             self._refuse_if_signed(draft)
+            self._check_version(draft, expected_version)
             row = self._add_edit(s, draft, actor, "edit", findings=findings, impression=impression,
                                  reasons=reasons, comment=comment)
             self._audit(s, actor, "edit.save", study_id=draft.study_id, draft_id=draft_id,
@@ -631,13 +655,14 @@ class Store:
             return self._edit_info(row)
 
     def sign(self, draft_id: str, actor: str, *, findings: str, impression: str,
-             reasons: Sequence[str] = (), comment: str = "") -> DraftInfo:
-        """Store the final text and freeze the draft; later changes are addenda."""
+             reasons: Sequence[str] = (), comment: str = "", expected_version: int | None = None) -> DraftInfo:
+        """Store the final text and freeze the draft; later changes are addenda (version check as ``save_edit``)."""
         if not (findings.strip() or impression.strip()):
             raise StoreError(f"cannot sign draft {draft_id!r}: findings and impression are both empty")
         with self._transaction() as s:
             draft = self._owned_draft(s, draft_id, actor)
             self._refuse_if_signed(draft)
+            self._check_version(draft, expected_version)
             row = self._add_edit(s, draft, actor, "sign", findings=findings, impression=impression,
                                  reasons=reasons, comment=comment)
             draft.signed_at, draft.signed_by = row.created_at, actor

@@ -132,7 +132,10 @@ def test_draft_edit_sign_export_in_a_browser(app_url, driver, tmp_path: Path) ->
     assert driver.find_element(By.CSS_SELECTOR, "#copy-text textarea").get_attribute("value") == (
         "Findings: Heart size is normal. Lungs are clear. Impression: No acute cardiopulmonary abnormality.")
     driver.find_element(By.CSS_SELECTOR, "#reasons input[name='style']").click()
-    driver.find_element(By.ID, "sign-btn").click()
+    driver.find_element(By.ID, "sign-btn").click()  # shows what is signed; the confirmation signs
+    wait.until(ec.element_to_be_clickable((By.ID, "sign-confirm-btn")))
+    assert "Heart size is normal" in text_of("#sign-confirm-text")
+    driver.find_element(By.ID, "sign-confirm-btn").click()
     wait.until(lambda d: "Signed" in text_of("#status"))
     (row,) = [r for r in services.store.history("local") if r.draft_id]
     signed = services.store.get_draft(row.draft_id, "local")

@@ -150,6 +150,19 @@ def test_save_persists_exactly_what_was_sent(client: Client, streamed: dict[str,
     assert any(row[-1] == draft_id and row[1] == "edited" for row in history["data"])
 
 
+def test_version_is_optional_and_checked_when_given(client: Client, streamed: dict[str, Any]) -> None:
+    """Calls without a version keep working (however many); one based on an older version is refused."""
+    draft_id = streamed["outputs"][-1][F["draft_id"]]
+    for k in range(2):
+        status, _ = client.predict(draft_id, f"no version {k}", "x", [], "", api_name="/save_edit")
+        assert "Saved version" in status
+    stored = int(client.predict(draft_id, api_name="/open_draft")[F["version"]])
+    status, _ = client.predict(draft_id, "based on the stored version", "x", [], "", stored, api_name="/save_edit")
+    assert f"Saved version {stored + 1}" in status
+    with pytest.raises(AppError, match=f"is at version {stored + 1}, but this editor holds version {stored}"):
+        client.predict(draft_id, "stale", "x", [], "", stored, api_name="/save_edit")
+
+
 def test_sign_then_export_round_trips_through_load_dataset(client: Client, streamed, tmp_path: Path) -> None:
     draft_id = streamed["outputs"][-1][F["draft_id"]]
     client.predict(draft_id, "Lungs clear.", "Normal.", ["style"], "", api_name="/sign")

@@ -158,6 +158,7 @@ def test_export_round_trips_through_load_dataset(handlers: Handlers, tmp_path: P
     updates = _generate(handlers, [_upload(handlers, seed=21)])
     draft_id = updates[-1][F["draft_id"]]
     handlers.save_edit(draft_id, "Draft-edited.", "x", ["missed finding"], "first pass")
+    handlers.save_edit(draft_id, "Draft-edited again.", "x", [], "first pass")  # the comment left in the box
     handlers.sign(draft_id, "Small left pleural effusion.", "Effusion.", ["missed finding", "severity"], "ok")
     zip_path, status = handlers.export_corrections("", "")
     assert "Exported" in status
@@ -170,6 +171,7 @@ def test_export_round_trips_through_load_dataset(handlers: Handlers, tmp_path: P
     assert (rec.findings, rec.impression, rec.source) == ("Small left pleural effusion.", "Effusion.", "echo_app")
     assert rec.correction.draft_findings == draft.findings and rec.correction.model_revision == "unversioned"
     assert rec.correction.edit_reasons == ("missed finding", "severity") and rec.correction.editor == "local"
+    assert rec.correction.comment == "first pass\nok"  # each comment once
     assert set(rec.correction.edit_reasons) <= set(EDIT_REASONS) and rec.indication == "cough"
     assert all(Path(img.path).is_file() for img in rec.images)
     with pytest.raises(gr.Error, match="no signed report"):
@@ -195,8 +197,10 @@ def test_build_demo_wires_the_public_endpoints(handlers: Handlers) -> None:
     names = {d.api_name for d in demo.fns.values() if d.api_visibility != "private"}
     assert {"generate", "redraft_from_edit", "save_edit", "sign", "add_addendum", "export_corrections",
             "open_draft", "history", "delete_study", "upload_views", "audit"} <= names
-    queued = {d.api_name: d.queue for d in demo.fns.values() if d.api_name}
-    assert queued["generate"] and not queued["save_edit"] and not queued["sign"] and not queued["export_corrections"]
+    queued = {d.api_name: d.queue for d in demo.fns.values() if d.api_name and d.fn is not None}
+    # Every event is queued (so its error reaches the browser in words) and none waits behind a draft.
+    assert all(queued.values()), queued
+    assert all(d.concurrency_limit is None for d in demo.fns.values() if d.fn is not None)
     gen = next(d for d in demo.fns.values() if d.api_name == "generate")
     assert gen.concurrency_id == "gpu" and gen.concurrency_limit is None  # bounded by Services.gate instead
     gate = handlers.services.gate
@@ -220,3 +224,47 @@ def test_dicom_without_extension_is_shown_with_its_window_and_no_header_is_kept(
     assert "window C 2048" in viewer["view_info"] and "(dicom)" in viewer["view_info"]
     stored = b"".join(p.read_bytes() for p in handlers.settings.data_dir.rglob("*") if p.is_file())
     assert b"DOE^JOHN" not in stored and b"MRN-998877" not in stored and not (folder / "IM0001").exists()
+
+
+def test_two_tabs_a_stale_save_is_refused_and_warnings_need_sign_anyway(handlers: Handlers) -> None:
+    """Two sessions hold version 0 of one draft; the second's save is refused in words, its text stays unsaved."""
+    from app.current import Current
+
+    updates = _generate(handlers, [_upload(handlers, seed=31)])
+    draft_id, tab = updates[-1][F["draft_id"]], updates[-1][F["current"]]
+    assert isinstance(tab, Current) and (tab.draft_id, tab.version, tab.state) == (draft_id, 0, "draft")
+    # Each tab sends the draft id and version of its editor (as the browser does from its boxes).
+    handlers.save_edit(draft_id, "Tab one.", "x", [], "", tab.version, tab)
+    with pytest.raises(gr.Error, match="is at version 1, but this editor holds version 0"):
+        handlers.save_edit(draft_id, "Tab two.", "x", [], "", tab.version, tab)
+    handlers.save_edit(draft_id, "API call without a version: no check.", "x", [], "")
+    with pytest.raises(gr.Error, match="no draft on study"):
+        handlers.save_edit("", "Typed on another study.", "x", [], "", None, Current(study_id="b" * 32))
+    assert [v.findings for v in handlers.store.get_draft(draft_id, "local").versions] == [
+        "Tab one.", "API call without a version: no check."]
+
+    # A draft with a warning: signing needs sign_anyway, through the UI and the API.
+    study = handlers.store.get_study(tab.study_id, "local")
+    from app.store import NewDraft
+
+    warned = handlers.store.add_draft(NewDraft(
+        study_id=study.id, author="local", model="m", model_revision="r", sampler="echo", language="en",
+        report="Findings: a Impression: b", findings="a", impression="b", warnings=["repeated header"]))
+    with pytest.raises(gr.Error, match="Sign anyway"):
+        handlers.sign(warned.id, "a", "b", [], "")
+    _, text, anyway = handlers.confirm_sign(warned.id, "a", "b")
+    assert "repeated header" in text and anyway["visible"] is True
+    handlers.sign(warned.id, "a", "b", [], "", None, True)
+    with pytest.raises(gr.Error, match="already signed"):
+        handlers.confirm_sign(warned.id, "a", "b")
+
+
+def test_stop_leaves_the_study_without_a_draft(handlers: Handlers) -> None:
+    from app.current import Current
+
+    drafting = Current(study_id="s" * 32, views=("pa",), state="drafting")
+    banner, now, status = handlers.draft_stopped(drafting)
+    assert (now.study_id, now.state, now.draft_id) == (drafting.study_id, "", "") and "Stopped" in status
+    assert "no draft yet" in banner
+    signed = Current(study_id="s" * 32, draft_id="d" * 32, version=1, state="signed")
+    assert handlers.draft_stopped(signed)[1] == signed  # Stop when nothing drafts changes nothing

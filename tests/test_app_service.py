@@ -221,3 +221,44 @@ def test_upload_into_a_deleted_study_starts_a_new_one(tmp_path: Path, store: Sto
     second, _ = ingest_uploads([_upload(cache, "b.png", synthetic_cxr(8))], store=store, owner="alice",
                                upload_cache_dir=cache, study_id=first.id)
     assert second.id != first.id and [i.label for i in second.images] == ["view 1"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Findings: Bilateralound--lloundlllll Impression Impression Impression: Normal.",
+     ("Bilateralound--lloundlllll", "Normal.")),
+    ("FINDINGS: Clear lungs. IMPRESSION: Normal.", ("Clear lungs.", "Normal.")),
+    ("findings: a impression impression: b", ("a", "b")),
+    ("Findings: no impression of a mass. Impression: ok", ("no impression of a mass.", "ok")),
+    ("Findings Findings: a. Impression: b.", ("a.", "b.")),
+])
+def test_split_report_copes_with_any_case_and_repeated_headers(text: str, expected: tuple[str, str]) -> None:
+    from app.service import split_report
+
+    assert split_report(text) == expected
+
+
+def test_report_check_warnings_are_added_when_the_check_is_installed(monkeypatch) -> None:
+    import sys
+    import types
+    from dataclasses import dataclass, field
+
+    from app.service import add_report_check, report_check_warnings
+
+    assert report_check_warnings("Findings: a Impression: b") == [] or "echo_model.report_check" in sys.modules
+
+    @dataclass
+    class FakeCheck:
+        warnings: list[str] = field(default_factory=list)
+
+    seen: dict[str, object] = {}
+
+    def check_report(text: str, *, normalized: bool) -> FakeCheck:
+        seen.update(text=text, normalized=normalized)
+        return FakeCheck(["repeated section header 'Impression'"])
+
+    monkeypatch.setitem(sys.modules, "echo_model.report_check", types.SimpleNamespace(check_report=check_report))
+    draft = types.SimpleNamespace(report="Findings: a Impression Impression: b", warnings=["view 1: small image"])
+    add_report_check(draft)
+    add_report_check(draft)  # each warning once
+    assert draft.warnings == ["view 1: small image", "repeated section header 'Impression'"]
+    assert seen == {"text": "Findings: a Impression Impression: b", "normalized": False}

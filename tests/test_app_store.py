@@ -192,3 +192,21 @@ def test_network_and_fuse_mounts_need_a_single_connection(tmp_path: Path, fstype
     mounts.write_text(f"/dev/root / ext4 rw 0 0\nremote:/x /mnt/remote\\040dir {fstype} rw 0 0\n")
     assert needs_single_connection(Path("/mnt/remote dir/echo"), mounts_file=mounts) is expected
     assert needs_single_connection(Path("/home/echo"), mounts_file=mounts) is False
+
+
+def test_a_save_based_on_another_version_is_refused(store: Store) -> None:
+    """Optimistic concurrency: two tabs open version 0; the first saves, the second's save and sign are refused."""
+    from app.store import StaleVersionError
+
+    _, draft_id = _draft(store)
+    store.save_edit(draft_id, "alice", findings="tab 1", impression="", expected_version=0)
+    with pytest.raises(StaleVersionError, match="is at version 1, but this editor holds version 0"):
+        store.save_edit(draft_id, "alice", findings="tab 2", impression="", expected_version=0)
+    with pytest.raises(StaleVersionError, match="version 1"):
+        store.sign(draft_id, "alice", findings="tab 2", impression="x", expected_version=0)
+    store.save_edit(draft_id, "alice", findings="tab 1 again", impression="", expected_version=1)
+    store.save_edit(draft_id, "alice", findings="no version: no check", impression="")
+    assert [v.findings for v in store.get_draft(draft_id, "alice").versions] == [
+        "tab 1", "tab 1 again", "no version: no check"]
+    with pytest.raises(StoreError, match="-1"):
+        store.save_edit(draft_id, "alice", findings="x", impression="", expected_version=-1)
