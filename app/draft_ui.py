@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from echo_model.data.records import EDIT_REASONS
+from echo_model.sampling import SAMPLERS, sampler_spec
 
 from .current import Current, banner_markdown
 from .handlers import (
@@ -29,13 +30,8 @@ from .settings import AppSettings
 
 __all__ = ["SAMPLER_CHOICES", "DraftTab", "build_draft_tab"]
 
-#: Short labels, so the chosen one fits its box (the sampler names are explained in docs/app.md).
-SAMPLER_CHOICES: list[tuple[str, str]] = [
-    ("ECHO (one step per block)", "echo"),
-    ("Teacher (multi-step)", "teacher"),
-    ("Vanilla (one step, teacher)", "vanilla"),
-    ("AR (token by token)", "ar"),
-]
+#: The registry's short labels, so the chosen one fits its box (the samplers are explained in docs/app.md).
+SAMPLER_CHOICES: list[tuple[str, str]] = [(sampler_spec(name).label, name) for name in SAMPLERS]
 # Client-side only: the copy box follows the editor without a server round trip per keystroke.
 _COPY_JS = """(f, i, lang) => lang === 'zh' ? `所见：${f.trim()} 结论：${i.trim()}`
                                             : `Findings: ${f.trim()} Impression: ${i.trim()}`"""

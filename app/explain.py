@@ -153,12 +153,15 @@ class ExplainService:
         processor = ck.processor
         select = select_tokens(draft, parsed, self._decoder(processor), processor.eos_token_id)
         blocks = [b["token_ids"] for b in draft.trace]
+        from echo_model.sampling import sampler_spec
+
         steps = None
-        if draft.sampler == "teacher":
+        spec = sampler_spec(draft.sampler)
+        if spec.multi_step:
             if any(b.get("steps") is None for b in draft.trace):
                 raise ValueError("this teacher draft has no recorded commit steps: generate it again to explain it")
             steps = [b["steps"] for b in draft.trace]
-        states = decode_states(prompt.input_ids, blocks, kind="ar" if draft.sampler == "ar" else "block",
+        states = decode_states(prompt.input_ids, blocks, kind=spec.kind,
                                block_length=ck.spec.block_length, mask_token_id=processor.mask_token_id,
                                select=select, steps=steps)
         result = Explainer(ck.model, processor).explain(prompt, states, images=images, config=config)

@@ -425,15 +425,14 @@ class Handlers:
         result = draft.result
         findings, impression = split_report(draft.report) if draft.report.strip() else (draft.findings,
                                                                                         draft.impression)
+        figures = result.figures.to_json()
         timings = {
             **timing,
             "done": True,
-            "time_to_first_block_s": round(result.first_block_seconds, 4),
-            "total_s": round(result.seconds, 4),
-            "tokens": result.tokens,
-            "forward_passes": result.forward_passes,
-            "model_calls": result.model_calls,
-            "tokens_per_forward": round(result.tokens_per_forward, 4),
+            **figures,
+            # the names the draft summary and stored drafts have always used
+            "time_to_first_block_s": figures["first_block_seconds"],
+            "total_s": figures["seconds"],
             "revision": draft.model_revision,
             "model": label,
         }

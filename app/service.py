@@ -40,8 +40,8 @@ if TYPE_CHECKING:  # torch/transformers load only when a model is first needed
 
 __all__ = [
     "CONFIDENCE_BANDS", "BlockStep", "DraftingService", "ModelInfo", "PieceDecoder", "Services", "TokenPiece",
-    "add_report_check", "app_version", "confidence_band", "ingest_uploads", "load_study_images", "redraft_prefix",
-    "render_window", "report_check_warnings", "report_language", "split_report",
+    "app_version", "confidence_band", "ingest_uploads", "load_study_images", "redraft_prefix",
+    "render_window", "report_language", "split_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -409,7 +409,6 @@ class DraftingService:
                 event = next(events)
             except StopIteration as stop:  # the sampler ended without flagging a last block
                 draft = stop.value
-                add_report_check(draft)
                 yield BlockStep(index=-1, pieces=decoder.flush(), block_text="", report=draft.report,
                                 seconds=draft.result.seconds, block_ms=0.0, block_length=block_length,
                                 model_revision=revision, token_ids=[], confidences=[], done=True, draft=draft)
@@ -428,7 +427,6 @@ class DraftingService:
 
                 step.pieces.extend(decoder.flush())
                 step.draft = drain(events)
-                add_report_check(step.draft)
                 step.report = step.draft.report
             yield step
             if event.done:
@@ -441,26 +439,6 @@ class DraftingService:
         if not self.supports_prefix(kwargs.get("model")):
             raise NotImplementedError("re-draft from edit is not available with this model")
         return self.stream(images, prefix=prefix_text, **kwargs)
-
-
-def report_check_warnings(text: str) -> list[str]:
-    """The warnings of ``echo_model.report_check`` on a drafted report; none where that module is not installed.
-
-    Why optional: the report check lands separately; until then a draft carries its input warnings only.
-    """
-    try:
-        from echo_model.report_check import check_report  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return []
-    return [str(w) for w in check_report(text, normalized=False).warnings]
-
-
-def add_report_check(draft: Draft) -> Draft:
-    """Append the report check's warnings to ``draft.warnings`` (each once); returns the draft."""
-    for warning in report_check_warnings(draft.report):
-        if warning not in draft.warnings:
-            draft.warnings.append(warning)
-    return draft
 
 
 def load_study_images(study: StudyInfo) -> list[Image.Image]:

@@ -237,7 +237,8 @@ def run_phi_scan(work_dir: Path, *, max_new_tokens: int = 32) -> PhiReport:
                                  max_new_tokens=max_new_tokens, api_name="/generate")
         draft_id = str(outputs[9])
         client.predict(draft_id, "Lungs are clear.", "No acute disease.", ["style"], "checked", api_name="/save_edit")
-        status = client.predict(draft_id, "Lungs are clear.", "No acute disease.", [], "", api_name="/sign")[0]
+        status = client.predict(draft_id, "Lungs are clear.", "No acute disease.", [], "", None, True,  # sign anyway
+                               api_name="/sign")[0]
         client.predict(draft_id, "Compared with the prior study.", api_name="/add_addendum")
         client.predict(draft_id, api_name="/open_draft")
         client.predict(api_name="/history")

@@ -211,7 +211,7 @@ def test_5_sign_twice_progress_labels_and_about(room, page: Page) -> None:
     page.upload_study(15)
     page.generate()
     findings = page.value("#findings textarea")
-    page.sign()
+    page.sign(anyway=True)  # the tiny model's draft fails the report check
     page.wait.until(lambda d: "Signed" in page.text("#status"))
     page.click("sign-btn")  # again: refused, the text stays
     page.wait.until(lambda d: "already signed" in page.body().lower())

@@ -237,28 +237,14 @@ def test_split_report_copes_with_any_case_and_repeated_headers(text: str, expect
     assert split_report(text) == expected
 
 
-def test_report_check_warnings_are_added_when_the_check_is_installed(monkeypatch) -> None:
-    import sys
-    import types
-    from dataclasses import dataclass, field
+def test_the_streamed_draft_carries_the_report_check_once(model_dir: Path) -> None:
+    """The library checks every draft; the app shows those warnings as they are (no second check, no repair)."""
+    from echo_model.report_check import check_report
 
-    from app.service import add_report_check, report_check_warnings
-
-    assert report_check_warnings("Findings: a Impression: b") == [] or "echo_model.report_check" in sys.modules
-
-    @dataclass
-    class FakeCheck:
-        warnings: list[str] = field(default_factory=list)
-
-    seen: dict[str, object] = {}
-
-    def check_report(text: str, *, normalized: bool) -> FakeCheck:
-        seen.update(text=text, normalized=normalized)
-        return FakeCheck(["repeated section header 'Impression'"])
-
-    monkeypatch.setitem(sys.modules, "echo_model.report_check", types.SimpleNamespace(check_report=check_report))
-    draft = types.SimpleNamespace(report="Findings: a Impression Impression: b", warnings=["view 1: small image"])
-    add_report_check(draft)
-    add_report_check(draft)  # each warning once
-    assert draft.warnings == ["view 1: small image", "repeated section header 'Impression'"]
-    assert seen == {"text": "Findings: a Impression Impression: b", "normalized": False}
+    service = DraftingService(AppSettings(models=(str(model_dir),)))
+    steps = list(service.stream([synthetic_cxr(6)], model=None, sampler="echo", language="en",
+                                config=SamplerConfig(max_new_tokens=12)))
+    draft = steps[-1].draft
+    expected = check_report(draft.result.text, normalized=False).warnings
+    assert expected and draft.report == draft.result.text
+    assert [w for w in draft.warnings if w in expected] == expected

@@ -40,7 +40,7 @@ class SamplerSpec:
         role: the embedded checkpoint role it runs on by default (``ar``, ``teacher``, ``student``).
         steps: denoising steps per block (block samplers; None = the block length, as the paper's teacher).
         fused: the fused block KV cache (one forward per block; block samplers with one step).
-        label: a short human description (the app's menu).
+        label: a short human name that fits the app's sampler menu.
         schedule: the forward schedule in words (README, docs).
     """
 
@@ -87,16 +87,16 @@ SAMPLER_SPECS: dict[str, SamplerSpec] = {
     spec.name: spec
     for spec in (
         SamplerSpec("echo", "block", "student", steps=1, fused=True,
-                    label="ECHO: one step per block (student)",
+                    label="ECHO (one step per block)",
                     schedule="1 forward per block (fused block KV cache)"),
         SamplerSpec("teacher", "block", "teacher", steps=None, fused=False,
-                    label="Teacher: multi-step block diffusion",
+                    label="Teacher (multi-step)",
                     schedule="≤ b denoising forwards per block + 1 cache write"),
         SamplerSpec("vanilla", "block", "teacher", steps=1, fused=True,
-                    label="Vanilla: one step on the teacher",
+                    label="Vanilla (one step, teacher)",
                     schedule="1 forward per block (the echo sampler on the teacher's weights)"),
         SamplerSpec("ar", "ar", "ar", steps=None, fused=False,
-                    label="AR: token by token (baseline)",
+                    label="AR (token by token)",
                     schedule="b forwards per block (one per token)"),
     )
 }
