@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--normalize", action=argparse.BooleanOptionalAction, default=True,
-        help="score against normalized IU X-ray / covid_cxr_notes references (method.md §3.5), and against the "
+        help="score against normalized IU X-ray / covid_cxr_notes references (the ECHO paper, §3.5), and against the "
              "references as written in a second table (default); --no-normalize scores the raw text only",
     )
     model = ap.add_argument_group("model")

@@ -26,3 +26,13 @@ def test_results_section_reports_the_stored_figures():
     assert f"{speed['speedup_ar_over_echo']:.2f}×" in section
     echo = json.loads((ROOT / "results" / "eval" / "iu-echo.json").read_text())
     assert f"{echo['rougeL']:.3f}" in section
+
+
+def test_results_section_reports_both_reference_kinds():
+    import json
+
+    section = _renderer().render(ROOT)
+    folder = ROOT / "results" / "eval" / "normalized"
+    for name in ("iu-echo", "iu-normal-template", "covid-echo"):
+        m = json.loads((folder / f"{name}.json").read_text())
+        assert f"| {m['rougeL']:.3f} | {m['bleu4']:.3f} | {m['ce_f1_5']:.3f} | {m['raw_reference']['rougeL']:.3f} |" in section

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, default=None, help="use only the first N training studies")
     ap.add_argument("--image-repeats", type=int, default=1, help="repeat studies that have images N times per epoch")
     ap.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
-                    help="train on normalized IU X-ray / covid_cxr_notes reports (method.md §3.5; default on); "
+                    help="train on normalized IU X-ray / covid_cxr_notes reports (the ECHO paper, §3.5; default on); "
                          "record files such as the correction export are always used as written")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)

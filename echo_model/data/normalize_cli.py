@@ -29,7 +29,7 @@ class _InputError(ValueError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="echo-normalize", description="Normalize chest X-ray reports (method.md §3.5).")
+    ap = argparse.ArgumentParser(prog="echo-normalize", description="Normalize chest X-ray reports (the ECHO paper, §3.5).")
     ap.add_argument("input", nargs="?", default="-", help="text or JSONL file (default: stdin)")
     ap.add_argument("--jsonl", action="store_true", help="input is JSON Lines (default: guessed from a .jsonl name)")
     ap.add_argument("--unmentioned", choices=("normal", "omit"), default="normal",

@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dedup", action="store_true", help="also count duplicates and train/val+test overlap")
     parser.add_argument("--no-image-hash", action="store_true", help="with --dedup: compare image paths, not pixels")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
-                        help="normalize IU X-ray / covid_cxr_notes reports (method.md §3.5; default on)")
+                        help="normalize IU X-ray / covid_cxr_notes reports (the ECHO paper, §3.5; default on)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log adapter details")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
