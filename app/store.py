@@ -637,6 +637,14 @@ class Store:
                 "it can no longer be edited: add an addendum instead"
             )
 
+    def _add_checked_edit(self, s: Session, draft_id: str, actor: str, kind: str, expected_version: int | None,
+                          **text: Any) -> tuple[Any, Any]:
+        """An edit of an owned, unsigned draft whose stored version is the caller's (one transaction)."""
+        draft = self._owned_draft(s, draft_id, actor)
+        self._refuse_if_signed(draft)
+        self._check_version(draft, expected_version)
+        return draft, self._add_edit(s, draft, actor, kind, **text)
+
     def save_edit(self, draft_id: str, actor: str, *, findings: str, impression: str,
                   reasons: Sequence[str] = (), comment: str = "", expected_version: int | None = None) -> EditInfo:
         """Append a version of the report text exactly as given (no trimming or normalising).
@@ -645,11 +653,8 @@ class Store:
         same transaction; ``None`` skips the check (API callers that do not track versions).
         """
         with self._transaction() as s:
-            draft = self._owned_draft(s, draft_id, actor)
-            self._refuse_if_signed(draft)
-            self._check_version(draft, expected_version)
-            row = self._add_edit(s, draft, actor, "edit", findings=findings, impression=impression,
-                                 reasons=reasons, comment=comment)
+            draft, row = self._add_checked_edit(s, draft_id, actor, "edit", expected_version, findings=findings,
+                                                impression=impression, reasons=reasons, comment=comment)
             self._audit(s, actor, "edit.save", study_id=draft.study_id, draft_id=draft_id,
                         detail={"edit": row.id, "reasons": list(row.reasons)})
             return self._edit_info(row)
@@ -660,11 +665,8 @@ class Store:
         if not (findings.strip() or impression.strip()):
             raise StoreError(f"cannot sign draft {draft_id!r}: findings and impression are both empty")
         with self._transaction() as s:
-            draft = self._owned_draft(s, draft_id, actor)
-            self._refuse_if_signed(draft)
-            self._check_version(draft, expected_version)
-            row = self._add_edit(s, draft, actor, "sign", findings=findings, impression=impression,
-                                 reasons=reasons, comment=comment)
+            draft, row = self._add_checked_edit(s, draft_id, actor, "sign", expected_version, findings=findings,
+                                                impression=impression, reasons=reasons, comment=comment)
             draft.signed_at, draft.signed_by = row.created_at, actor
             self._audit(s, actor, "report.sign", study_id=draft.study_id, draft_id=draft_id,
                         detail={"edit": row.id, "reasons": list(row.reasons),

@@ -61,6 +61,9 @@ PREDICTION_FIELDS: tuple[str, ...] = (
 COMPARE_METRICS: tuple[str, ...] = ("rougeL", "bleu4", "ce_f1_5")
 """Metrics :func:`compare_predictions` gives intervals for (the headline NLG, n-gram and clinical scores)."""
 
+PREDICT_BATCH_SIZE = 1
+"""Studies :func:`predict_records` decodes together unless told otherwise."""
+
 MAJORITY_SAMPLER = "majority"
 MAJORITY_MODEL = "majority-template"
 
@@ -231,7 +234,7 @@ def predict_records(
     *,
     sampler: str = "echo",
     config: SamplerConfig | None = None,
-    batch_size: int = 1,
+    batch_size: int = PREDICT_BATCH_SIZE,
     progress: bool = True,
 ) -> list[StudyPrediction]:
     """Draft a report for every record with one checkpoint and sampler; one prediction per record, in order.
@@ -603,29 +606,24 @@ class EvaluationResult:
 
 
 def evaluate_records(
-    records: Sequence[StudyRecord],
-    checkpoint: EchoCheckpoint,
-    *,
-    sampler: str = "echo",
-    config: SamplerConfig | None = None,
-    batch_size: int = 1,
-    progress: bool = True,
-    embeddings: bool = False,
+    records: Sequence[StudyRecord], checkpoint: EchoCheckpoint, *, embeddings: bool = False, **drafting: Any
 ) -> EvaluationResult:
-    """:func:`predict_records` then :func:`score_predictions`, with the run's settings recorded."""
+    """:func:`predict_records` then :func:`score_predictions`, with the run's settings recorded.
+
+    ``drafting`` are :func:`predict_records`' keyword arguments (``sampler``, ``config``, ``batch_size``,
+    ``progress``), passed on as given.
+    """
     from echo_model.sampling import SamplerConfig
 
-    config = config or SamplerConfig()
-    preds = predict_records(
-        records, checkpoint, sampler=sampler, config=config, batch_size=batch_size, progress=progress
-    )
+    preds = predict_records(records, checkpoint, **drafting)
+    config = drafting.get("config") or SamplerConfig()
     run = {
-        "sampler": sampler,
+        "sampler": preds[0].sampler,
         "model": checkpoint.source,
         "model_revision": checkpoint.spec.revision,
         "block_length": checkpoint.spec.block_length,
         "max_new_tokens": config.max_new_tokens,
-        "batch_size": batch_size,
+        "batch_size": drafting.get("batch_size", PREDICT_BATCH_SIZE),
         "images_used": sum(p.images for p in preds),
         "images_missing": sum(p.missing_images for p in preds),
         "text_only_studies": sum(1 for p in preds if p.images == 0),

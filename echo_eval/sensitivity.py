@@ -390,18 +390,9 @@ class SensitivityResult(WithInterval):
 
 # ------------------------------------------------------------------------------------------- driver
 def image_sensitivity(
-    records: Sequence[StudyRecord],
-    checkpoint: EchoCheckpoint,
-    *,
-    sampler: str = "echo",
-    config: SamplerConfig | None = None,
-    generation: bool = True,
-    mask_ratio: float = 1.0,
-    n_resamples: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    batch_size: int = 4,
-    progress: bool = True,
+    records: Sequence[StudyRecord], checkpoint: EchoCheckpoint, *, sampler: str = "echo",
+    config: SamplerConfig | None = None, generation: bool = True, mask_ratio: float = 1.0, n_resamples: int = 1000,
+    alpha: float = 0.05, seed: int = 0, batch_size: int = 4, progress: bool = True,
 ) -> SensitivityResult:
     """Run both checks (module docstring) on the records that have readable images.
 

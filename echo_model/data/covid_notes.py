@@ -35,14 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from .records import ImageRef, RecordError, StudyRecord
-
 from .jsonl import (
-    LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text, parse_row, raw_report_text,
+    LoadReport,
+    LoadResult,
+    absolute_path,
+    check_split,
+    clean_text,
+    parse_row,
+    raw_report_text,
+    read_rows,
 )
 from .normalize import normalize_sections
+from .records import ImageRef, RecordError, StudyRecord
 
 __all__ = [
     "COVID_RECORDS_FILE",
@@ -340,25 +344,12 @@ def read_covid_cxr_notes(folder: str | Path, *, split: str | None = None, normal
     if not path.is_file():
         raise FileNotFoundError(f"covid_cxr_notes folder {str(folder)!r} has no {COVID_RECORDS_FILE}")
     report = LoadReport(source=COVID_SOURCE, path=str(folder))
-    records: list[StudyRecord] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        lines = fh.readlines()
-    try:
-        for line_no, raw in enumerate(tqdm(lines, desc=COVID_SOURCE, unit="image", disable=None), start=1):
-            if not raw.strip():
-                continue
-            report.rows += 1
-            rec = _row_to_record(raw, line_no, folder=folder, report=report, seen=seen, normalize=normalize)
-            if rec is None:
-                continue
-            if split is not None and rec.split != split:
-                report.filtered_by_split += 1
-                continue
-            records.append(rec)
-    except RecordError as err:
-        raise RecordFileError(path, err) from None
-    report.kept = len(records)
+    records = read_rows(
+        path,
+        lambda raw, line: _row_to_record(raw, line, folder=folder, report=report, seen=seen, normalize=normalize),
+        report=report, split=split, desc=COVID_SOURCE, unit="image",
+    )
     if normalize:
         report.notes.append(f"{len(records)} reports normalized (method.md §3.5); the source text is in raw_report")
     log.info(report.summary())

@@ -29,14 +29,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from .records import ImageRef, RecordError, StudyRecord
-
 from .jsonl import (
-    LoadReport, LoadResult, RecordFileError, absolute_path, check_split, clean_text, parse_row, raw_report_text,
+    LoadReport,
+    LoadResult,
+    absolute_path,
+    check_split,
+    clean_text,
+    parse_row,
+    raw_report_text,
+    read_rows,
 )
 from .normalize import normalize_sections
+from .records import ImageRef, RecordError, StudyRecord
 
 __all__ = [
     "IU_LICENCE",
@@ -169,7 +173,28 @@ def read_iu_xray(
     split_field: str = "split",
     normalize: bool = True,
 ) -> LoadResult:
-    """Read IU X-ray studies with a :class:`LoadReport`; see :func:`load_iu_xray`."""
+    """Read the IU X-ray studies of ``folder/reports.jsonl`` as study records, with a :class:`LoadReport`.
+
+    Records get source ``iu_xray``, licence ``CC BY-NC-ND 4.0``, language ``en``. Without
+    ``images_dir`` every study is text-only (empty ``images``) and its ``indication`` is its only
+    study-specific input.
+
+    Args:
+        folder: the folder holding ``reports.jsonl``.
+        images_dir: where the user's copy of the IU images is (any of the layouts in the module
+            docstring); ``None`` for text-only studies. Images not found are dropped and counted.
+        split: keep only this split; ``None`` keeps all (studies outside ``r2gen_split`` then have
+            ``split=None``).
+        split_field: ``"split"`` (the data set's fixed study-id hash split, 70/10/20, every study)
+            or ``"r2gen_split"`` (R2Gen's split, for comparison with published IU numbers).
+        normalize: rewrite each report in the normalized form ECHO trains on (method.md §3.5,
+            :mod:`.normalize`), keeping the source in ``raw_report``; ``False`` keeps the source text
+            (whitespace-cleaned, ``XXXX`` masks kept).
+
+    Raises:
+        RecordFileError: a row with a wrong type, a duplicate id or a bad split value.
+        FileNotFoundError / NotADirectoryError: the folder or ``images_dir`` is not usable.
+    """
     folder = Path(folder)
     check_split(split)
     if split_field not in IU_SPLIT_FIELDS:
@@ -181,26 +206,13 @@ def read_iu_xray(
     if img_root is not None and not img_root.is_dir():
         raise NotADirectoryError(f"images_dir {str(img_root)!r} is not a folder")
     report = LoadReport(source=IU_SOURCE, path=str(folder))
-    records: list[StudyRecord] = []
     seen: dict[str, int] = {}
-    with reports_path.open(encoding="utf-8") as fh:
-        lines = fh.readlines()
-    try:
-        for line_no, raw in enumerate(tqdm(lines, desc="iu_xray", unit="study", disable=None), start=1):
-            if not raw.strip():
-                continue
-            report.rows += 1
-            rec = _row_to_record(raw, line_no, images_dir=img_root, split_field=split_field, report=report, seen=seen,
-                                 normalize=normalize)
-            if rec is None:
-                continue
-            if split is not None and rec.split != split:
-                report.filtered_by_split += 1
-                continue
-            records.append(rec)
-    except RecordError as err:
-        raise RecordFileError(reports_path, err) from None
-    report.kept = len(records)
+    records = read_rows(
+        reports_path,
+        lambda raw, line: _row_to_record(raw, line, images_dir=img_root, split_field=split_field, report=report,
+                                         seen=seen, normalize=normalize),
+        report=report, split=split, desc="iu_xray", unit="study",
+    )
     if normalize:
         report.notes.append(f"{sum(r.raw_report is not None for r in records)} reports normalized "
                             "(method.md §3.5); the source text is in raw_report")
@@ -237,36 +249,7 @@ def _row_to_record(
     )
 
 
-def load_iu_xray(
-    folder: str | Path,
-    *,
-    images_dir: str | Path | None = None,
-    split: str | None = None,
-    split_field: str = "split",
-    normalize: bool = True,
-) -> list[StudyRecord]:
-    """Load the IU X-ray studies of ``folder/reports.jsonl`` as study records.
-
-    Records get source ``iu_xray``, licence ``CC BY-NC-ND 4.0``, language ``en``. Without
-    ``images_dir`` every study is text-only (empty ``images``) and its ``indication`` is its only
-    study-specific input.
-
-    Args:
-        folder: the folder holding ``reports.jsonl``.
-        images_dir: where the user's copy of the IU images is (any of the layouts in the module
-            docstring); ``None`` for text-only studies. Images not found are dropped and counted.
-        split: keep only this split; ``None`` keeps all (studies outside ``r2gen_split`` then have
-            ``split=None``).
-        split_field: ``"split"`` (the data set's fixed study-id hash split, 70/10/20, every study)
-            or ``"r2gen_split"`` (R2Gen's split, for comparison with published IU numbers).
-        normalize: rewrite each report in the normalized form ECHO trains on (method.md §3.5,
-            :mod:`.normalize`), keeping the source in ``raw_report``; ``False`` keeps the source text
-            (whitespace-cleaned, ``XXXX`` masks kept).
-
-    Raises:
-        RecordFileError: a row with a wrong type, a duplicate id or a bad split value.
-        FileNotFoundError / NotADirectoryError: the folder or ``images_dir`` is not usable.
-    """
-    return read_iu_xray(
-        folder, images_dir=images_dir, split=split, split_field=split_field, normalize=normalize
-    ).records
+def load_iu_xray(folder: str | Path, **options: Any) -> list[StudyRecord]:
+    """Load the IU X-ray studies of ``folder/reports.jsonl``: :func:`read_iu_xray` (same arguments and errors)
+    without its report."""
+    return read_iu_xray(folder, **options).records

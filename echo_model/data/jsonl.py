@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -146,6 +146,44 @@ def parse_row(raw: str, line: int, seen: dict[str, int]) -> tuple[dict, str]:
         raise RecordError(rid, "id", f"duplicate id (first on line {seen[rid]})", line=line)
     seen[rid] = line
     return row, rid
+
+
+def read_rows(
+    path: Path,
+    to_record: Callable[[str, int], StudyRecord | None],
+    *,
+    report: LoadReport,
+    split: str | None,
+    desc: str,
+    unit: str,
+) -> list[StudyRecord]:
+    """The records of a data set's JSONL rows: every non-blank line through ``to_record(raw, line_no)`` (None =
+    skipped, counted by the adapter), kept when in ``split``; ``report`` counts rows, split drops and kept rows.
+
+    Raises:
+        RecordFileError: a row's record is invalid (the message names the file and line).
+    """
+    from tqdm import tqdm
+
+    with path.open(encoding="utf-8") as fh:
+        lines = fh.readlines()
+    records: list[StudyRecord] = []
+    try:
+        for line_no, raw in enumerate(tqdm(lines, desc=desc, unit=unit, disable=None), start=1):
+            if not raw.strip():
+                continue
+            report.rows += 1
+            rec = to_record(raw, line_no)
+            if rec is None:
+                continue
+            if split is not None and rec.split != split:
+                report.filtered_by_split += 1
+                continue
+            records.append(rec)
+    except RecordError as err:
+        raise RecordFileError(path, err) from None
+    report.kept = len(records)
+    return records
 
 
 def absolute_path(path: Path) -> str:

@@ -99,6 +99,9 @@ def measure_recall(
 ) -> RecallResult:
     """Normalize each ``(findings, impression)`` and compare the labels of source and result."""
     result = RecallResult()
+    # a source label that must survive -> (reports with it, reports that keep it), per observation
+    kept_counts = {Label.POSITIVE: (result.positive, result.kept_positive),
+                   Label.UNCERTAIN: (result.uncertain, result.kept_uncertain)}
     for findings, impression in sources:
         normalized: NormalizedReport = normalize_sections(findings, impression, config)
         raw = label_report(f"{findings}\n{impression}")
@@ -109,18 +112,13 @@ def measure_recall(
             if obs == "No Finding":
                 continue
             before, after = raw.get(obs), new.get(obs)
-            if before is Label.POSITIVE:
-                _inc(result.positive, obs)
-                if after is Label.POSITIVE:
-                    _inc(result.kept_positive, obs)
+            if before in kept_counts:
+                seen, kept = kept_counts[before]
+                _inc(seen, obs)
+                if after is before:
+                    _inc(kept, obs)
                 else:
-                    lost.append(f"{obs} positive->{after}")
-            elif before is Label.UNCERTAIN:
-                _inc(result.uncertain, obs)
-                if after is Label.UNCERTAIN:
-                    _inc(result.kept_uncertain, obs)
-                else:
-                    lost.append(f"{obs} uncertain->{after}")
+                    lost.append(f"{obs} {before.value}->{after}")
             elif after is Label.POSITIVE:
                 _inc(result.new_positive, obs)
                 lost.append(f"{obs} {before}->positive")

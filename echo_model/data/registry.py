@@ -118,33 +118,8 @@ def read_dataset(
     data_root: str | Path | None = None,
     normalize: bool = True,
 ) -> LoadResult:
-    """Like :func:`load_dataset`, but also returns the adapter's :class:`~.jsonl.LoadReport`."""
-    check_split(split)
-    kind, target = detect_layout(_resolve(path_or_name, data_root))
-    if kind != "iu_xray":
-        if images_dir is not None:
-            raise ValueError(f"images_dir is only used by the IU X-ray adapter; {str(target)!r} is read as {kind}")
-        if split_field is not None:
-            raise ValueError(f"split_field is only used by the IU X-ray adapter; {str(target)!r} is read as {kind}")
-    if kind == "iu_xray":
-        return read_iu_xray(
-            target, images_dir=images_dir, split=split, split_field=split_field or "split", normalize=normalize
-        )
-    if kind == "covid_cxr_notes":
-        return read_covid_cxr_notes(target, split=split, normalize=normalize)
-    return read_records_jsonl(target, split=split)  # record files: clinician text as written, never normalized
-
-
-def load_dataset(
-    path_or_name: str | Path,
-    *,
-    split: str | None = None,
-    images_dir: str | Path | None = None,
-    split_field: str | None = None,
-    data_root: str | Path | None = None,
-    normalize: bool = True,
-) -> list[StudyRecord]:
-    """Load a data set as study records, choosing the adapter from the layout (module docstring).
+    """Read a data set, choosing the adapter from the layout (module docstring); the records and the adapter's
+    :class:`~.jsonl.LoadReport`.
 
     Args:
         path_or_name: a ``.jsonl`` file or a data set folder; or a folder name under ``data_root``.
@@ -164,10 +139,25 @@ def load_dataset(
         RecordFileError: a malformed row (names file, line, record and field).
         ValueError: an option the detected adapter does not take, or a bad split name.
     """
-    return read_dataset(
-        path_or_name, split=split, images_dir=images_dir, split_field=split_field, data_root=data_root,
-        normalize=normalize,
-    ).records
+    check_split(split)
+    kind, target = detect_layout(_resolve(path_or_name, data_root))
+    if kind != "iu_xray":
+        if images_dir is not None:
+            raise ValueError(f"images_dir is only used by the IU X-ray adapter; {str(target)!r} is read as {kind}")
+        if split_field is not None:
+            raise ValueError(f"split_field is only used by the IU X-ray adapter; {str(target)!r} is read as {kind}")
+    if kind == "iu_xray":
+        return read_iu_xray(
+            target, images_dir=images_dir, split=split, split_field=split_field or "split", normalize=normalize
+        )
+    if kind == "covid_cxr_notes":
+        return read_covid_cxr_notes(target, split=split, normalize=normalize)
+    return read_records_jsonl(target, split=split)  # record files: clinician text as written, never normalized
+
+
+def load_dataset(path_or_name: str | Path, **options: Any) -> list[StudyRecord]:
+    """Load a data set as study records: :func:`read_dataset` (same arguments and errors) without the report."""
+    return read_dataset(path_or_name, **options).records
 
 
 def format_summary(result: LoadResult) -> str:
