@@ -1,6 +1,6 @@
 """Build ``echo_model/data/report_vocabulary.txt``: the words of the training reports (issue 15, report check).
 
-    PYTHONPATH=$PWD python scripts/build_report_vocabulary.py [--iu DATA/iu_xray] [--covid DATA/covid_cxr_notes]
+    python scripts/build_report_vocabulary.py --iu DATA/iu_xray --covid DATA/covid_cxr_notes
 
 The report check (:mod:`echo_model.report_check`) flags a word of 4+ letters that is neither in the English
 dictionary (``pyspellchecker``) nor in this list. The list holds every lower-cased alphabetic word of 4+ letters
@@ -31,8 +31,8 @@ def words(text: str) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--iu", type=Path, default=Path("/work/shared/data/iu_xray"))
-    ap.add_argument("--covid", type=Path, default=Path("/work/shared/data/covid_cxr_notes"))
+    ap.add_argument("--iu", type=Path, required=True, help="the IU X-ray folder (reports.jsonl)")
+    ap.add_argument("--covid", type=Path, required=True, help="the covid_cxr_notes folder (records.jsonl)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     sections: list[tuple[str, str]] = []

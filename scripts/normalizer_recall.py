@@ -1,6 +1,6 @@
 """Measure that report normalization loses nothing (issue 15): IU X-ray and covid_cxr_notes.
 
-    PYTHONPATH=$PWD python scripts/normalizer_recall.py [--iu DATA/iu_xray] [--covid DATA/covid_cxr_notes]
+    python scripts/normalizer_recall.py --iu DATA/iu_xray --covid DATA/covid_cxr_notes
 
 * IU X-ray: all 3,955 reports (``findings`` + ``impression`` of ``reports.jsonl``; both may be empty).
 * covid_cxr_notes: the radiograph sentences of each row's ``clinical_notes``, picked exactly as the
@@ -44,8 +44,8 @@ def covid_sections(folder: Path) -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--iu", type=Path, default=Path("/work/shared/data/iu_xray"))
-    ap.add_argument("--covid", type=Path, default=Path("/work/shared/data/covid_cxr_notes"))
+    ap.add_argument("--iu", type=Path, required=True, help="the IU X-ray folder (reports.jsonl)")
+    ap.add_argument("--covid", type=Path, required=True, help="the covid_cxr_notes folder (records.jsonl)")
     ap.add_argument("--out", type=Path, default=Path("results/normalizer_recall.json"))
     ap.add_argument("--examples", action="store_true", help="print the reports that lose a label")
     args = ap.parse_args(argv)
