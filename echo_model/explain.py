@@ -45,8 +45,8 @@ from .modeling import EchoModel
 from .processing import EchoProcessor, StudyPrompt
 
 __all__ = [
-    "METHODS", "DecodeState", "ExplainConfig", "Explainer", "Explanation", "decode_states", "patch_order",
-    "quadrant_mass", "upsample",
+    "DEFAULT_METHOD", "METHODS", "RELIABILITY", "DecodeState", "ExplainConfig", "Explainer", "Explanation",
+    "MethodReliability", "decode_states", "patch_order", "quadrant_mass", "reliability", "upsample",
 ]
 
 Method = Literal["attention", "integrated_gradients"]
@@ -59,11 +59,55 @@ METHOD_LABELS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class MethodReliability:
+    """Whether a method's maps can be trusted, as measured by the quadrant sweep.
+
+    ``scripts/explain_quadrant_sweep.py`` trains toys whose answer depends on one quadrant of the image only
+    (4 quadrants x torch threads 1, 2, 4 x training seeds, each checked to have converged: its answer flips
+    with the quadrant's brightness and ignores the other quadrants) and measures each method's share of the map
+    in that quadrant (docs/explain.md, ``results/explain_quadrant_sweep.json``).
+
+    Attributes:
+        reliable: the method put >= 80 % of its mass in the quadrant on every image of every toy of the sweep.
+        note: one line for the user, shown next to the method (empty when reliable).
+        evidence: the sweep's figures the verdict rests on.
+    """
+
+    reliable: bool
+    note: str
+    evidence: str
+
+
+#: Per method, what the quadrant sweep found (see :class:`MethodReliability`); the app reads it.
+RELIABILITY: dict[str, MethodReliability] = {
+    "attention": MethodReliability(
+        reliable=False,
+        note=("not reliable for this model: on toys whose answer depends on one image quadrant only, attention "
+              "rollout often put most of the map elsewhere; use integrated gradients"),
+        evidence="SWEEP_ATTENTION",
+    ),
+    "integrated_gradients": MethodReliability(
+        reliable=True, note="",
+        evidence="SWEEP_IG",
+    ),
+}
+#: The method offered first: the most reliable one in the sweep.
+DEFAULT_METHOD: str = "integrated_gradients"
+
+
+def reliability(method: str) -> MethodReliability:
+    """What the quadrant sweep found for ``method`` (one of :data:`METHODS`)."""
+    if method not in RELIABILITY:
+        raise ValueError(f"unknown explanation method {method!r}; choose one of {list(METHODS)}")
+    return RELIABILITY[method]
+
+
+@dataclass(frozen=True)
 class ExplainConfig:
     """How to explain.
 
     Attributes:
-        method: one of :data:`METHODS`.
+        method: one of :data:`METHODS` (default :data:`DEFAULT_METHOD`).
         n_steps: integration points of integrated gradients (Captum's Gauss-Legendre rule).
         internal_batch_size: states x steps evaluated per forward (memory bound).
         baseline: the "no information" image integrated gradients starts from: ``blur`` (the image blurred:
@@ -71,7 +115,7 @@ class ExplainConfig:
         blur_radius: Gaussian blur radius of the ``blur`` baseline, in pixels of the image given.
     """
 
-    method: Method = "attention"
+    method: Method = "integrated_gradients"  # DEFAULT_METHOD (a Literal default must be spelled out)
     n_steps: int = 32
     internal_batch_size: int = 4
     baseline: Literal["blur", "black"] = "blur"
