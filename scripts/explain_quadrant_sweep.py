@@ -57,9 +57,14 @@ class ToyConfig:
             ``max_steps``.
         warmup: warm-up steps.
         clip_norm: gradient norm clipping (a tiny model at lr 3e-3 otherwise jumps out of a learned solution).
-        window: training stops once ``window`` consecutive batch losses are all below ``loss_tol``.
-        loss_tol: the largest batch loss (mean cross-entropy per answer token) counted as learned.
+        window: training stops once, over ``window`` consecutive batches, every cross-entropy is below
+            ``loss_tol`` and every twin gap below ``gap_tol``.
+        loss_tol: the largest batch cross-entropy (mean per answer token) counted as learned.
+        gap_tol: the largest twin gap counted as blind to the other quadrants: how much an answer's
+            log-probability changes when only the other quadrants are redrawn (half of each batch are twins).
+        twin_weight: weight of the twin gaps' Huber loss, added once the cross-entropy is learned.
         threshold: the target quadrant's effective grey level (level x contrast) above which the answer is "yes".
+        margin: training images keep the effective level at least this far from the threshold.
     """
 
     max_steps: int = 3000
@@ -69,7 +74,10 @@ class ToyConfig:
     clip_norm: float = 1.0
     window: int = 50
     loss_tol: float = 0.01
+    gap_tol: float = 0.05
+    twin_weight: float = 0.1
     threshold: float = 125.0
+    margin: float = 15.0
 
 
 @dataclass
@@ -82,7 +90,7 @@ class Toy:
         seed: the training seed (model initialisation and data).
         yes, no: the two answers' token ids (4 each).
         steps: optimiser steps taken; seconds: training time.
-        recent_losses: the last ``window`` batch losses.
+        recent_losses: the last ``window`` batch cross-entropies; recent_gaps: their largest twin gaps.
     """
 
     checkpoint: object
@@ -93,10 +101,7 @@ class Toy:
     steps: int
     seconds: float
     recent_losses: list[float]
-
-    @property
-    def learned(self) -> bool:
-        return bool(self.recent_losses) and max(self.recent_losses) < ToyConfig().loss_tol
+    recent_gaps: list[float]
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ class ToyCheck:
             (levels 150..210 vs 40..100, other quadrants random 40..210).
         kept: share of those images whose greedy answer stays the same when only the other quadrants' levels
             are redrawn (the toy must be blind to them).
-        max_other_shift: the largest change of log p("yes") under that redraw (a figure, not a criterion).
+        max_other_shift: the largest change of log p("yes") under that redraw (must stay below 0.1).
     """
 
     flips: float
@@ -117,7 +122,7 @@ class ToyCheck:
 
     @property
     def ok(self) -> bool:
-        return self.flips == 1.0 and self.kept == 1.0
+        return self.flips == 1.0 and self.kept == 1.0 and self.max_other_shift < 0.1
 
 
 @contextlib.contextmanager
@@ -238,34 +243,57 @@ def train_quadrant_toy(quadrant: int, *, seed: int, tokenizer=None, config: ToyC
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     model.model.train()
     recent: list[float] = []
+    gaps: list[float] = []
+    learned = False
     start, step = time.perf_counter(), 0
+    half = B // 2
     for step in range(1, config.max_steps + 1):
-        levels = rng.uniform(40, 210, (B, 4))
+        # Twins: each image and a copy with the other quadrants redrawn (same target level, same contrast) must get
+        # the same answer log-probabilities. Cross-entropy alone saturates once the answers are right and leaves
+        # the toy leaning on the other quadrants' levels (integrated gradients then rightly finds them).
+        levels = rng.uniform(40, 210, (half, 4))
+        twins = rng.uniform(40, 210, (half, 4))
+        twins[:, quadrant] = levels[:, quadrant]
+        levels = np.concatenate([levels, twins])  # (B, 4)
         # Dimmed copies too: integrated gradients walks from a black image, so the toy must stay blind to the
         # other quadrants along that path as well.
-        contrast = np.where(rng.rand(B) < 0.5, rng.uniform(0.2, 1.0, B), 1.0)
+        contrast = np.tile(np.where(rng.rand(half) < 0.5, rng.uniform(0.2, 1.0, half), 1.0), 2)
+        # A margin around the threshold: a cleanly separable task, so the cross-entropy can settle.
+        for i in range(half):
+            while abs(levels[i, quadrant] * contrast[i] - config.threshold) < config.margin:
+                levels[i, quadrant] = levels[i + half, quadrant] = rng.uniform(40, 210)
         arrays = np.stack([quadrant_array(rng, lv, quadrant, contrast=c) for lv, c in zip(levels, contrast)])
         target = torch.tensor([yes if lv[quadrant] * c > config.threshold else no
                                for lv, c in zip(levels, contrast)])  # (B, 4)
         logits = model(ids, position_ids=positions, attention_bias=bias, cache=None,
                        pixel_values=pixels(arrays), image_grid_thw=grid)
-        loss = torch.nn.functional.cross_entropy(logits[:, P:].reshape(-1, logits.shape[-1]), target.reshape(-1))
+        logp = logits[:, P:].float().log_softmax(-1)  # (B, 4, V)
+        answers = torch.stack([logp[:, torch.arange(4), torch.tensor(a)].sum(-1) for a in (yes, no)], -1)  # (B, 2)
+        twin_gap = answers[:half] - answers[half:]  # (half, 2) log p of each answer, image minus twin
+        ce = torch.nn.functional.cross_entropy(logp.reshape(-1, logp.shape[-1]), target.reshape(-1))
+        learned = learned or (len(recent) == config.window and max(recent) < config.loss_tol)
+        # The twin term joins once the answers are right (from the start it can pull the toy into answering
+        # blind to the image, a constant answer having zero twin gap); Huber keeps a large gap's pull bounded.
+        twin = torch.nn.functional.smooth_l1_loss(twin_gap, torch.zeros_like(twin_gap))
+        loss = ce + (config.twin_weight * twin if learned else 0.0)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.model.parameters(), config.clip_norm)
         optimiser.step()
         schedule.step()
-        recent = [*recent[-(config.window - 1):], loss.item()]
+        recent = [*recent[-(config.window - 1):], ce.item()]
+        gaps = [*gaps[-(config.window - 1):], twin_gap.abs().max().item()]
         if log_every and step % log_every == 0:
-            print(f"  {QUADRANTS[quadrant]} seed {seed} step {step}: recent losses up to {max(recent):.4f}",
-                  file=sys.stderr, flush=True)
-        if len(recent) == config.window and max(recent) < config.loss_tol:
+            print(f"  {QUADRANTS[quadrant]} seed {seed} step {step}: recent losses up to {max(recent):.4f}, "
+                  f"twin gaps up to {max(gaps):.4f}", file=sys.stderr, flush=True)
+        if len(recent) == config.window and max(recent) < config.loss_tol and max(gaps) < config.gap_tol:
             break
     model.model.eval()
-    toy = Toy(ck, quadrant, seed, yes, no, step, time.perf_counter() - start, recent)
-    if not (len(recent) == config.window and max(recent) < config.loss_tol):
+    toy = Toy(ck, quadrant, seed, yes, no, step, time.perf_counter() - start, recent, gaps)
+    if not (len(recent) == config.window and max(recent) < config.loss_tol and max(gaps) < config.gap_tol):
         raise RuntimeError(f"the {QUADRANTS[quadrant]} toy (seed {seed}) did not learn its quadrant in "
-                           f"{config.max_steps} steps (recent losses up to {max(recent):.3f})")
+                           f"{config.max_steps} steps (recent losses up to {max(recent):.3f}, twin gaps up to "
+                           f"{max(gaps):.3f})")
     return toy
 
 
