@@ -17,7 +17,9 @@ forward (the parity tests check this). Two explanations are offered:
     Gradient-weighted attention rollout (Chefer et al., 2021) from the scored tokens' query rows to the
     ``<|image_pad|>`` tokens. One forward and a text-only backward. Each image token is one merged 2x2 patch, in
     row-major order of the merged grid. Attention shows where the model *looked*; a model may also select
-    information through its value vectors, so it can be more diffuse than the evidence (docs/explain.md).
+    information through its value vectors, so it can point away from the evidence: on converged toys whose
+    answer depends on one image quadrant only it sometimes put most of the map elsewhere, so
+    :data:`RELIABILITY` marks it not reliable (docs/explain.md, the quadrant sweep).
 ``integrated_gradients``
     Captum ``LayerIntegratedGradients`` on the output of the vision tower's last block (patch resolution), from
     a blurred copy of the image (baseline) to the image, of the summed log-probability of the scored tokens.
@@ -25,6 +27,9 @@ forward (the parity tests check this). Two explanations are offered:
     unit contiguous; the tap below undoes both so that attributions land on the right pixels.
 Maps are returned per image at patch resolution ``(grid_h, grid_w)``, non-negative and summing to 1 over the
 study. They show where the model looked, not where the disease is.
+
+:data:`RELIABILITY` records, per method, whether it localised the quadrant a toy's answer depended on across the
+sweep (``scripts/explain_quadrant_sweep.py``); :data:`DEFAULT_METHOD` is the reliable one.
 """
 
 from __future__ import annotations
