@@ -12,16 +12,34 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from echo_model.explain import DEFAULT_METHOD, reliability
+
 from .explain import COLORMAPS, ExplainService, explanation_key, render_overlay
 from .handlers import user_errors, waiting_progress
 from .service import Services
 
-__all__ = ["ExplainHandlers", "build_explain_tab"]
+__all__ = ["ExplainHandlers", "build_explain_tab", "method_choices"]
 
-METHOD_CHOICES: list[tuple[str, str]] = [
-    ("Attention (gradient-weighted rollout; fast)", "attention"),
-    ("Integrated gradients (Captum, blurred-image baseline; slower)", "integrated_gradients"),
-]
+_METHOD_NAMES: dict[str, str] = {
+    "attention": "Attention (gradient-weighted rollout; fast)",
+    "integrated_gradients": "Integrated gradients (Captum, blurred-image baseline; slower)",
+}
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """Radio choices, the default method first; a method the library marks unreliable says so in its label."""
+    order = [DEFAULT_METHOD, *(m for m in _METHOD_NAMES if m != DEFAULT_METHOD)]
+    return [(_METHOD_NAMES[m] + ("" if reliability(m).reliable else " — not reliable for this model"), m)
+            for m in order]
+
+
+def method_warning(method: str) -> str:
+    """The library's reliability note of ``method`` as a sentence for the label ("" when reliable)."""
+    note = reliability(method).note
+    return f" **Caution — {note}.**" if note else ""
+
+
+METHOD_CHOICES: list[tuple[str, str]] = method_choices()
 _INTRO = """Pick a block or a sentence of the current draft and a method; the map shows which image patches the
 model's choice of those words depended on, in the decode state the words were committed in. **This is model
 attention/attribution, not a localisation of disease.** Colour map, opacity and view only redraw."""
@@ -55,7 +73,7 @@ class ExplainHandlers:
         self,
         draft_id: str,
         target: str,
-        method: str = "attention",
+        method: str = DEFAULT_METHOD,
         view: int | None = 0,
         colormap: str = "inferno",
         opacity: float = 0.45,
@@ -82,7 +100,7 @@ class ExplainHandlers:
                                               baseline=baseline)
             return self._draw(draft_id, user, stored, view=view, colormap=colormap, opacity=opacity)
 
-    def redraw(self, draft_id: str, target: str, method: str = "attention", view: int | None = 0,
+    def redraw(self, draft_id: str, target: str, method: str = DEFAULT_METHOD, view: int | None = 0,
                colormap: str = "inferno", opacity: float = 0.45, baseline: str = "blur", n_steps: int = 32,
                request: gr.Request | None = None) -> tuple[Any, Any]:
         """Redraw a stored explanation with other display settings (nothing is computed)."""
@@ -108,7 +126,7 @@ class ExplainHandlers:
         overlay = render_overlay(base, stored.maps[index], colormap=colormap, opacity=float(opacity))
         share = sum(sum(row) for row in stored.maps[index])
         label = (f"**{stored.label}** · this view holds {share:.0%} of the map · {stored.detail}. "
-                 "Model attention/attribution — not a localisation of disease.")
+                 f"Model attention/attribution — not a localisation of disease.{method_warning(stored.method)}")
         return (base, overlay), label
 
 
@@ -123,7 +141,7 @@ def build_explain_tab(services: Services, *, draft_id: gr.Textbox) -> ExplainHan
             with gr.Column(scale=1, min_width=280):
                 load = gr.Button("Use the Draft tab's draft", size="sm", elem_id="explain-load")
                 target = gr.Dropdown(label="Block or sentence", choices=[], elem_id="explain-target")
-                method = gr.Radio(METHOD_CHOICES, value="attention", label="Method", elem_id="explain-method")
+                method = gr.Radio(METHOD_CHOICES, value=DEFAULT_METHOD, label="Method", elem_id="explain-method")
                 view = gr.Dropdown(label="View", choices=[], value=None, elem_id="explain-view")
                 colormap = gr.Dropdown(list(COLORMAPS), value=COLORMAPS[0], label="Colour map")
                 opacity = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Opacity")

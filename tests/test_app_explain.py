@@ -11,11 +11,12 @@ from conftest import make_checkpoint, synthetic_cxr
 from PIL import Image
 
 from app.explain import Target, explain_targets, render_overlay, select_tokens
-from app.explain_ui import ExplainHandlers
+from app.explain_ui import ExplainHandlers, method_choices
 from app.handlers import DRAFT_FIELDS, Handlers
 from app.main import build_demo
 from app.service import Services
 from app.settings import AppSettings
+from echo_model.explain import DEFAULT_METHOD, METHODS, reliability
 
 F = {name: i for i, name in enumerate(DRAFT_FIELDS)}
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
@@ -60,6 +61,7 @@ def test_explain_a_block_and_a_sentence_stores_once_and_redraws(app, sampler):
         (base, overlay), label = ex.explain(draft_id, target, "attention", 0, "inferno", 0.5)
         assert base.size == overlay.size == (112, 140) and overlay.mode == "RGB"
         assert "attention" in label.lower() and "not a localisation of disease" in label
+        assert "not reliable for this model" in label  # the library's verdict from the quadrant sweep
         again, label_again = ex.explain(draft_id, target, "attention", 0, "inferno", 0.5)
         assert label_again == label  # answered from the store: same label, same stored time
         redrawn, _ = ex.redraw(draft_id, target, "attention", 0, "viridis", 0.9)
@@ -131,3 +133,23 @@ def test_build_demo_has_explain_and_race_endpoints(app):
     assert {"explain", "race", "race_stream"} <= set(fns)
     assert fns["explain"].concurrency_id == "gpu" and fns["explain"].api_visibility != "private"
 
+
+
+def test_attention_is_labelled_not_reliable_and_integrated_gradients_is_the_default(app):
+    """The quadrant sweep (docs/explain.md) found attention rollout off the quadrant on converged toys: the tab
+    says so next to the method and in every attention label, and offers integrated gradients first."""
+    assert not reliability("attention").reliable and "not reliable for this model" in reliability("attention").note
+    assert reliability("integrated_gradients").reliable and DEFAULT_METHOD == "integrated_gradients"
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        reliability("occlusion")
+    choices = {value: label for label, value in method_choices()}
+    assert list(choices) == [DEFAULT_METHOD, *(m for m in METHODS if m != DEFAULT_METHOD)]
+    assert "not reliable for this model" in choices["attention"]
+    assert "not reliable" not in choices["integrated_gradients"]
+    h, ex = app
+    demo = build_demo(h.settings, services=h.services)
+    radio = next(c for c in demo.blocks.values() if getattr(c, "elem_id", None) == "explain-method")
+    assert radio.value == "integrated_gradients"
+    draft_id = _draft(h, "echo")
+    _, label = ex.explain(draft_id, "block:0", "integrated_gradients", 0, "inferno", 0.5, "blur", 8)
+    assert "not reliable" not in label
