@@ -71,7 +71,9 @@ class SamplerSpec:
         """``config`` with the steps and cache mode this sampler always uses."""
         if self.kind == "ar":
             return config
-        steps = self.steps if self.steps is not None else (config.steps if config.steps is not None else block_length)
+        steps = self.steps if self.steps is not None else config.steps
+        if steps is None:  # the paper's teacher: as many steps as the block has tokens
+            steps = block_length
         return dataclasses.replace(config, steps=steps, fused=self.fused)
 
     def query_tokens(self, block_length: int) -> tuple[int, int]:
@@ -83,23 +85,17 @@ class SamplerSpec:
         return block_length, block_length
 
 
-SAMPLER_SPECS: dict[str, SamplerSpec] = {
-    spec.name: spec
-    for spec in (
-        SamplerSpec("echo", "block", "student", steps=1, fused=True,
-                    label="ECHO (one step per block)",
-                    schedule="1 forward per block (fused block KV cache)"),
-        SamplerSpec("teacher", "block", "teacher", steps=None, fused=False,
-                    label="Teacher (multi-step)",
-                    schedule="≤ b denoising forwards per block + 1 cache write"),
-        SamplerSpec("vanilla", "block", "teacher", steps=1, fused=True,
-                    label="Vanilla (one step, teacher)",
-                    schedule="1 forward per block (the echo sampler on the teacher's weights)"),
-        SamplerSpec("ar", "ar", "ar", steps=None, fused=False,
-                    label="AR (token by token)",
-                    schedule="b forwards per block (one per token)"),
-    )
-}
+_TABLE: tuple[tuple[str, Kind, str, int | None, bool, str, str], ...] = (
+    # name, kind, role, steps, fused, label, schedule
+    ("echo", "block", "student", 1, True, "ECHO (one step per block)",
+     "1 forward per block (fused block KV cache)"),
+    ("teacher", "block", "teacher", None, False, "Teacher (multi-step)",
+     "≤ b denoising forwards per block + 1 cache write"),
+    ("vanilla", "block", "teacher", 1, True, "Vanilla (one step, teacher)",
+     "1 forward per block (the echo sampler on the teacher's weights)"),
+    ("ar", "ar", "ar", None, False, "AR (token by token)", "b forwards per block (one per token)"),
+)
+SAMPLER_SPECS: dict[str, SamplerSpec] = {row[0]: SamplerSpec(*row) for row in _TABLE}
 
 #: Every sampler name, in the order menus list them.
 SAMPLERS: tuple[str, ...] = tuple(SAMPLER_SPECS)
@@ -119,7 +115,9 @@ def sampler_spec(name: str) -> SamplerSpec:
         raise ValueError(f"unknown sampler {name!r}; available: {list(SAMPLERS)}") from None
 
 
-def build_sampler(name: str, model: EchoModel, processor: EchoProcessor, config: SamplerConfig | None = None) -> Sampler:
+def build_sampler(
+    name: str, model: EchoModel, processor: EchoProcessor, config: SamplerConfig | None = None
+) -> Sampler:
     """The sampler called ``name``, with the steps and cache mode its :class:`SamplerSpec` fixes."""
     from .ar import ARSampler
     from .base import SamplerConfig
