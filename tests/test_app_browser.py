@@ -6,6 +6,7 @@ where they are missing. With ``ECHO_UPDATE_SCREENSHOT=1`` it refreshes ``docs/sc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -49,14 +50,14 @@ def _browser() -> tuple[str, str]:
 
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory, checkpoint) -> Iterator[tuple[str, Services]]:
-    """The app on loopback with the tiny checkpoint standing in for the embedded one (as the README shows it)."""
-    root = tmp_path_factory.mktemp("browser-app")
+@contextlib.contextmanager
+def served_app(root: Path, checkpoint, *, max_new_tokens: int) -> Iterator[tuple[str, Services]]:
+    """The app on loopback under ``root``, the tiny checkpoint standing in for the embedded one (as the README
+    shows it); the URL and the app's services."""
     saved = os.environ.get("ECHO_ASSETS_DIR")
     os.environ["ECHO_ASSETS_DIR"] = str(root / "assets")
     checkpoint.save_pretrained(embedded_path("student"))
-    settings = AppSettings(data_dir=root / "data", max_new_tokens=32, server_name="127.0.0.1",
+    settings = AppSettings(data_dir=root / "data", max_new_tokens=max_new_tokens, server_name="127.0.0.1",
                            server_port=free_port())
     services = Services.create(settings)
     demo = build_demo(settings, services=services)
@@ -69,6 +70,12 @@ def app_url(tmp_path_factory, checkpoint) -> Iterator[tuple[str, Services]]:
             os.environ.pop("ECHO_ASSETS_DIR", None)
         else:
             os.environ["ECHO_ASSETS_DIR"] = saved
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, checkpoint) -> Iterator[tuple[str, Services]]:
+    with served_app(tmp_path_factory.mktemp("browser-app"), checkpoint, max_new_tokens=32) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

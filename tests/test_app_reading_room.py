@@ -7,20 +7,16 @@ One served app and one Chromium for the module; each test starts from a fresh pa
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, synthetic_cxr
-from test_app_browser import driver  # noqa: F401  (the shared module-scoped Chromium fixture)
+from conftest import synthetic_cxr
+from test_app_browser import driver, served_app  # noqa: F401  (driver: the shared Chromium fixture)
 
-from app.main import build_demo, launch_options
 from app.service import Services
-from app.settings import AppSettings
 from app.store import NewDraft
-from echo_model.loading import embedded_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")]
 
@@ -30,23 +26,8 @@ GARBLED_WARNING = "the draft repeats a section header (Impression) and has runs 
 
 @pytest.fixture(scope="module")
 def room(tmp_path_factory, checkpoint) -> Iterator[tuple[str, Services]]:
-    root = tmp_path_factory.mktemp("reading-room")
-    saved = os.environ.get("ECHO_ASSETS_DIR")
-    os.environ["ECHO_ASSETS_DIR"] = str(root / "assets")
-    checkpoint.save_pretrained(embedded_path("student"))
-    settings = AppSettings(data_dir=root / "data", max_new_tokens=16, server_name="127.0.0.1",
-                           server_port=free_port())
-    services = Services.create(settings)
-    demo = build_demo(settings, services=services)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
-    try:
-        yield url, services
-    finally:
-        demo.close()
-        if saved is None:
-            os.environ.pop("ECHO_ASSETS_DIR", None)
-        else:
-            os.environ["ECHO_ASSETS_DIR"] = saved
+    with served_app(tmp_path_factory.mktemp("reading-room"), checkpoint, max_new_tokens=16) as served:
+        yield served
 
 
 class Page:
