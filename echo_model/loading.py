@@ -27,6 +27,17 @@ from .processing import EchoProcessor
 from .spec import CONFIG_KEY, ROLES, EchoSpec, read_spec
 
 EMBEDDED_FAMILY = "echo-b8"
+#: What the embedded family cannot know, in one plain sentence (shown by the app, the README and the model cards).
+EMBEDDED_LIMITATION = (
+    "The embedded models are tiny demonstration models: their image findings come from a small collection of "
+    "radiographs with case notes (not radiology reports), so what they say about an image is not clinically "
+    "meaningful."
+)
+#: How to draft with a real checkpoint instead (shown beside the sentence above).
+REAL_CHECKPOINT_HINT = (
+    "To draft with a real ECHO checkpoint, set ECHO_MODEL (app) or --model (command line) to its folder or hub id, "
+    "e.g. ECHO_MODEL=Midea-AIRC/ECHO_block8 echo-app."
+)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Bytes per parameter as stored, by safetensors dtype tag.
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
