@@ -111,3 +111,47 @@ def test_step_weights_mean_one_per_block():
     w = step_weights(torch.tensor([1, 2, 3, 2, 1, 1]), torch.tensor([0, 0, 0, 0, 7, 7]))
     assert w[:4].tolist() == pytest.approx([0.5, 1.0, 1.5, 1.0])
     assert w[4:].tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_plateau_improvement_measures_the_last_fifth():
+    from train.engine import plateau_improvement
+
+    assert plateau_improvement([3.0, 2.0, 1.5, 1.2]) is None  # too few evaluations to have a last fifth
+    assert plateau_improvement([4.0, 3.0, 2.0, 2.0, 2.0]) == 0.0
+    assert plateau_improvement([4.0, 3.0, 2.0, 1.9, 1.0]) == pytest.approx(0.9 / 1.9)  # best before the last fifth 1.9 -> 1.0
+    assert plateau_improvement([4.0, 2.0, 2.5, 2.4, 2.2, 2.1, 2.05, 2.02, 2.01, 2.3]) == 0.0  # best came early
+
+
+def test_validation_keeps_the_best_weights_and_draws_the_curve(fresh, tmp_path):
+    from train.engine import validation_batches, validation_loss
+    from train.objectives import AutoregressiveObjective
+
+    cfg = TrainConfig(out_dir=tmp_path / "ar", steps=40, batch_size=4, lr=3e-2, warmup=2, log_every=5, eval_every=4)
+    report = train_ar(fresh, _records(), cfg, val_records=_records()[:2])
+    assert [v["step"] for v in report.validation] == list(range(4, 41, 4))
+    best = min(report.validation, key=lambda v: v["val_loss"])
+    assert (report.best_step, report.best_val_loss) == (best["step"], best["val_loss"])
+    assert fresh.spec.revision == f"ar-{best['step']}"
+    # the weights kept (and saved) are those of the best evaluation, not of the last step
+    items = encode_items(_records()[:2], fresh.model, fresh.processor, block_pad=False)
+    objective = AutoregressiveObjective(fresh.processor.pad_token_id)
+    kept = validation_loss(fresh.model, objective, validation_batches(objective, items, 4), torch.device("cpu"))
+    assert kept == pytest.approx(best["val_loss"], rel=1e-4)
+    lines = (tmp_path / "ar" / "val.csv").read_text().splitlines()
+    assert lines[0] == "step,val_loss" and len(lines) == 1 + len(report.validation)
+
+
+def test_training_stops_when_validation_plateaus(fresh, tmp_path):
+    cfg = TrainConfig(out_dir=tmp_path / "ar", steps=400, batch_size=4, lr=3e-3, warmup=2, log_every=5,
+                      eval_every=2, plateau=0.9, min_steps=10)
+    report = train_ar(fresh, _records(), cfg, val_records=_records()[:2])
+    assert report.stopped_early and 10 <= report.steps < 400, report.steps
+    assert report.plateau_improvement is not None and report.plateau_improvement < 0.9
+
+
+def test_eval_every_without_validation_items_is_refused(fresh, tmp_path):
+    cfg = TrainConfig(out_dir=tmp_path / "ar", steps=4, batch_size=4, eval_every=2)
+    with pytest.raises(ValueError, match="eval_every=2 needs validation items"):
+        train_ar(fresh, _records(), cfg)
+    with pytest.raises(ValueError, match="plateau must be in"):
+        TrainConfig(out_dir=tmp_path, plateau=1.5)

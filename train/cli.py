@@ -54,6 +54,14 @@ def training_records(paths: list[str], limit: int | None = None, *, image_repeat
     return train
 
 
+def validation_records(paths: list[str], limit: int | None = 192, *, normalize: bool = True):
+    """Held-out studies for the validation loss: the ``val`` split of every data set, studies with images first
+    (they are few and are what the text-only studies cannot show), then the others up to ``limit`` in all."""
+    val = _records(paths, "val", None, normalize=normalize)
+    ordered = [r for r in val if r.images] + [r for r in val if not r.images]
+    return ordered[:limit] if limit else ordered
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="echo-train", description="Train ECHO's three stages.")
     ap.add_argument("stage", choices=["ar", "rad", "dcd", "all", "finetune"])
@@ -78,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
                     help="train on normalized IU X-ray / covid_cxr_notes reports (the ECHO paper, §3.5; default on); "
                          "record files such as the correction export are always used as written")
+    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                    help="augment the repeats of image studies (window/level, gamma, 16-bit rescale, contrast, "
+                         "crop/scale/rotation, noise, resolution; echo_model.augment; default on)")
+    stop = ap.add_argument_group("validation and early stopping")
+    stop.add_argument("--eval-every", type=int, default=50, help="validation loss every N steps (0 = none)")
+    stop.add_argument("--val-limit", type=int, default=192, help="validation studies (image studies first)")
+    stop.add_argument("--plateau", type=float, default=0.01,
+                      help="stop a stage when the last fifth of its evaluations improved the best validation loss "
+                           "by less than this fraction (default 0.01; 0 = run all steps); the best weights are kept")
+    stop.add_argument("--min-steps", type=int, default=200, help="never stop a stage early before this many steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--resume", action="store_true")
@@ -105,35 +123,51 @@ def main(argv: list[str] | None = None) -> int:
     records = training_records(args.data, args.limit, image_repeats=args.image_repeats, normalize=args.normalize)
     if not records:
         raise SystemExit(f"echo-train: error: no training studies in {args.data}")
+    val_records = validation_records(args.data, args.val_limit, normalize=args.normalize) if args.eval_every else None
+    if args.eval_every and not val_records:
+        raise SystemExit(f"echo-train: error: --eval-every {args.eval_every} needs a val split in {args.data}; "
+                         "pass --eval-every 0 to train without validation")
+    augment = None
+    if args.augment:
+        from echo_model.augment import Augmenter
+
+        augment = Augmenter(seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
 
     def cfg(name: str, steps: int, lr: float) -> TrainConfig:
         return TrainConfig(out_dir=args.out / name, steps=args.steps or steps, batch_size=args.batch_size,
                            grad_accum=args.grad_accum, lr=lr, seed=args.seed, save_every=args.save_every,
-                           resume=args.resume, warmup=min(100, (args.steps or steps) // 10 + 1))
+                           resume=args.resume, warmup=min(100, (args.steps or steps) // 10 + 1),
+                           eval_every=args.eval_every, plateau=args.plateau, min_steps=args.min_steps)
+
+    extra = {"val_records": val_records, "augment": augment}
 
     summary_path = args.out / "summary.json"
     summary: dict = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary.update(studies=len(records), data=args.data)
+    summary.update(studies=len(records), data=args.data, validation_studies=len(val_records or []),
+                   image_repeats=args.image_repeats, augment=bool(augment), normalize=args.normalize)
     stages = ["ar", "rad", "dcd"] if args.stage == "all" else [args.stage]
     ck = None
     for stage in stages:
         t0 = time.perf_counter()
         if stage == "ar":
             ck = load_checkpoint(args.init, role="ar") if ck is None else ck
-            rep = train_ar(ck, records, cfg("ar", args.ar_steps, args.lr))
+            rep = train_ar(ck, records, cfg("ar", args.ar_steps, args.lr), **extra)
         elif stage == "rad":
             ck = load_checkpoint(args.init, role="ar") if ck is None else ck
-            rep = train_rad(ck, records, cfg("teacher", args.rad_steps, args.rad_lr), layout=args.layout)
+            rep = train_rad(ck, records, cfg("teacher", args.rad_steps, args.rad_lr), layout=args.layout, **extra)
         else:
             ck = load_checkpoint(args.init, role="teacher") if ck is None else ck
             ck, drep = train_dcd(ck, records, cfg("student", args.dcd_steps, args.dcd_lr), top_k=args.top_k,
-                                 threshold=args.threshold)
+                                 threshold=args.threshold, **extra)
             summary["trajectories"] = vars(drep.trajectories) | {"seconds": round(drep.trajectory_seconds, 1)}
             rep = drep.train
         summary[stage] = {"wall_seconds": round(time.perf_counter() - t0, 1), "steps": rep.steps,
                           "first_loss": rep.first_loss, "last_loss": rep.last_loss,
-                          "tokens_per_step": rep.tokens_per_step, "seconds_per_step": rep.seconds_per_step}
+                          "tokens_per_step": rep.tokens_per_step, "seconds_per_step": rep.seconds_per_step,
+                          "max_steps": args.steps or {"ar": args.ar_steps, "rad": args.rad_steps, "dcd": args.dcd_steps}[stage],
+                          "best_step": rep.best_step, "best_val_loss": rep.best_val_loss,
+                          "stopped_early": rep.stopped_early, "plateau_improvement": rep.plateau_improvement}
         summary_path.write_text(json.dumps(summary, indent=2))
         logging.info("%s done: %s", stage, summary[stage])
     return 0

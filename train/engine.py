@@ -10,6 +10,7 @@ are ~100x slower than fp32).
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -56,6 +57,9 @@ class TrainConfig:
     shuffle: bool = True
     optimizer: str = "adamw"  # "sgd" gives updates linear in the gradient (used to compare DDP with one process)
     mixed_precision: str = "auto"  # auto = bf16 on CUDA, none on CPU
+    eval_every: int = 0  # validation loss every N optimiser steps (0 = none; needs ``val_items``)
+    plateau: float = 0.0  # early stopping: stop when the last fifth of the run improved the best val loss < this (relative)
+    min_steps: int = 0  # never stop early before this many steps
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -64,6 +68,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.eval_every < 0 or self.min_steps < 0:
+            raise ValueError(f"eval_every and min_steps must be >= 0, got {self.eval_every} and {self.min_steps}")
+        if not 0 <= self.plateau < 1:
+            raise ValueError(f"plateau must be in [0, 1), got {self.plateau}")
 
 
 @dataclass
@@ -75,6 +83,51 @@ class TrainReport:
     tokens_per_step: float
     seconds_per_step: float
     history: list[dict] = field(default_factory=list)
+    validation: list[dict] = field(default_factory=list)  # {"step", "val_loss"} per evaluation
+    best_step: int | None = None  # the step whose weights were kept (lowest validation loss)
+    best_val_loss: float | None = None
+    stopped_early: bool = False
+    plateau_improvement: float | None = None  # relative val improvement over the last fifth of the run
+
+
+def plateau_improvement(values: Sequence[float]) -> float | None:
+    """Relative improvement of the best validation loss over the last fifth of the evaluations:
+    ``(best before the last fifth - best overall) / best before``. ``None`` with fewer than 5 evaluations.
+
+    The run has reached its plateau when this is below ``TrainConfig.plateau`` (issue: "< 1 % improvement over
+    the last fifth of training").
+
+    >>> round(plateau_improvement([4.0, 3.0, 2.0, 1.9, 1.0]), 3)
+    0.474
+    >>> plateau_improvement([4.0, 3.0, 2.0, 2.0, 2.0])
+    0.0
+    """
+    n = len(values)
+    if n < 5:
+        return None
+    head = min(values[: n - max(1, n // 5)])
+    return (head - min(values)) / head if head > 0 else 0.0
+
+
+def validation_batches(objective: Objective, items: Sequence, batch_size: int) -> list[dict]:
+    """Collate the validation items once, so every evaluation scores the same tokens under the same noise (a
+    copy of the objective draws that noise, so the training noise does not depend on whether validation runs)."""
+    items, objective = list(items), copy.deepcopy(objective)
+    return [objective.collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+@torch.no_grad()
+def validation_loss(model: EchoModel, objective: Objective, batches: Sequence[dict], device: torch.device) -> float:
+    """Mean of the objective's loss over ``batches``, weighted by their size, in eval mode (dropout off)."""
+    was_training = model.model.training
+    model.model.eval()
+    total, n = 0.0, 0
+    for batch in batches:
+        loss, _ = objective.loss(model, _to(batch, device))
+        size = int(batch["input_ids"].shape[0])
+        total, n = total + float(loss) * size, n + size
+    model.model.train(was_training)
+    return total / max(1, n)
 
 
 def _cosine(step: int, *, warmup: int, total: int) -> float:
@@ -109,10 +162,18 @@ def train(
     cfg: TrainConfig,
     *,
     accelerator: Accelerator | None = None,
+    val_items: Sequence | None = None,
 ) -> TrainReport:
-    """Train ``checkpoint``'s model in place on ``items`` with ``objective``; save it to ``cfg.out_dir``."""
+    """Train ``checkpoint``'s model in place on ``items`` with ``objective``; save it to ``cfg.out_dir``.
+
+    With ``val_items`` and ``cfg.eval_every``, the validation loss is measured every ``eval_every`` steps (and at
+    the end); the weights with the lowest one are kept and saved, and with ``cfg.plateau`` > 0 the run stops early
+    once the last fifth of its evaluations improved the best validation loss by less than ``cfg.plateau``.
+    """
     if not items:
         raise ValueError("no training items")
+    if cfg.eval_every and not val_items:
+        raise ValueError(f"eval_every={cfg.eval_every} needs validation items, got {val_items!r}")
     acc = accelerator or make_accelerator(cfg)
     set_seed(cfg.seed)
     hf = checkpoint.model.model
@@ -145,6 +206,25 @@ def train(
     if start == 0 or not log_path.exists():
         log_path.write_text("step,loss,lr,seconds,tokens\n")
 
+    val_batches = validation_batches(objective, val_items, cfg.batch_size) if cfg.eval_every and val_items else []
+    validation: list[dict] = []
+    best: dict = {}
+    val_path = cfg.out_dir / "val.csv"
+    if val_batches and (start == 0 or not val_path.exists()):
+        val_path.write_text("step,val_loss\n")
+    stopped = False
+
+    def evaluate(at: int) -> None:
+        value = validation_loss(model, objective, val_batches, acc.device)
+        validation.append({"step": at, "val_loss": value})
+        if not best or value < best["val_loss"]:
+            best.update(step=at, val_loss=value,
+                        state={k: v.detach().clone() for k, v in acc.unwrap_model(wrapped).state_dict().items()})
+        if acc.is_main_process:
+            with val_path.open("a") as fh:
+                fh.write(f"{at},{value:.6f}\n")
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}" if history else "-", val=f"{value:.4f}")
+
     t0 = time.perf_counter()
     step, tokens_seen = start, 0
     bar = tqdm(total=cfg.steps, initial=start, desc=f"{objective.name} training", disable=not acc.is_main_process)
@@ -170,33 +250,51 @@ def train(
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 with log_path.open("a", newline="") as fh:
                     csv.writer(fh).writerow([step, f"{row['loss']:.6f}", f"{row['lr']:.3e}", f"{row['seconds']:.2f}", tokens_seen])
+            if val_batches and step % cfg.eval_every == 0:
+                evaluate(step)
+                gain = plateau_improvement([v["val_loss"] for v in validation])
+                if cfg.plateau and step >= cfg.min_steps and gain is not None and gain < cfg.plateau:
+                    log.info("validation loss plateaued at step %d (last fifth improved it %.2f%%)", step, 100 * gain)
+                    stopped = True
+                    break
             if cfg.save_every and step % cfg.save_every == 0:
                 acc.save_state(str(state_dir))
                 if acc.is_main_process:
                     (state_dir / "progress.json").write_text(json.dumps({"step": step}))
             if step >= cfg.steps:
                 break
+        if stopped:
+            break
+    if val_batches and (not validation or validation[-1]["step"] != step):
+        evaluate(step)
     bar.close()
     seconds = time.perf_counter() - t0
     acc.wait_for_everyone()
     hf = acc.unwrap_model(wrapped)
+    if best:
+        hf.load_state_dict(best["state"])
     hf.eval()
     hf.requires_grad_(True)
     checkpoint.model.model = hf
     if acc.is_main_process:
         checkpoint.save_pretrained(cfg.out_dir)
-        plot_loss(history, cfg.out_dir / "loss.png", title=f"{objective.name}")
+        plot_loss(history, cfg.out_dir / "loss.png", title=f"{objective.name}", validation=validation,
+                  best_step=best.get("step"))
         (cfg.out_dir / "train_config.json").write_text(json.dumps({k: str(v) for k, v in asdict(cfg).items()}, indent=2))
     done = max(1, step - start)
     return TrainReport(
         steps=step, seconds=seconds,
         first_loss=history[0]["loss"] if history else float("nan"), last_loss=history[-1]["loss"] if history else float("nan"),
         tokens_per_step=tokens_seen / done, seconds_per_step=seconds / done, history=history,
+        validation=validation, best_step=best.get("step"), best_val_loss=best.get("val_loss"), stopped_early=stopped,
+        plateau_improvement=plateau_improvement([v["val_loss"] for v in validation]),
     )
 
 
-def plot_loss(history: list[dict], path: Path, *, title: str) -> None:
-    """Loss curve (raw and a 20-step moving average) as PNG."""
+def plot_loss(history: list[dict], path: Path, *, title: str, validation: Sequence[dict] = (),
+              best_step: int | None = None) -> None:
+    """Training loss (raw and a 20-step moving average) and, when measured, the validation loss with the kept
+    (best) step marked, as PNG."""
     if not history:
         return
     import matplotlib
@@ -209,8 +307,12 @@ def plot_loss(history: list[dict], path: Path, *, title: str) -> None:
     k = 20
     smooth = [sum(loss[max(0, i - k + 1) : i + 1]) / len(loss[max(0, i - k + 1) : i + 1]) for i in range(len(loss))]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, loss, alpha=0.3, label="loss")
-    ax.plot(steps, smooth, label=f"{k}-step mean")
+    ax.plot(steps, loss, alpha=0.3, label="training loss")
+    ax.plot(steps, smooth, label=f"training, {k}-step mean")
+    if validation:
+        ax.plot([v["step"] for v in validation], [v["val_loss"] for v in validation], "o-", ms=3, label="validation loss")
+        if best_step is not None:
+            ax.axvline(best_step, color="grey", ls=":", lw=1, label=f"kept: step {best_step}")
     ax.set(xlabel="optimiser step", ylabel="loss", title=title)
     ax.legend()
     fig.tight_layout()

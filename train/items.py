@@ -9,11 +9,12 @@ learns to fill the rest of the block that holds ``<eos>`` with ``<eos>`` (what t
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from echo_model.modeling import EchoModel, text_positions
@@ -66,14 +67,25 @@ def encode_items(
     max_response_tokens: int = 256,
     image_base: Path | None = None,
     use_images: bool = True,
+    augment: Callable[..., Image.Image] | None = None,
 ) -> list[TrainItem]:
-    """Encode records; responses longer than ``max_response_tokens`` are cut (and logged)."""
+    """Encode records; responses longer than ``max_response_tokens`` are cut (and logged).
+
+    ``augment(image, key=i)`` (e.g. :class:`echo_model.augment.Augmenter`): a record that occurs again in
+    ``records`` (``image_repeats`` > 1) has its images augmented on every occurrence after the first, each
+    with its own key, so the repeats are the ways the same radiograph could look at other sites. The augmenter
+    keeps the image size, so positions and grids match the original.
+    """
     b = model.block_length
     eos = processor.eos_token_id
     items: list[TrainItem] = []
-    cut = 0
-    for rec in tqdm(records, desc="encoding studies", leave=False):
+    cut, seen, augmented = 0, set(), 0
+    for index, rec in enumerate(tqdm(records, desc="encoding studies", leave=False)):
         images = load_record_images(rec, image_base) if use_images and rec.images else []
+        if images and augment is not None and rec.id in seen:
+            images = [augment(im, key=index * 16 + j) for j, im in enumerate(images)]
+            augmented += 1
+        seen.add(rec.id)
         prompt = processor.encode(images, indication=rec.indication, lang=rec.language)
         ids = processor.tokenizer(rec.report, add_special_tokens=False)["input_ids"]
         if len(ids) > max_response_tokens - 1:
@@ -87,4 +99,6 @@ def encode_items(
         items.append(TrainItem(prompt=prompt, positions=positions, response=response, record_id=rec.id))
     if cut:
         log.info("cut %d of %d responses to %d tokens", cut, len(records), max_response_tokens)
+    if augmented:
+        log.info("augmented the images of %d repeated studies", augmented)
     return items

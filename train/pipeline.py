@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,19 +40,42 @@ def _role(ck: EchoCheckpoint, role: str, revision: str) -> EchoCheckpoint:
     return ck
 
 
-def train_ar(ck: EchoCheckpoint, records: Sequence[StudyRecord], cfg: TrainConfig, *, image_base: Path | None = None) -> TrainReport:
-    items = encode_items(records, ck.model, ck.processor, block_pad=False, image_base=image_base)
+def _encode(ck: EchoCheckpoint, records: Sequence[StudyRecord] | None, *, block_pad: bool, image_base: Path | None,
+            augment: Callable | None = None) -> list | None:
+    if not records:
+        return None
+    return encode_items(records, ck.model, ck.processor, block_pad=block_pad, image_base=image_base, augment=augment)
+
+
+def train_ar(ck: EchoCheckpoint, records: Sequence[StudyRecord], cfg: TrainConfig, *, image_base: Path | None = None,
+             val_records: Sequence[StudyRecord] | None = None, augment: Callable | None = None) -> TrainReport:
+    """Stage I. ``val_records``: held-out studies for the validation loss (early stopping, ``cfg.eval_every``);
+    ``augment``: image augmentation of repeated image studies (:func:`train.items.encode_items`)."""
+    items = encode_items(records, ck.model, ck.processor, block_pad=False, image_base=image_base, augment=augment)
+    val = _encode(ck, val_records, block_pad=False, image_base=image_base)
     _role(ck, "ar", f"ar-{cfg.steps}")
-    return train(ck, AutoregressiveObjective(ck.processor.pad_token_id), items, cfg)
+    report = train(ck, AutoregressiveObjective(ck.processor.pad_token_id), items, cfg, val_items=val)
+    return _revision(ck, "ar", report, cfg.out_dir)
 
 
 def train_rad(ck: EchoCheckpoint, records: Sequence[StudyRecord], cfg: TrainConfig, *, layout: str = "rad",
-              image_base: Path | None = None) -> TrainReport:
-    items = encode_items(records, ck.model, ck.processor, block_pad=True, image_base=image_base)
+              image_base: Path | None = None, val_records: Sequence[StudyRecord] | None = None,
+              augment: Callable | None = None) -> TrainReport:
+    items = encode_items(records, ck.model, ck.processor, block_pad=True, image_base=image_base, augment=augment)
+    val = _encode(ck, val_records, block_pad=True, image_base=image_base)
     _role(ck, "teacher", f"{layout}-{cfg.steps}")
     objective = DiffusionObjective(ck.processor.pad_token_id, ck.processor.mask_token_id, ck.model.block_length,
                                    layout=layout, seed=cfg.seed, name=layout)
-    return train(ck, objective, items, replace(cfg, freeze_vision=True))
+    report = train(ck, objective, items, replace(cfg, freeze_vision=True), val_items=val)
+    return _revision(ck, layout, report, cfg.out_dir)
+
+
+def _revision(ck: EchoCheckpoint, prefix: str, report: TrainReport, out_dir: Path) -> TrainReport:
+    """Name the revision after the step whose weights were kept (early stopping keeps the best, not the last)."""
+    if report.best_step is not None:
+        _role(ck, ck.spec.role, f"{prefix}-{report.best_step}")
+        ck.save_pretrained(out_dir)
+    return report
 
 
 @dataclass
@@ -64,14 +87,19 @@ class DistillReport:
 
 def train_dcd(teacher: EchoCheckpoint, records: Sequence[StudyRecord], cfg: TrainConfig, *, image_base: Path | None = None,
               top_k: int = 64, threshold: float = 0.85, eos_weight: float = 1.0, step_weighting: bool = True,
-              max_new_tokens: int = 256, max_repeats: int = 3) -> tuple[EchoCheckpoint, DistillReport]:
-    """Returns the student (a copy of the teacher, trained) and the report."""
+              max_new_tokens: int = 256, max_repeats: int = 3, val_records: Sequence[StudyRecord] | None = None,
+              augment: Callable | None = None) -> tuple[EchoCheckpoint, DistillReport]:
+    """Returns the student (a copy of the teacher, trained) and the report. With ``val_records`` the teacher's
+    trajectories on them are recorded too and give the validation loss (same targets, held-out studies)."""
     import time
 
-    items = encode_items(records, teacher.model, teacher.processor, block_pad=True, image_base=image_base)
+    items = encode_items(records, teacher.model, teacher.processor, block_pad=True, image_base=image_base, augment=augment)
     t0 = time.perf_counter()
     data, stats = record_trajectories(teacher.model, teacher.processor, items, top_k=top_k, threshold=threshold,
                                       max_new_tokens=max_new_tokens, max_repeats=max_repeats)
+    val_items = _encode(teacher, val_records, block_pad=True, image_base=image_base)
+    val = record_trajectories(teacher.model, teacher.processor, val_items, top_k=top_k, threshold=threshold,
+                              max_new_tokens=max_new_tokens, max_repeats=max_repeats)[0] if val_items else None
     t_traj = time.perf_counter() - t0
     if not data:
         raise RuntimeError(f"every teacher trajectory was dropped ({stats}); train the teacher longer")
@@ -80,5 +108,6 @@ def train_dcd(teacher: EchoCheckpoint, records: Sequence[StudyRecord], cfg: Trai
     p = student.processor
     objective = DistillationObjective(p.pad_token_id, p.mask_token_id, p.eos_token_id, student.model.block_length,
                                       eos_weight=eos_weight, step_weighting=step_weighting)
-    report = train(student, objective, data, replace(cfg, freeze_vision=True))
+    report = train(student, objective, data, replace(cfg, freeze_vision=True), val_items=val or None)
+    _revision(student, "dcd", report, cfg.out_dir)
     return student, DistillReport(stats, t_traj, report)
