@@ -10,15 +10,30 @@ section header, ``parse_report(format_report(f, i))`` gives back ``f.strip()`` a
 Parsing is tolerant because reports also come from clinicians and other systems: headers in
 any case, with ASCII or full-width colons, on their own lines, missing sections, repeated
 sections. It never raises on any string.
+
+The app's editor shows findings one line per anatomical region (``Cardiac silhouette: The cardiac
+silhouette is normal in size.``): :func:`findings_by_region` lays them out with the normalizer's
+regions, :func:`findings_from_region_text` strips the labels back to the plain sentences the model
+writes. For normalized findings the two are inverses.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["SECTION_KEYWORDS", "ParsedReport", "format_report", "parse_report"]
+__all__ = [
+    "OTHER_LABEL",
+    "SECTION_KEYWORDS",
+    "ParsedReport",
+    "findings_by_region",
+    "findings_from_region_text",
+    "format_report",
+    "parse_report",
+    "region_labels",
+]
 
 Language = Literal["en", "zh"]
 
@@ -125,3 +140,68 @@ def format_report(findings: str, impression: str, lang: Language = "en") -> str:
                 f"report ambiguous: {value!r}"
             )
     return _TEMPLATES[lang].format(findings=findings.strip(), impression=impression.strip())
+
+
+# ------------------------------------------------------------------------------ findings by region
+#: Label of the line holding the sentences that fit no region.
+OTHER_LABEL = "Other"
+
+
+def region_labels() -> dict[str, str]:
+    """Region key -> label of its editor line, in report order: each region's display name with a capital
+    (``"hila"`` -> ``"Hila"``, ``"cardiac silhouette"`` -> ``"Cardiac silhouette"``), then ``"Other"``."""
+    # Imported here: echo_model.data.normalize imports this module.
+    from .normalize import OTHER_REGION, REGIONS
+
+    labels = {region.key: region.name[:1].upper() + region.name[1:] for region in REGIONS}
+    labels[OTHER_REGION] = OTHER_LABEL
+    return labels
+
+
+@functools.cache
+def _label_pattern() -> re.Pattern[str]:
+    # Longest first, so that a label that begins another is not matched in its place.
+    names = sorted(region_labels().values(), key=len, reverse=True)
+    return re.compile(r"(?i:" + "|".join(re.escape(n) for n in names) + r")[ \t\u3000]*[:：][ \t\u3000]*")
+
+
+def findings_by_region(findings: str) -> str:
+    """Findings one line per region: ``"<Label>: <its sentences>"``, regions in report order, then ``Other``.
+
+    Sentences are assigned by :func:`echo_model.data.normalize.split_regions` and kept verbatim; a region
+    without a sentence has no line; text that names no region (un-normalized or garbled text) is all on
+    the ``Other`` line. Empty findings give ``""``. :func:`findings_from_region_text` undoes this for
+    normalized findings (whose sentences are already in region order).
+
+    Raises:
+        TypeError: ``findings`` is not a string.
+    """
+    from .normalize import split_regions  # normalize imports this module
+
+    labels = region_labels()
+    return "\n".join(f"{labels[key]}: {' '.join(sentences)}" for key, sentences in split_regions(findings).items())
+
+
+def findings_from_region_text(text: str) -> str:
+    """Plain findings from editor text laid out by region: each line's leading region label removed, the
+    lines joined with one space, in the order written.
+
+    A label is recognised only at the start of a line (any case, ASCII or full-width colon); a line without
+    one (the reader deleted the label, or typed a new line) is kept whole, and a label with nothing after
+    it gives nothing. Text with no label at all comes back with its lines joined.
+
+    Raises:
+        TypeError: ``text`` is not a string.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"findings text must be str, got {type(text).__name__}: {text!r:.80}")
+    pattern = _label_pattern()
+    pieces = []
+    for line in text.splitlines():
+        line = line.strip()
+        label = pattern.match(line)
+        if label is not None:
+            line = line[label.end() :].strip()
+        if line:
+            pieces.append(line)
+    return " ".join(pieces)
