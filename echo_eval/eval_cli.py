@@ -11,7 +11,9 @@ Examples::
 export (``echo_model.data.load_dataset`` picks the reader). Metrics are printed as a Markdown table (stdout),
 progress goes to stderr. ``--compare`` pairs this run with another predictions file by study id and prints
 the difference (this run minus the other) of ROUGE-L, BLEU-4 and CE-F1 (5) with 95 % paired-bootstrap
-intervals. ``--sensitivity`` runs the image-sensitivity check instead of the evaluation
+intervals. ``--perturb NAME`` applies one of ``echo_model.augment.PERTURBATIONS`` to every view before
+drafting (a robustness run: ``--compare`` it with the clean run's predictions); the JSON records
+``perturbation``. ``--sensitivity`` runs the image-sensitivity check instead of the evaluation
 (``echo_eval.sensitivity``). Errors go to stderr with exit status 2 (bad input) or 1 (checkpoint).
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from echo_model import __version__
+from echo_model.augment import PERTURBATIONS
 from echo_model.sampling import SAMPLERS
 
 from .evaluation import BASELINES
@@ -58,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     model.add_argument("--batch-size", type=int, default=4, help="studies decoded together (default 4)")
     model.add_argument("--max-new-tokens", type=int, default=512, help="generation budget (default 512)")
+    model.add_argument(
+        "--perturb",
+        default=None,
+        choices=list(PERTURBATIONS),
+        metavar="NAME",
+        help="robustness run: apply this fixed image perturbation (echo_model.augment.PERTURBATIONS) to every "
+             "view before drafting; one of " + ", ".join(PERTURBATIONS),
+    )
     base = ap.add_argument_group("baseline")
     base.add_argument(
         "--baseline",
@@ -142,6 +153,10 @@ def run_evaluation(args: argparse.Namespace) -> int:
     other = read_predictions(args.compare) if args.compare else None  # fail on a bad file before drafting
     if args.baseline is not None:
         # reports only: no images needed
+        if args.perturb is not None:
+            raise ValueError(
+                f"--perturb {args.perturb} perturbs images; --baseline {args.baseline} uses none"
+            )
         train = load_split(args.train_data or args.data, args.train_split, normalize=args.normalize)
         result = evaluate_baseline(records, train, kind=args.baseline, embeddings=args.embeddings)
     else:
@@ -158,6 +173,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=not args.no_progress,
             embeddings=args.embeddings,
+            perturbation=args.perturb,
         )
     result.run.update(data=args.data, split=args.split, limit=args.limit, normalized_references=args.normalize)
     name = f"{result.run['sampler']} ({result.run['model']})"
@@ -188,10 +204,11 @@ def run_evaluation(args: argparse.Namespace) -> int:
 def run_sensitivity(args: argparse.Namespace) -> int:
     from echo_model.drafting import Drafter
     from echo_model.sampling import SamplerConfig
+
     from .sensitivity import image_sensitivity
 
-    if args.baseline or args.compare:
-        raise ValueError("--sensitivity checks a model; it does not take --baseline or --compare")
+    if args.baseline or args.compare or args.perturb:
+        raise ValueError("--sensitivity checks a model; it does not take --baseline, --compare or --perturb")
     records = load_split(args.data, args.split, images_dir=args.images_dir, limit=args.limit,
                          normalize=args.normalize)
     checkpoint = Drafter(args.model, device=args.device).checkpoint(args.sampler)

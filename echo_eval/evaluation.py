@@ -20,9 +20,8 @@ indication always goes in the prompt, which for text-only studies is the only st
 
 from __future__ import annotations
 
-import hashlib
-
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -31,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from echo_model.data.records import StudyRecord
+
 from .metrics import evaluate_reports, majority_template
 from .metrics.bootstrap import WithInterval
-from echo_model.data.records import StudyRecord
 
 if TYPE_CHECKING:  # heavy modules (torch, transformers) only when a model is actually run
     from PIL import Image
@@ -197,24 +197,37 @@ class StudyInput:
     missing: list[str] = field(default_factory=list)
 
 
-def load_study_input(record: StudyRecord) -> StudyInput:
+def load_study_input(record: StudyRecord, *, perturbation: str | None = None) -> StudyInput:
     """Load a record's views; unreadable or missing files are dropped (logged), never raised.
 
     Why: one broken file in a shared set must not end an evaluation of hundreds of studies; the study is
     drafted from what is left (text-only with its indication when nothing is left) and the loss is counted.
+    ``perturbation`` names an :data:`echo_model.augment.PERTURBATIONS` entry applied to every loaded view
+    (robustness runs: ``echo-eval --perturb NAME``); None loads the views as they are.
     """
+    from echo_model.augment import perturb
     from echo_model.imaging import ImageInputError, load_image
 
+    check_perturbation(perturbation)
     images, missing = [], []
     for ref in record.images:
         try:
-            images.append(load_image(Path(ref.path)).image)
+            image = load_image(Path(ref.path)).image
+            images.append(image if perturbation is None else perturb(image, perturbation))
         except (OSError, ImageInputError) as err:
             missing.append(ref.path)
             log.warning(
                 "study %s: image %s not used (%s); the study goes without it", record.id, ref.path, err
             )
     return StudyInput(record=record, images=images, missing=missing)
+
+
+def check_perturbation(name: str | None) -> None:
+    """Refuse a name that :data:`echo_model.augment.PERTURBATIONS` lacks (None means no perturbation)."""
+    from echo_model.augment import PERTURBATIONS
+
+    if name is not None and name not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {name!r}; choose one of {sorted(PERTURBATIONS)}")
 
 
 def check_languages(records: Sequence[StudyRecord], languages: Sequence[str]) -> None:
@@ -236,6 +249,7 @@ def predict_records(
     config: SamplerConfig | None = None,
     batch_size: int = PREDICT_BATCH_SIZE,
     progress: bool = True,
+    perturbation: str | None = None,
 ) -> list[StudyPrediction]:
     """Draft a report for every record with one checkpoint and sampler; one prediction per record, in order.
 
@@ -246,6 +260,8 @@ def predict_records(
         config: decoding settings (default: the official ones, 512 new tokens, greedy).
         batch_size: studies decoded together (batches reproduce single runs; larger is faster).
         progress: show a tqdm bar (stderr).
+        perturbation: an :data:`echo_model.augment.PERTURBATIONS` name applied to every view before
+            drafting (None: the views as loaded).
     """
     from tqdm.auto import tqdm
 
@@ -257,11 +273,14 @@ def predict_records(
     if not records:
         raise ValueError("no studies to evaluate")
     check_languages(records, checkpoint.spec.languages)
+    check_perturbation(perturbation)
     normalized = checkpoint.spec.report_style == "normalized"
     out: list[StudyPrediction] = []
     with tqdm(total=len(records), desc=f"drafting ({sampler})", unit="study", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
-            inputs = [load_study_input(r) for r in records[start : start + batch_size]]
+            inputs = [
+                load_study_input(r, perturbation=perturbation) for r in records[start : start + batch_size]
+            ]
             prompts = [
                 checkpoint.processor.encode(s.images, indication=s.record.indication, lang=s.record.language)
                 for s in inputs
@@ -594,11 +613,13 @@ class EvaluationResult:
     def to_json(self) -> dict[str, Any]:
         """Metrics at the top level (``n``, ``rougeL``, ``bleu4``, ``ce_f1_5``..., against the references as
         loaded: normalized by default), ``raw_reference`` (the same metrics against the references as written,
-        when they were normalized), then ``run`` and ``comparison``; the predictions go to their own file."""
+        when they were normalized), ``perturbation`` (the image perturbation of the run, or None), then ``run``
+        and ``comparison``; the predictions go to their own file."""
         data: dict[str, Any] = dict(self.metrics)
         data["n"] = int(self.metrics["n"])
         if self.raw_metrics is not None:
             data["raw_reference"] = dict(self.raw_metrics)
+        data["perturbation"] = self.run.get("perturbation")
         data["run"] = dict(self.run)
         if self.comparison is not None:
             data["comparison"] = self.comparison.to_json()
@@ -611,7 +632,7 @@ def evaluate_records(
     """:func:`predict_records` then :func:`score_predictions`, with the run's settings recorded.
 
     ``drafting`` are :func:`predict_records`' keyword arguments (``sampler``, ``config``, ``batch_size``,
-    ``progress``), passed on as given.
+    ``progress``, ``perturbation``), passed on as given.
     """
     from echo_model.sampling import SamplerConfig
 
@@ -628,6 +649,7 @@ def evaluate_records(
         "images_missing": sum(p.missing_images for p in preds),
         "text_only_studies": sum(1 for p in preds if p.images == 0),
         "report_style": checkpoint.spec.report_style,
+        "perturbation": drafting.get("perturbation"),
     }
     return EvaluationResult(
         predictions=preds, metrics=score_predictions(preds, embeddings=embeddings), run=run,
@@ -661,20 +683,20 @@ def evaluate_majority(
 
 
 __all__ = [
+    "BASELINES",
     "COMPARE_METRICS",
     "PREDICTION_FIELDS",
     "Comparison",
     "EvaluationResult",
-    "BASELINES",
     "MetricComparison",
     "StudyInput",
     "StudyPrediction",
     "baseline_predictions",
     "baseline_template",
-    "evaluate_baseline",
-    "score_raw_references",
     "check_languages",
+    "check_perturbation",
     "compare_predictions",
+    "evaluate_baseline",
     "evaluate_majority",
     "evaluate_records",
     "load_study_input",
@@ -683,5 +705,6 @@ __all__ = [
     "predict_records",
     "read_predictions",
     "score_predictions",
+    "score_raw_references",
     "write_predictions",
 ]
