@@ -110,7 +110,9 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
             draft_warnings = gr.HTML("", elem_id="draft-warnings")
             summary = gr.Markdown(label="Summary", elem_id="summary")
             warnings = gr.Textbox(label="Input warnings", lines=2, interactive=False, elem_id="warnings")
-            findings = gr.Textbox("", label="Findings", lines=6, interactive=True, elem_id="findings")
+            # A finished draft's findings one line per region ("Hila: ..."); what is saved or signed is this text.
+            findings = gr.Textbox("", label="Findings (one line per region)", lines=9, max_lines=24, interactive=True,
+                                  elem_id="findings")
             impression = gr.Textbox("", label="Impression", lines=3, interactive=True, elem_id="impression")
             reasons = gr.CheckboxGroup(list(EDIT_REASONS), value=[], label="Edit reasons", elem_id="reasons")
             comment = gr.Textbox("", label="Comment", lines=1, elem_id="comment")

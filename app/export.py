@@ -9,8 +9,11 @@ The zip holds one folder::
 
 Why this layout: ``echo_model.data.load_dataset`` reads the folder (or ``records.jsonl``) with its generic
 record adapter, so corrections flow back into training without a converter. Each record's
-``findings``/``impression`` are the signed text; ``correction`` carries the model's draft, the model
-and revision, the edit reasons, the comment (with any addenda) and who signed when.
+``findings``/``impression`` are the signed text, with one conversion for training: the Draft tab's region
+lines (``Hila: ...``) become plain findings (labels removed, lines joined with a space; see
+:func:`echo_model.data.report_text.findings_from_region_text`), the model's own format. The stored record
+in the app keeps the signed text verbatim. ``correction`` carries the model's draft, the model and
+revision, the edit reasons, the comment (with any addenda) and who signed when.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from echo_model.data.records import LANGUAGES, VIEWS, Correction, ImageRef, StudyRecord, write_jsonl
+from echo_model.data.report_text import findings_from_region_text
 
 from .store import DraftInfo, Store, StudyInfo
 
@@ -85,7 +89,12 @@ def _record_view(view: str) -> str:
 
 
 def build_record(draft: DraftInfo, study: StudyInfo, *, licence: str) -> StudyRecord:
-    """The study record of one signed draft (images referenced as ``images/<hash>.png``)."""
+    """The study record of one signed draft (images referenced as ``images/<hash>.png``).
+
+    ``findings`` is the signed findings as plain training text: region labels removed and lines joined
+    (:func:`~echo_model.data.report_text.findings_from_region_text`); the impression is as signed. The
+    store keeps the signed text verbatim; only this export converts it.
+    """
     if draft.signed_at is None or draft.signed_by is None:
         raise ValueError(f"draft {draft.id!r} is not signed; only signed reports are exported")
     findings, impression = draft.current
@@ -97,7 +106,7 @@ def build_record(draft: DraftInfo, study: StudyInfo, *, licence: str) -> StudyRe
     comments += [f"Addendum ({a.created_at:%Y-%m-%d %H:%M} UTC, {a.author}): {a.comment}" for a in draft.addenda]
     return StudyRecord(
         id=draft.id,
-        findings=findings,
+        findings=findings_from_region_text(findings),
         impression=impression,
         images=tuple(ImageRef(path=f"images/{img.content_hash}.png", view=_record_view(img.view)) for img in study.images),
         indication=draft.settings.get("indication") or None,

@@ -33,6 +33,7 @@ from .service import (
     Services,
     TokenPiece,
     confidence_band,
+    editor_findings,
     ingest_uploads,
     load_study_images,
     redraft_prefix,
@@ -146,6 +147,24 @@ def _bind(current: Current | None, draft_id: str | None, version: float | None) 
     if version is not None and (not math.isfinite(version) or int(version) != version or version < 0):
         raise ValueError(f"a draft version is a whole number >= 0, got {version!r}")
     return draft_id, None if version is None else int(version)
+
+
+def _editor_text(draft: DraftInfo) -> tuple[str, str]:
+    """(findings, impression) as the editor shows a stored draft: the last saved text verbatim; an unedited
+    draft's findings one line per region (:func:`~app.service.editor_findings`).
+
+    The drafted report is split again (not the stored sections), so a garbled draft's repeated headers are not
+    left in a section.
+    """
+    if draft.versions:
+        return draft.current
+    findings, impression = split_report(draft.report) if draft.report.strip() else draft.current
+    return editor_findings(findings), impression
+
+
+def _lines(text: str) -> str:
+    """Text for Markdown with its line breaks kept (region lines stay one per line in the sign confirmation)."""
+    return "  \n".join(line.strip() for line in text.strip().splitlines())
 
 
 def _block_rows(trace: Sequence[dict[str, Any]]) -> list[list[Any]]:
@@ -358,7 +377,7 @@ class Handlers:
                 gr.Info("Re-draft from edit is not available with this model.")
                 yield tuple(gr.skip() for _ in DRAFT_FIELDS)
                 return
-            if source.current != (findings, impression):
+            if (findings, impression) not in (source.current, _editor_text(source)):  # the editor shows either
                 self.store.save_edit(draft_id, user, findings=findings, impression=impression)
             prefix = redraft_prefix(findings, impression, draft_impression=source.impression, lang=source.language)
             study = self.store.get_study(source.study_id, user)
@@ -413,7 +432,8 @@ class Handlers:
                 saved = self._save_draft(step.draft, study=study, user=user, label=label, trace=trace,
                                          timing=timing, parent=parent, seed=config.seed)
                 view.timing, view.draft_id, view.status = saved.timings, saved.id, _status_text(saved)
-                view.findings, view.impression = saved.findings, saved.impression
+                # The plain running text while blocks stream; the region layout once the draft is finished.
+                view.findings, view.impression = _editor_text(saved)
                 view.current = _draft_current(saved, study)
             else:
                 view.timing = timing
@@ -459,9 +479,7 @@ class Handlers:
         for block in draft.trace:
             shown.append((block["text"], None) if not block.get("confidences") else
                          (block["text"], confidence_band(min(block["confidences"]))))
-        # Unedited: split the drafted text again, so a garbled draft's repeated headers are not left in a section.
-        findings, impression = draft.current if draft.versions or not draft.report.strip() else split_report(
-            draft.report)
+        findings, impression = _editor_text(draft)
         view = DraftView(
             report_view=shown, findings=findings, impression=impression, language=draft.language,
             timing=draft.timings, study_id=draft.study_id, draft_id=draft.id, status=_status_text(draft),
@@ -514,7 +532,7 @@ class Handlers:
                 raise ValueError(f"cannot sign draft {draft_id!r}: findings and impression are both empty")
             text = (f"**You are signing draft `{draft_id[:8]}` of study `{draft.study_id[:8]}`** "
                     f"(version {len(draft.versions) + 1}); the report is then locked.\n\n"
-                    f"**Findings:** {findings.strip() or '(empty)'}\n\n**Impression:** {impression.strip() or '(empty)'}")
+                    f"**Findings:** {_lines(findings) or '(empty)'}\n\n**Impression:** {_lines(impression) or '(empty)'}")
             if draft.warnings:
                 text += (f"\n\n**⚠ This draft has {len(draft.warnings)} warning"
                          f"{'' if len(draft.warnings) == 1 else 's'}:** " + "; ".join(draft.warnings)

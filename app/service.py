@@ -27,8 +27,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
+from echo_model.data.normalize import OTHER_REGION, split_regions
+from echo_model.data.report_text import (
+    findings_by_region,
+    findings_from_region_text,
+    format_report,
+    parse_report,
+)
 from echo_model.imaging import ImageInputError, LoadedImage, load_study, to_deidentified_png
-from echo_model.data.report_text import format_report, parse_report
 
 from .admission import GenerationGate
 from .settings import EMBEDDED, AppSettings
@@ -40,7 +46,7 @@ if TYPE_CHECKING:  # torch/transformers load only when a model is first needed
 
 __all__ = [
     "CONFIDENCE_BANDS", "BlockStep", "DraftingService", "ModelInfo", "PieceDecoder", "Services", "TokenPiece",
-    "app_version", "confidence_band", "ingest_uploads", "load_study_images", "redraft_prefix",
+    "app_version", "confidence_band", "editor_findings", "ingest_uploads", "load_study_images", "redraft_prefix",
     "render_window", "report_language", "split_report",
 ]
 
@@ -279,14 +285,30 @@ def report_language(lang: str) -> Literal["en", "zh"]:
     return "zh" if lang == "zh" else "en"
 
 
+def editor_findings(findings: str) -> str:
+    """A finished draft's findings as the Findings editor shows them: one line per region
+    (:func:`~echo_model.data.report_text.findings_by_region`) when at least one sentence names a region.
+
+    Findings that name none (a garbled draft, a Chinese report: the normalizer has no Chinese regions) are
+    shown as written: a lone ``Other:`` label would add nothing. Only the model's draft goes through here;
+    text the clinician saved is shown, stored and signed exactly as typed.
+    """
+    if set(split_regions(findings)) <= {OTHER_REGION}:
+        return findings
+    return findings_by_region(findings)
+
+
 def redraft_prefix(findings: str, impression: str, *, draft_impression: str, lang: str = "en") -> str:
     """The text a re-draft keeps: up to the end of the last section the radiologist changed.
 
     If the impression is empty or still the drafted one, only the findings are kept and the model writes
     the rest (more findings and a new impression); if the radiologist rewrote the impression, the whole
-    report is kept and the model may only continue it.
+    report is kept and the model may only continue it. Findings laid out by region lose their labels and
+    line breaks first (:func:`~echo_model.data.report_text.findings_from_region_text`), so the model
+    continues plain ``Findings: ... Impression: ...`` text, its own format.
     """
-    full = format_report(findings, impression, lang=report_language(lang))
+    plain = findings_from_region_text(findings)
+    full = format_report(plain, impression, lang=report_language(lang))
     if not impression.strip() or impression.strip() == draft_impression.strip():
         cut = full.rfind("Impression:" if lang != "zh" else "结论：")
         return full[:cut].strip() if cut > 0 else full.strip()
