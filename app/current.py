@@ -11,7 +11,7 @@ import html
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-__all__ = ["Current", "DraftState", "banner_markdown", "warnings_html"]
+__all__ = ["Current", "DraftState", "banner_markdown", "limitation_html", "warnings_html"]
 
 #: What the editor holds: nothing drafted yet, a draft being written, the draft as written, a saved edit, signed.
 DraftState = Literal["", "drafting", "draft", "edited", "signed"]
@@ -78,3 +78,10 @@ def warnings_html(warnings: tuple[str, ...] | list[str]) -> str:
     n = len(warnings)
     return (f'<div class="echo-draft-warnings" role="alert"><strong>⚠ {n} warning{"" if n == 1 else "s"} on this '
             f"draft: check before signing</strong> (signing needs <em>Sign anyway</em>)<ul>{items}</ul></div>")
+
+
+def limitation_html(limitation: str) -> str:
+    """The chosen model's limitation as a grey box beside the draft (empty string when there is none)."""
+    if not limitation:
+        return ""
+    return f'<div class="echo-model-limitation" role="note"><strong>About this model:</strong> {html.escape(limitation)}</div>'

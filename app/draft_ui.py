@@ -107,6 +107,8 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
                       "low; grey ▒ = positions not yet written)",
                 color_map=REPORT_COLOURS, show_legend=True, show_inline_category=False, combine_adjacent=False,
                 elem_id="report-view")
+            # The embedded family's limitation, wherever it drafts (follows the Model menu).
+            limitation = gr.HTML(h.model_notice(settings.default_model), elem_id="model-limitation")
             draft_warnings = gr.HTML("", elem_id="draft-warnings")
             summary = gr.Markdown(label="Summary", elem_id="summary")
             warnings = gr.Textbox(label="Input warnings", lines=2, interactive=False, elem_id="warnings")
@@ -148,7 +150,7 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
         "study_id": study_id, "draft_id": draft_id, "status": status, "view_select": view_select, "viewer": viewer,
         "view_info": view_info, "center": center, "width": width, "version": version,
         "draft_warnings": draft_warnings, "banner": banner, "current": current, "comment": comment,
-        "reasons": reasons, "language": language,
+        "reasons": reasons, "language": language, "limitation": limitation,
     }
     tab = DraftTab(comps=comps, current=current)
     draft_outputs, viewer_outputs = tab.draft_outputs, tab.viewer_outputs
@@ -172,6 +174,7 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
     reset_window.click(lambda: DEFAULT_WINDOW, None, [center, width], **PRIVATE).then(
         h.render_view, window_inputs, [viewer, view_info], **PRIVATE)
     model.change(h.languages, [model], [language], **PRIVATE)
+    model.change(h.model_notice, [model], [limitation], **PRIVATE)
 
     # Drafting (one slot on the device).
     generating = generate.click(h.begin_draft, [study_id, current], draft_outputs, trigger_mode="once",

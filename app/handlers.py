@@ -26,7 +26,7 @@ from PIL import Image
 
 from echo_model.data.report_text import format_report
 
-from .current import Current, banner_markdown, warnings_html
+from .current import Current, banner_markdown, limitation_html, warnings_html
 from .export import EXPORT_PREFIX, export_corrections, parse_day, prune_exports
 from .service import (
     MASK_GLYPH,
@@ -625,6 +625,11 @@ class Handlers:
         with user_errors():
             info = self.drafting.model_info(model)
             return gr.update(choices=list(info.languages), value=info.languages[0])
+
+    def model_notice(self, model: str = "") -> str:
+        """The chosen model's limitation beside the draft (the embedded family's; empty for a real checkpoint)."""
+        with user_errors():
+            return limitation_html(self.drafting.limitation(model))
 
     def audit(self, study_id: str = "", request: gr.Request | None = None) -> list[list[Any]]:
         """The audit events of one of the user's studies (or of all the user's actions)."""

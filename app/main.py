@@ -23,6 +23,8 @@ from typing import Any
 
 import gradio as gr
 
+from echo_model.loading import EMBEDDED_LIMITATION, REAL_CHECKPOINT_HINT
+
 from .auth import AuthError, make_checker, parse_credentials
 from .draft_ui import SAMPLER_CHOICES, build_draft_tab
 from .explain_ui import build_explain_tab
@@ -81,13 +83,13 @@ pixel-only PNGs, but text burned into the pixels is not removed.
 Uploads are converted to de-identified PNGs on arrival and the uploaded files deleted. Reports, edits and the audit
 trail are stored in this server's data directory. Usage analytics, run history and the monitoring endpoint are off.
 """
+# True of the family whatever its current training run: the run, its steps and scores are in the model card.
 _EMBEDDED_NOTE = (
-    "**The drafts here come from the embedded demonstration checkpoints**, not from the ECHO models of the paper: "
-    "tiny Qwen2.5-VL-architecture models trained for a few hundred steps on a CPU (the model card below has the "
-    "training run and its held-out scores). They show how the app and block-by-block drafting work; their reports "
-    "are often wrong or garbled. To draft with a real checkpoint, start the app with `ECHO_MODEL` set to its "
-    "folder or hub id, e.g. `ECHO_MODEL=Midea-AIRC/ECHO_block8 echo-app` (several, comma-separated, make the "
-    "Model menu).\n"
+    "**The drafts here come from the embedded demonstration checkpoints**, not from the ECHO models of the paper; "
+    f"they show how the app and block-by-block drafting work. {EMBEDDED_LIMITATION} The family is being retrained "
+    "on normalized reports (one statement per anatomical region, the form the Draft tab lays out line by line); "
+    "the model card below says which training run these weights come from and how they score. "
+    f"{REAL_CHECKPOINT_HINT} Several checkpoints, comma-separated, make the Model menu.\n"
 )
 _REAL_NOTE = "Drafts come from the checkpoints configured with `ECHO_MODEL` (listed below).\n"
 _NO_CARD = {

@@ -386,6 +386,15 @@ class DraftingService:
         return ModelInfo(label=label, source=str(folder) if folder else label, revision=spec.revision,
                          languages=spec.languages, block_length=spec.block_length if config else None, card=card)
 
+    def limitation(self, label: str | None = None) -> str:
+        """What a reader must know about the model's drafts, in words: for the embedded family its limitation
+        and how to use a real checkpoint instead (``echo_model.loading``); ``""`` for a configured checkpoint."""
+        if self.check_model(label) != EMBEDDED:
+            return ""
+        from echo_model.loading import EMBEDDED_LIMITATION, REAL_CHECKPOINT_HINT
+
+        return f"{EMBEDDED_LIMITATION} {REAL_CHECKPOINT_HINT}"
+
     def supports_prefix(self, label: str | None = None) -> bool:
         """Whether the installed ``Drafter.stream`` can continue from a kept prefix (re-draft from edit)."""
         return "prefix" in inspect.signature(type(self.drafter(label)).stream).parameters

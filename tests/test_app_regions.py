@@ -1,5 +1,5 @@
 """The draft edited by region (issue 16 item 5): findings one line per region in the editor, stored as typed,
-plain again for a re-draft and for the export.
+plain again for a re-draft and for the export; and the embedded model's limitation where it drafts.
 
 Unit tests of the layout functions (``echo_model.data.report_text``), then the handlers with the tiny test
 model, then the app served on loopback and driven by ``gradio_client``.
@@ -11,10 +11,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import pytest
 from conftest import free_port, synthetic_cxr
 
 from app.handlers import DRAFT_FIELDS, Handlers
+from app.main import about_markdown
 from app.service import Services, editor_findings, redraft_prefix
 from app.settings import EMBEDDED, AppSettings
 from echo_model.data import load_dataset
@@ -25,6 +27,7 @@ from echo_model.data.report_text import (
     findings_from_region_text,
     region_labels,
 )
+from echo_model.loading import EMBEDDED_LIMITATION, REAL_CHECKPOINT_HINT
 
 F = {name: i for i, name in enumerate(DRAFT_FIELDS)}
 # gr.Warning outside a running server falls back to warnings.warn; the app's input warnings are expected here.
@@ -205,6 +208,24 @@ def test_save_and_sign_store_the_editor_text_byte_for_byte(redrafted, handlers: 
     assert record.findings == findings_from_region_text(edited) and "\n" not in record.findings
     assert record.findings.startswith("The lungs are clear. Mild cardiomegaly.")
     assert handlers.store.get_draft(child.id, "local").current[0] == edited  # the export leaves the store alone
+
+
+def test_the_limitation_shows_for_the_embedded_model_only(handlers: Handlers, model_dir: Path) -> None:
+    embedded = handlers.model_notice(EMBEDDED)
+    assert EMBEDDED_LIMITATION in embedded and "ECHO_MODEL" in embedded and "echo-model-limitation" in embedded
+    assert handlers.model_notice(str(model_dir)) == "" and handlers.model_notice("") == ""  # the default: tiny
+    with pytest.raises(gr.Error, match="not offered"):
+        handlers.model_notice("/somewhere/else")
+    assert handlers.drafting.limitation(EMBEDDED) == f"{EMBEDDED_LIMITATION} {REAL_CHECKPOINT_HINT}"
+
+
+def test_about_states_the_limitation_with_the_embedded_family(handlers: Handlers, model_dir: Path) -> None:
+    infos = [handlers.drafting.model_info(str(model_dir))]
+    about = about_markdown(handlers.settings, infos)
+    assert EMBEDDED_LIMITATION in about and REAL_CHECKPOINT_HINT in about and "normalized reports" in about
+    assert "steps" not in about.split("### Models")[1].split("### Data")[0]
+    real = about_markdown(AppSettings(models=(str(model_dir),)), infos)
+    assert EMBEDDED_LIMITATION not in real and "configured with `ECHO_MODEL`" in real
 
 
 # ------------------------------------------------------------------ served, gradio_client
