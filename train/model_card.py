@@ -22,13 +22,33 @@ ROLES = ("ar", "teacher", "student")  # also the folder names echo-train writes
 STAGE_KEY = {"ar": "ar", "teacher": "rad", "student": "dcd"}
 
 
+def _training_line(s: dict) -> str:
+    """One line on how the stage was trained: steps, wall time, losses and, with validation, the kept step."""
+    nan = float("nan")
+    line = (f"* Training: {s.get('steps', '?')} optimiser steps (of at most {s.get('max_steps', '?')}), "
+            f"{s.get('wall_seconds', '?')} s wall time on 2 CPU cores, training loss {s.get('first_loss', nan):.3f} -> "
+            f"{s.get('last_loss', nan):.3f}.")
+    if s.get("best_val_loss") is not None:
+        gain = s.get("plateau_improvement")
+        line += (f" Validation loss (held-out studies, every evaluation in `val.csv` and in `loss.png`): best "
+                 f"{s['best_val_loss']:.3f} at step {s['best_step']}, whose weights are these; "
+                 + ("stopped early: " if s.get("stopped_early") else "ran to the step limit: ")
+                 + (f"the last fifth of the evaluations improved it by {100 * gain:.2f} %." if gain is not None else "too few evaluations."))
+    return line
+
+
 def card_text(role: str, *, summary: dict, metrics: dict | None, spec) -> str:
+    from echo_model.loading import EMBEDDED_LIMITATION, REAL_CHECKPOINT_HINT
+
     stage = STAGE_KEY[role]
     s = summary.get(stage, {})
+    normalized = summary.get("normalize", True)
     lines = [
         f"# ECHO embedded checkpoint: {role} (b = {spec.block_length})",
         "",
         "**Intended use: demonstration and testing of the ECHO software. Not for diagnosis, not for clinical use.**",
+        "",
+        f"**What it cannot know.** {EMBEDDED_LIMITATION} {REAL_CHECKPOINT_HINT}",
         "",
         f"* Role: `{role}` — " + {
             "ar": "Stage I, autoregressive (ECHO-AR); decode with the `ar` sampler.",
@@ -37,16 +57,22 @@ def card_text(role: str, *, summary: dict, metrics: dict | None, spec) -> str:
         }[role],
         f"* Revision: `{spec.revision}`; architecture: Qwen2.5-VL (stock transformers class), "
         f"one checkpoint of the b = {spec.block_length} family; stored in fp16, loaded in fp32 on CPU.",
-        f"* Training: {s.get('steps', '?')} optimiser steps, {s.get('wall_seconds', '?')} s wall time on 2 CPU cores, "
-        f"loss {s.get('first_loss', float('nan')):.3f} -> {s.get('last_loss', float('nan')):.3f}.",
-        f"* Training studies: {summary.get('studies', '?')} (train splits of the data below, de-duplicated against val/test images).",
+        _training_line(s),
+        f"* Training studies: {summary.get('studies', '?')} (train splits of the data below, de-duplicated against "
+        f"val/test images; studies with images repeated {summary.get('image_repeats', 1)} times"
+        + (", every repeat after the first augmented (window/level, gamma, 16-bit rescale, contrast, crop/scale/"
+           "rotation, noise, resolution, JPEG: `echo_model.augment`)" if summary.get("augment") else "")
+        + f"); validation studies: {summary.get('validation_studies', 0)} (val splits, image studies first).",
         "",
         "## Data and licences",
         "",
         "* IU X-ray (Open-i) reports, CC BY-NC-ND 4.0 (Demner-Fushman et al., JAMIA 2016): text only (no images here);",
-        "  the prompt carries each study's indication.",
+        "  the prompt carries each study's indication"
+        + ("; reports in the normalized form (method.md §3.5, `echo_model.data.normalize`)." if normalized else "."),
         "* covid_cxr_notes: only images whose licence allows derivatives (CC BY / BY-SA / BY-NC / BY-NC-SA / CC0);",
-        "  only the note sentences that describe the radiograph.",
+        "  only the note sentences that describe the radiograph"
+        + (", normalized (regions the note does not mention are stated normal, never against the note; notes without a "
+           "radiograph sentence are not used)." if normalized else "."),
         "* Consequently these weights are for **non-commercial** use only.",
         "",
     ]
@@ -73,7 +99,7 @@ def install(run: Path, to: Path, *, metrics: dict[str, dict] | None, force: bool
         if dst.exists():
             shutil.rmtree(dst)
         ck.save_pretrained(dst)
-        for extra in ("loss.csv", "loss.png"):
+        for extra in ("loss.csv", "loss.png", "val.csv"):
             if (src / extra).is_file():
                 shutil.copy(src / extra, dst / extra)
         m = (metrics or {}).get(role)
