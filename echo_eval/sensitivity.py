@@ -23,24 +23,45 @@ Two checks expose that, each on studies that have images:
       images). The response is block-padded with ``<eos>`` as in training; only the report tokens and the
       first ``<eos>`` are scored.
 
+    **Scoring scope.** ``scope="all"`` scores every report token and the first ``<eos>`` (as above).
+    Normalized references (``echo_model.data.normalize``) consist largely of *default* statements: the
+    fixed normal sentence of each region the source did not mention, which no image can explain and which
+    dilute the difference. ``scope="non-default"`` scores only the tokens of the sentences that are **not**
+    a default statement (:func:`scope_tokens`); the ``Findings:`` / ``Impression:`` headers and the
+    ``<eos>`` are not scored. A default statement is a sentence equal (after whitespace normalisation) to a
+    sentence of a region's normal statement (``Region.normal``) or to one of its parts (``Region.parts``,
+    written when the rest of the statement would contradict the source), or to the normalizer's default
+    impression for normal studies, ``DEFAULT_IMPRESSION`` ("No acute cardiopulmonary abnormality.").
+    Matching is by text only: a source that wrote one of these sentences verbatim counts as default too.
+    A study without any non-default token is skipped in that scope (``skipped_no_statement``). The
+    result carries both: the top-level figures are the all-token ones, ``non_default`` holds the others
+    (same forward passes; the masking of ``mask_ratio < 1`` is shared unless it missed every
+    non-default token, see :func:`response_mask`).
+
 (b) **Generation.** Reports drafted from the true images, from a blank image (uniform mid-grey, 128, same
     size) and from the true images shifted by +1 and -1 grey level. Reported: the share of reports that
     change under the blank image, the share that stay identical under both ±1 shifts, and the share that do
     both. A model that ignores the image changes nothing under the blank (share 0); a healthy model changes
-    under the blank but not under an invisible ±1 shift.
+    under the blank but not under an invisible ±1 shift. ``distinct_reports``: the number of distinct drafts
+    from the true images over the studies (and its share): a model that writes one template for every study
+    has 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from echo_model.data.records import StudyRecord
+
 from .evaluation import check_languages, load_study_input
 from .metrics.bootstrap import WithInterval
-from echo_model.data.records import StudyRecord
 
 if TYPE_CHECKING:
     import torch
@@ -55,6 +76,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NLL_METHODS: tuple[str, ...] = ("causal", "masked-diffusion")
+#: Scoring scopes of the reference NLL (module docstring, "Scoring scope").
+NLL_SCOPES: tuple[str, ...] = ("all", "non-default")
 BLANK_LEVEL = 128
 
 
@@ -120,33 +143,117 @@ def shift_grey(images: Sequence[Image.Image], delta: int) -> list[Image.Image]:
     return out
 
 
+# -------------------------------------------------------------------------------------------- scope
+# A section header (English or Chinese) of the model's report format; it is never a statement.
+_HEADER = re.compile(r"(?<![A-Za-z])(?ai:findings?|impressions?)[ \t\u3000]*[:：]|(?:所见|结论)[ \t\u3000]*[:：]")
+# Sentence ends as the normalizer writes them (``normalize._output_sentences``).
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def _check_scope(scope: str) -> None:
+    if scope not in NLL_SCOPES:
+        raise ValueError(f"unknown NLL scope {scope!r}; available: {list(NLL_SCOPES)}")
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+@functools.cache
+def default_statements() -> frozenset[str]:
+    """The sentences the normalizer writes by default (whitespace-normalised): every sentence of each
+    region's normal statement, each of its parts, and the default impression of a normal study."""
+    from echo_model.data.normalize import DEFAULT_IMPRESSION, REGIONS
+
+    out = {_squash(DEFAULT_IMPRESSION)}
+    for region in REGIONS:
+        out.update(_squash(s) for s in _SENTENCE_BREAK.split(region.normal) if s.strip())
+        out.update(_squash(text) for text, _ in region.parts)
+    return frozenset(out)
+
+
+def statement_spans(report: str) -> list[tuple[int, int, bool]]:
+    """``(start, end, is_default)`` character spans of the report's sentences, section headers left out.
+
+    Sentences end at ``.``/``!``/``?`` followed by white space (as the normalizer writes them); spans
+    carry no outer white space.
+    """
+    defaults = default_statements()
+    bounds = [0]
+    for match in _HEADER.finditer(report):
+        bounds += [match.start(), match.end()]
+    bounds.append(len(report))
+    spans = []
+    for lo, hi in zip(bounds[::2], bounds[1::2]):  # the text between headers
+        start = lo
+        for match in [*_SENTENCE_BREAK.finditer(report, lo, hi), None]:
+            end = hi if match is None else match.start()
+            piece = report[start:end]
+            if piece.strip():
+                a = start + len(piece) - len(piece.lstrip())
+                b = end - (len(piece) - len(piece.rstrip()))
+                spans.append((a, b, _squash(piece) in defaults))
+            if match is not None:
+                start = match.end()
+    return spans
+
+
+def scope_tokens(report: str, offsets: Sequence[tuple[int, int]], *, scope: str) -> list[bool]:
+    """Which tokens of ``report`` are scored in ``scope``, given each token's ``(start, end)`` characters
+    (the fast tokenizer's ``offset_mapping``).
+
+    ``all``: every token. ``non-default``: the tokens that overlap a sentence that is not a default
+    statement (:func:`default_statements`); header and between-sentence white-space tokens are not.
+    """
+    _check_scope(scope)
+    if scope == "all":
+        return [True] * len(offsets)
+    keep = [(a, b) for a, b, is_default in statement_spans(report) if not is_default]
+    return [any(start < b and end > a for a, b in keep) for start, end in offsets]
+
+
 # ---------------------------------------------------------------------------------------------- NLL
 @dataclass
 class _Scored:
-    """One study's sequence for the NLL forward: ids, M-RoPE ids, mask, targets (-100 = not scored)."""
+    """One study's sequence for the NLL forward: ids, M-RoPE ids, mask, and per scope the targets
+    (-100 = not scored)."""
 
     ids: torch.Tensor
     positions: torch.Tensor
     allow: torch.Tensor
-    targets: torch.Tensor
+    targets: dict[str, torch.Tensor]
     prompt: StudyPrompt
 
 
 def _response_ids(
-    checkpoint: EchoCheckpoint, report: str, *, block_pad_from: int | None
-) -> tuple[list[int], int]:
-    """Report ids + ``<eos>`` (block-padded with ``<eos>`` after a prompt of ``block_pad_from`` tokens);
-    returns the ids and how many leading ones are scored (report + first ``<eos>``)."""
+    checkpoint: EchoCheckpoint, report: str, *, block_pad_from: int | None, scope: str = "all"
+) -> tuple[list[int], list[bool]]:
+    """Report ids + ``<eos>`` (block-padded with ``<eos>`` after a prompt of ``block_pad_from`` tokens).
+
+    Returns the ids and, for the leading report tokens and the first ``<eos>`` (the scorable ones), whether
+    each is scored in ``scope`` (``non-default``: :func:`scope_tokens`; the ``<eos>`` is not).
+    """
+    _check_scope(scope)
     proc = checkpoint.processor
-    ids = list(proc.tokenizer(report, add_special_tokens=False)["input_ids"]) + [proc.eos_token_id]
-    scored = len(ids)
+    enc = proc.tokenizer(report, add_special_tokens=False, return_offsets_mapping=scope != "all")
+    ids = list(enc["input_ids"]) + [proc.eos_token_id]
+    if scope == "all":
+        scored = [True] * len(ids)
+    else:
+        scored = [*scope_tokens(report, [tuple(o) for o in enc["offset_mapping"]], scope=scope), False]
     if block_pad_from is not None:
         ids += [proc.eos_token_id] * ((-(block_pad_from + len(ids))) % checkpoint.model.block_length)
     return ids, scored
 
 
 def _build_scored(
-    checkpoint: EchoCheckpoint, prompt: StudyPrompt, report: str, *, method: str, mask: torch.Tensor | None
+    checkpoint: EchoCheckpoint,
+    prompt: StudyPrompt,
+    report: str,
+    *,
+    method: str,
+    mask: torch.Tensor | None,
+    scopes: Sequence[str] = ("all",),
 ) -> _Scored:
     import torch
 
@@ -154,15 +261,22 @@ def _build_scored(
 
     model, proc = checkpoint.model, checkpoint.processor
     P = prompt.length
-    response, n_scored = _response_ids(
-        checkpoint, report, block_pad_from=P if method == "masked-diffusion" else None
-    )
+    pad_from = P if method == "masked-diffusion" else None
+    flags = {}
+    for scope in scopes:
+        response, flags[scope] = _response_ids(checkpoint, report, block_pad_from=pad_from, scope=scope)
     R = len(response)
+    in_scope = {  # scope -> (R,) bool: response tokens scored in that scope
+        scope: torch.tensor(f + [False] * (R - len(f)), dtype=torch.bool) for scope, f in flags.items()
+    }
     positions = model.sequence_positions(prompt, proc.image_token_id, P + R)  # (3, P+R)
     clean = torch.cat([prompt.input_ids, torch.tensor(response, dtype=torch.long)])  # (P+R,)
     if method == "causal":
-        targets = torch.full_like(clean, -100)
-        targets[P - 1 : P - 1 + n_scored] = clean[P : P + n_scored]  # position j predicts token j+1
+        targets = {}
+        for scope, keep in in_scope.items():
+            t = torch.full_like(clean, -100)
+            t[P - 1 : P + R - 1] = clean[P:].masked_fill(~keep, -100)  # position j predicts token j+1
+            targets[scope] = t
         return _Scored(clean, positions, block_causal_mask(P + R, 1), targets, prompt)
     from echo_model.layouts import assemble, build_layout
 
@@ -171,16 +285,20 @@ def _build_scored(
     noisy[P:][masked] = proc.mask_token_id
     lay = build_layout(P, R, model.block_length, "rad")
     ids, pos = assemble(lay, clean, noisy, positions)  # (L,), (3, L)
-    targets = torch.full_like(ids, -100)
     resp = lay.noisy_response()  # (L,)
     idx = (lay.source - P).clamp(min=0)  # response index of each position
-    hit = resp & masked[idx] & (idx < n_scored)
-    targets[hit] = clean[lay.source[hit]]
+    targets = {}
+    for scope, keep in in_scope.items():
+        t = torch.full_like(ids, -100)
+        hit = resp & masked[idx] & keep[idx]
+        t[hit] = clean[lay.source[hit]]
+        targets[scope] = t
     return _Scored(ids, pos, lay.allow, targets, prompt)
 
 
-def _nll_batch(checkpoint: EchoCheckpoint, items: Sequence[_Scored]) -> list[tuple[float, int]]:
-    """One padded forward; per item (mean NLL over its scored tokens, number of scored tokens)."""
+def _nll_batch(checkpoint: EchoCheckpoint, items: Sequence[_Scored]) -> list[dict[str, tuple[float, int]]]:
+    """One padded forward; per item and scope (mean NLL over its scored tokens, number of scored tokens);
+    ``(nan, 0)`` where a scope has no token."""
     import torch
     import torch.nn.functional as F
 
@@ -190,9 +308,14 @@ def _nll_batch(checkpoint: EchoCheckpoint, items: Sequence[_Scored]) -> list[tup
     batch = pad_sequences([it.ids for it in items], [it.positions for it in items], [it.allow for it in items],
                           pad_id=checkpoint.processor.pad_token_id)
     B, L = batch.input_ids.shape
-    targets = torch.full((B, L), -100, dtype=torch.long)  # (B, L)
+    scopes = list(items[0].targets)
+    scoped = {s: torch.full((B, L), -100, dtype=torch.long) for s in scopes}  # scope -> (B, L)
     for i, it in enumerate(items):
-        targets[i, : len(it.ids)] = it.targets
+        for s in scopes:
+            scoped[s][i, : len(it.ids)] = it.targets[s]
+    targets = scoped[scopes[0]].clone()  # (B, L): every scope's target (a position's target is the same)
+    for s in scopes[1:]:
+        targets = torch.where(targets == -100, scoped[s], targets)
     pixels, grid = prompt_images([it.prompt for it in items])
     with torch.no_grad():
         logits = model.forward_padded(
@@ -203,9 +326,14 @@ def _nll_batch(checkpoint: EchoCheckpoint, items: Sequence[_Scored]) -> list[tup
     ce = F.cross_entropy(
         logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=-100, reduction="none"
     ).view(B, L)  # (B, L)
-    keep = targets.to(device) != -100
-    counts = keep.sum(-1)  # (B,)
-    return [(float(ce[i][keep[i]].sum() / counts[i]), int(counts[i])) for i in range(B)]
+    out: list[dict[str, tuple[float, int]]] = [{} for _ in range(B)]
+    for s in scopes:
+        keep = scoped[s].to(device) != -100  # (B, L)
+        counts = keep.sum(-1)  # (B,)
+        for i in range(B):
+            n = int(counts[i])
+            out[i][s] = (float(ce[i][keep[i]].sum() / n) if n else math.nan, n)
+    return out
 
 
 def reference_nll(
@@ -218,6 +346,7 @@ def reference_nll(
     mask_ratio: float = 1.0,
     seed: int = 0,
     masks: Sequence[torch.Tensor | None] | None = None,
+    scope: str = "all",
 ) -> list[tuple[float, int]]:
     """Mean NLL (nats per scored token) of each report given its prompt, and the number of scored tokens.
 
@@ -227,7 +356,32 @@ def reference_nll(
         seed: seed of the masking when ``mask_ratio < 1`` (study i uses ``seed + i``).
         masks: explicit per-study response masks (overrides ``mask_ratio``; used to give two image conditions
             the very same masking).
+        scope: ``all`` or ``non-default`` (module docstring, "Scoring scope"); a study with no token in the
+            scope gets ``(nan, 0)``.
     """
+    _check_scope(scope)
+    if masks is None and method == "masked-diffusion":
+        masks = [
+            response_mask(checkpoint, p, r, mask_ratio=mask_ratio, seed=seed + i, scope=scope)
+            for i, (p, r) in enumerate(zip(prompts, reports))
+        ]
+    scored = _scoped_nll(
+        checkpoint, prompts, reports, method=method, batch_size=batch_size, masks=masks, scopes=(scope,)
+    )
+    return [s[scope] for s in scored]
+
+
+def _scoped_nll(
+    checkpoint: EchoCheckpoint,
+    prompts: Sequence[StudyPrompt],
+    reports: Sequence[str],
+    *,
+    method: str,
+    batch_size: int,
+    masks: Sequence[torch.Tensor | None] | None,
+    scopes: Sequence[str],
+) -> list[dict[str, tuple[float, int]]]:
+    """:func:`reference_nll` for several scopes from the same forward passes (``masks=None``: all masked)."""
     if method not in NLL_METHODS:
         raise ValueError(f"unknown NLL method {method!r}; available: {list(NLL_METHODS)}")
     if len(prompts) != len(reports):
@@ -235,27 +389,31 @@ def reference_nll(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if masks is None:
-        masks = [
-            response_mask(checkpoint, p, r, mask_ratio=mask_ratio, seed=seed + i)
-            if method == "masked-diffusion"
-            else None
-            for i, (p, r) in enumerate(zip(prompts, reports))
-        ]
+        masks = [None] * len(prompts)
     items = [
-        _build_scored(checkpoint, p, r, method=method, mask=m) for p, r, m in zip(prompts, reports, masks)
+        _build_scored(checkpoint, p, r, method=method, mask=m, scopes=scopes)
+        for p, r, m in zip(prompts, reports, masks)
     ]
-    out: list[tuple[float, int]] = []
+    out: list[dict[str, tuple[float, int]]] = []
     for start in range(0, len(items), batch_size):
         out.extend(_nll_batch(checkpoint, items[start : start + batch_size]))
     return out
 
 
 def response_mask(
-    checkpoint: EchoCheckpoint, prompt: StudyPrompt, report: str, *, mask_ratio: float = 1.0, seed: int = 0
+    checkpoint: EchoCheckpoint,
+    prompt: StudyPrompt,
+    report: str,
+    *,
+    mask_ratio: float = 1.0,
+    seed: int = 0,
+    scope: str = "all",
 ) -> torch.Tensor | None:
     """The masked-diffusion masking of one study's response (None = all masked), seeded.
 
-    At least one scored token is masked so that every study has an NLL.
+    At least one token scored in ``scope`` is masked (when the scope has any) so that every study has an NLL.
+    The random draw does not depend on the scope: the scopes' masks differ only where the draw missed every
+    token of the narrower scope.
     """
     import torch
 
@@ -263,11 +421,12 @@ def response_mask(
         raise ValueError(f"mask_ratio must be in (0, 1], got {mask_ratio}")
     if mask_ratio == 1:
         return None
-    response, n_scored = _response_ids(checkpoint, report, block_pad_from=prompt.length)
+    response, flags = _response_ids(checkpoint, report, block_pad_from=prompt.length, scope=scope)
+    candidates = [j for j, keep in enumerate(flags) if keep]
     gen = torch.Generator().manual_seed(seed)
     mask = torch.rand(len(response), generator=gen) < mask_ratio
-    if not mask[:n_scored].any():
-        mask[int(torch.randint(n_scored, (1,), generator=gen))] = True
+    if candidates and not mask[candidates].any():
+        mask[candidates[int(torch.randint(len(candidates), (1,), generator=gen))]] = True
     return mask
 
 
@@ -281,11 +440,21 @@ class StudyNLL:
     tokens: int
     nll_own: float
     nll_partner: float
+    tokens_non_default: int = 0
+    nll_own_non_default: float | None = None
+    nll_partner_non_default: float | None = None
 
     @property
     def difference(self) -> float:
         """``nll_own - nll_partner``: negative when the own image explains the report better."""
         return self.nll_own - self.nll_partner
+
+    @property
+    def difference_non_default(self) -> float | None:
+        """The difference on the tokens of non-default statements (None: the report has none)."""
+        if self.nll_own_non_default is None or self.nll_partner_non_default is None:
+            return None
+        return self.nll_own_non_default - self.nll_partner_non_default
 
 
 @dataclass(frozen=True)
@@ -308,6 +477,36 @@ class StudyChange:
 
 
 @dataclass(kw_only=True)
+class ScopeDifference:
+    """The NLL difference own - partner in one scoring scope, over the studies with a token in it.
+
+    Attributes:
+        scope: the scoring scope (``non-default``).
+        n: studies with at least one token in the scope; ``tokens``: their scored tokens in all.
+        nll_own, nll_partner: mean over those studies (None when ``n == 0``).
+        interval: paired-bootstrap interval of the mean difference (None when ``n == 0``).
+        skipped_no_statement: studies without a token in the scope (a report of default statements only).
+    """
+
+    scope: str
+    n: int
+    tokens: int
+    nll_own: float | None
+    nll_partner: float | None
+    interval: BootstrapResult | None
+    skipped_no_statement: int
+
+    def to_json(self) -> dict[str, Any]:
+        boot = self.interval
+        return {
+            "scope": self.scope, "n": self.n, "tokens": self.tokens, "nll_own": self.nll_own,
+            "nll_partner": self.nll_partner, "nll_difference": boot.delta if boot else None,
+            "low": boot.low if boot else None, "high": boot.high if boot else None,
+            "p_value": boot.p_value if boot else None, "skipped_no_statement": self.skipped_no_statement,
+        }
+
+
+@dataclass(kw_only=True)
 class SensitivityResult(WithInterval):
     """Both checks over the studies with images.
 
@@ -317,7 +516,11 @@ class SensitivityResult(WithInterval):
         blank_change_share: share of studies whose report changes with a blank image.
         shift_stable_share: share whose report is identical under both ±1 grey-level shifts.
         blank_change_and_shift_stable_share: share with both properties.
+        distinct_reports: number of distinct drafts from the true images; ``distinct_report_share``: that
+            over the number of studies.
         skipped: studies without readable images (not part of either check).
+        scope: scoring scope of the top-level NLL figures (``all``).
+        non_default: the difference on the tokens of non-default statements only (module docstring).
     """
 
     sampler: str
@@ -334,17 +537,26 @@ class SensitivityResult(WithInterval):
     blank_change_share: float | None = None
     shift_stable_share: float | None = None
     blank_change_and_shift_stable_share: float | None = None
+    distinct_reports: int | None = None
+    distinct_report_share: float | None = None
     skipped: int = 0
+    scope: str = "all"
+    non_default: ScopeDifference | None = None
 
     nll_difference = property(lambda self: self.interval.delta, doc="mean NLL own - partner")
     alpha = property(lambda self: self.interval.alpha, doc="1 - the interval's level")
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("studies", "changes", "interval")}
+        skip = ("studies", "changes", "interval", "non_default")
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         boot = self.interval
         data |= {"nll_difference": boot.delta, "low": boot.low, "high": boot.high, "p_value": boot.p_value,
                  "alpha": boot.alpha, "n_resamples": boot.n_resamples}
-        data["studies"] = [dataclasses.asdict(s) | {"difference": s.difference} for s in self.studies]
+        data["non_default"] = self.non_default.to_json() if self.non_default else None
+        data["studies"] = [
+            dataclasses.asdict(s) | {"difference": s.difference, "difference_non_default": s.difference_non_default}
+            for s in self.studies
+        ]
         data["changes"] = [
             dataclasses.asdict(c)
             | {"changed_by_blank": c.changed_by_blank, "stable_under_shift": c.stable_under_shift}
@@ -372,6 +584,19 @@ class SensitivityResult(WithInterval):
                 f"{self.nll_difference:+.4f} [{self.low:+.4f}, {self.high:+.4f}], p = {self.p_value:.3f}",
             ),
         ]
+        nd = self.non_default
+        if nd is not None:
+            rows.append(
+                (
+                    "studies skipped for the non-default NLL (no non-default statement)",
+                    str(nd.skipped_no_statement),
+                )
+            )
+            if nd.interval is not None:
+                b = nd.interval
+                label = f"NLL own - partner, non-default statements only ({level} interval; {nd.n} studies)"
+                rows.append((label, f"{b.delta:+.4f} [{b.low:+.4f}, {b.high:+.4f}], p = {b.p_value:.3f}"))
+                rows.append(("non-default tokens scored (all studies)", str(nd.tokens)))
         if self.changes:
             k = len(self.changes)
             rows += [
@@ -384,6 +609,10 @@ class SensitivityResult(WithInterval):
                     f"{sum(c.stable_under_shift for c in self.changes)}/{k} ({self.shift_stable_share:.2f})",
                 ),
                 ("both", f"{self.blank_change_and_shift_stable_share:.2f}"),
+                (
+                    "distinct drafts from the true images",
+                    f"{self.distinct_reports}/{k} ({self.distinct_report_share:.2f})",
+                ),
             ]
         return "\n".join(["| check | value |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)])
 
@@ -406,8 +635,9 @@ def image_sensitivity(
     """
     from tqdm.auto import tqdm
 
-    from .metrics import paired_bootstrap
     from echo_model.drafting import generate_reports
+
+    from .metrics import paired_bootstrap
 
     method = nll_method(sampler)
     check_languages(records, checkpoint.spec.languages)
@@ -429,6 +659,24 @@ def image_sensitivity(
     def runner(prompts: list[StudyPrompt]) -> list[Any]:
         return generate_reports(checkpoint, prompts, sampler=sampler, config=config)
 
+    def both_scopes(
+        prompts: list[StudyPrompt], reports: list[str], masks: dict[str, list[torch.Tensor | None]]
+    ) -> list[dict[str, tuple[float, int]]]:
+        """Both scopes from one forward where their masks agree (always at ``mask_ratio = 1``)."""
+        out = _scoped_nll(
+            checkpoint, prompts, reports, method=method, batch_size=batch_size, masks=masks["all"],
+            scopes=NLL_SCOPES,
+        )
+        differ = [j for j, (a, b) in enumerate(zip(masks["all"], masks["non-default"])) if not _same_mask(a, b)]
+        if differ:
+            redo = _scoped_nll(
+                checkpoint, [prompts[j] for j in differ], [reports[j] for j in differ], method=method,
+                batch_size=batch_size, masks=[masks["non-default"][j] for j in differ], scopes=("non-default",),
+            )
+            for j, r in zip(differ, redo):
+                out[j]["non-default"] = r["non-default"]
+        return out
+
     studies: list[StudyNLL] = []
     changes: list[StudyChange] = []
     with tqdm(
@@ -441,26 +689,29 @@ def image_sensitivity(
                 encode(inputs[i], partner_images(inputs[i].images, inputs[partners[i]].images)) for i in chunk
             ]
             reports = [inputs[i].record.report for i in chunk]
-            masks = [
-                response_mask(checkpoint, p, r, mask_ratio=mask_ratio, seed=seed + i)
-                if method == "masked-diffusion"
-                else None
-                for i, p, r in zip(chunk, own, reports)
-            ]
-            nll_own = reference_nll(
-                checkpoint, own, reports, method=method, batch_size=batch_size, masks=masks
-            )
-            nll_swap = reference_nll(
-                checkpoint, swapped, reports, method=method, batch_size=batch_size, masks=masks
-            )
-            for i, (a, n_tok), (b, _) in zip(chunk, nll_own, nll_swap):
+            masks = {
+                scope: [
+                    response_mask(checkpoint, p, r, mask_ratio=mask_ratio, seed=seed + i, scope=scope)
+                    if method == "masked-diffusion"
+                    else None
+                    for i, p, r in zip(chunk, own, reports)
+                ]
+                for scope in NLL_SCOPES
+            }
+            nll_own = both_scopes(own, reports, masks)
+            nll_swap = both_scopes(swapped, reports, masks)
+            for i, a, b in zip(chunk, nll_own, nll_swap):
+                (a_all, n_tok), (a_nd, n_nd) = a["all"], a["non-default"]
                 studies.append(
                     StudyNLL(
                         id=inputs[i].record.id,
                         partner_id=inputs[partners[i]].record.id,
                         tokens=n_tok,
-                        nll_own=a,
-                        nll_partner=b,
+                        nll_own=a_all,
+                        nll_partner=b["all"][0],
+                        tokens_non_default=n_nd,
+                        nll_own_non_default=a_nd if n_nd else None,
+                        nll_partner_non_default=b["non-default"][0] if n_nd else None,
                     )
                 )
             if generation:
@@ -491,8 +742,26 @@ def image_sensitivity(
         alpha=alpha,
     )
 
+    scoped = [s for s in studies if s.tokens_non_default]
+    nd_own = [s.nll_own_non_default for s in scoped]
+    nd_swap = [s.nll_partner_non_default for s in scoped]
+    non_default = ScopeDifference(
+        scope="non-default",
+        n=len(scoped),
+        tokens=sum(s.tokens_non_default for s in scoped),
+        nll_own=sum(nd_own) / len(scoped) if scoped else None,
+        nll_partner=sum(nd_swap) / len(scoped) if scoped else None,
+        interval=paired_bootstrap(
+            lambda v, _r: sum(v) / len(v), nd_own, nd_swap, list(range(len(scoped))),
+            n_resamples=n_resamples, seed=seed, alpha=alpha,
+        ) if scoped else None,
+        skipped_no_statement=len(studies) - len(scoped),
+    )
+
     def share(flags: Sequence[bool]) -> float | None:
         return sum(flags) / len(flags) if flags else None
+
+    distinct = len({c.report for c in changes}) if changes else None
 
     return SensitivityResult(
         sampler=sampler,
@@ -509,24 +778,38 @@ def image_sensitivity(
         blank_change_and_shift_stable_share=share(
             [c.changed_by_blank and c.stable_under_shift for c in changes]
         ),
+        distinct_reports=distinct,
+        distinct_report_share=distinct / len(changes) if changes else None,
         skipped=skipped,
+        non_default=non_default,
         studies=studies,
         changes=changes,
     )
 
 
+def _same_mask(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    import torch
+
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+
 __all__ = [
     "BLANK_LEVEL",
     "NLL_METHODS",
+    "NLL_SCOPES",
+    "ScopeDifference",
     "SensitivityResult",
     "StudyChange",
     "StudyNLL",
     "blank_images",
+    "default_statements",
     "image_sensitivity",
     "nll_method",
     "partner_images",
     "reference_nll",
     "response_mask",
+    "scope_tokens",
     "shift_grey",
     "shuffled_partners",
+    "statement_spans",
 ]
