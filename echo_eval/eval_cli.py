@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sens.add_argument(
         "--sensitivity",
         action="store_true",
-        help="run the image-sensitivity check (NLL own vs shuffled image, blank / ±1 grey reports)",
+        help="run the image-sensitivity check (NLL own vs shuffled image, on all tokens and on the non-default "
+        "statements only; blank / ±1 grey reports, distinct drafts)",
     )
     sens.add_argument(
         "--mask-ratio",
