@@ -65,3 +65,23 @@ def test_main_passes_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, f
     with pytest.raises(SystemExit, match="no training studies"):
         cli.main(["ar", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *flag])
     assert seen == {"normalize": expected}
+
+
+def test_init_embedded_tokenizer_learns_the_normalized_train_reports(tmp_path: Path) -> None:
+    from train import init_embedded
+
+    folder = _iu_folder(tmp_path)
+    text = list(init_embedded.dataset_text([str(folder)]))
+    assert "The hila are not enlarged." in " ".join(text)  # normalized: the regions the report did not mention
+    assert not any("Small left effusion" in t for t in text)  # the test split is never seen
+    assert not any("XXXX" in t for t in text)
+
+
+def test_main_validation_and_augmentation_flags(tmp_path: Path) -> None:
+    args = cli.build_parser().parse_args(["ar", "--out", "x"])
+    assert (args.eval_every, args.plateau, args.val_limit, args.augment) == (50, 0.01, 192, True)
+    folder = _iu_folder(tmp_path)
+    val = cli.validation_records([str(folder)], normalize=True)
+    assert val == []  # the synthetic folder has no val split
+    with pytest.raises(SystemExit, match="needs a val split"):
+        cli.main(["ar", "--data", str(folder), "--out", str(tmp_path / "run")])
