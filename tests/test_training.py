@@ -114,12 +114,16 @@ def test_step_weights_mean_one_per_block():
 
 
 def test_plateau_improvement_measures_the_last_fifth():
-    from train.engine import plateau_improvement
+    from train.engine import MIN_PLATEAU_WINDOW, plateau_improvement
 
-    assert plateau_improvement([3.0, 2.0, 1.5, 1.2]) is None  # too few evaluations to have a last fifth
-    assert plateau_improvement([4.0, 3.0, 2.0, 2.0, 2.0]) == 0.0
-    assert plateau_improvement([4.0, 3.0, 2.0, 1.9, 1.0]) == pytest.approx(0.9 / 1.9)  # best before the last fifth 1.9 -> 1.0
-    assert plateau_improvement([4.0, 2.0, 2.5, 2.4, 2.2, 2.1, 2.05, 2.02, 2.01, 2.3]) == 0.0  # best came early
+    falling = [4.0, 3.0, 2.5, 2.2, 2.0, 1.9, 1.85, 1.8, 1.78, 1.76, 1.75, 1.74, 1.73, 1.72, 1.6]
+    assert plateau_improvement(falling) == pytest.approx((1.74 - 1.6) / 1.74)  # last fifth: 3 evaluations
+    # one evaluation is never a plateau: the last fifth must hold MIN_PLATEAU_WINDOW evaluations
+    assert plateau_improvement(falling[: 5 * MIN_PLATEAU_WINDOW - 1]) is None
+    flat = [4.0, 3.0, 2.0] + [2.0] * 12
+    assert plateau_improvement(flat) == 0.0
+    best_early = [4.0, 2.0] + [2.5, 2.4, 2.2, 2.1, 2.05, 2.02, 2.01, 2.3, 2.2, 2.1, 2.05, 2.02, 2.3]
+    assert plateau_improvement(best_early) == 0.0
 
 
 def test_validation_keeps_the_best_weights_and_draws_the_curve(fresh, tmp_path):

@@ -90,22 +90,30 @@ class TrainReport:
     plateau_improvement: float | None = None  # relative val improvement over the last fifth of the run
 
 
+#: The last fifth of a run must hold at least this many evaluations before it can show a plateau, so that a
+#: single evaluation (noisy, and early in a run) never stops training.
+MIN_PLATEAU_WINDOW = 3
+
+
 def plateau_improvement(values: Sequence[float]) -> float | None:
     """Relative improvement of the best validation loss over the last fifth of the evaluations:
-    ``(best before the last fifth - best overall) / best before``. ``None`` with fewer than 5 evaluations.
+    ``(best before the last fifth - best overall) / best before``. ``None`` while the last fifth holds fewer
+    than :data:`MIN_PLATEAU_WINDOW` evaluations (fewer than 15 in all).
 
     The run has reached its plateau when this is below ``TrainConfig.plateau`` (issue: "< 1 % improvement over
     the last fifth of training").
 
-    >>> round(plateau_improvement([4.0, 3.0, 2.0, 1.9, 1.0]), 3)
-    0.474
-    >>> plateau_improvement([4.0, 3.0, 2.0, 2.0, 2.0])
-    0.0
+    >>> values = [4.0, 3.0, 2.5, 2.2, 2.0, 1.9, 1.85, 1.8, 1.78, 1.76, 1.75, 1.74, 1.73, 1.72, 1.6]
+    >>> round(plateau_improvement(values), 3)  # best before the last fifth 1.74 -> 1.6
+    0.08
+    >>> plateau_improvement(values[:10]) is None
+    True
     """
     n = len(values)
-    if n < 5:
+    window = n // 5
+    if window < MIN_PLATEAU_WINDOW:
         return None
-    head = min(values[: n - max(1, n // 5)])
+    head = min(values[: n - window])
     return (head - min(values)) / head if head > 0 else 0.0
 
 
