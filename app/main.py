@@ -86,8 +86,9 @@ trail are stored in this server's data directory. Usage analytics, run history a
 # True of the family whatever its current training run: the run, its steps and scores are in the model card.
 _EMBEDDED_NOTE = (
     "**The drafts here come from the embedded demonstration checkpoints**, not from the ECHO models of the paper; "
-    f"they show how the app and block-by-block drafting work. {EMBEDDED_LIMITATION} The family is being retrained "
+    f"they show how the app and block-by-block drafting work. {EMBEDDED_LIMITATION} The family is trained "
     "on normalized reports (one statement per anatomical region, the form the Draft tab lays out line by line); "
+    "its one-step student often leaves the impression unfinished, and the report check warns when it does; "
     "the model card below says which training run these weights come from and how they score. "
     f"{REAL_CHECKPOINT_HINT} Several checkpoints, comma-separated, make the Model menu.\n"
 )

@@ -3,9 +3,11 @@
     python scripts/render_results.py            # rewrite README.md between the result markers
     python scripts/render_results.py --check    # exit 1 if README.md is out of date
 
-Inputs: ``results/eval/iu-{majority,ar,teacher,vanilla,echo}.json`` (``echo-eval --json``, raw references),
-``results/eval/normalized/{iu,covid}-SYSTEM.json`` (``echo-eval --json``, normalized and raw references, the
-three baselines) and ``results/speed.json`` (``echo-bench --full --json``).
+Inputs (all written by ``scripts/eval_family.sh``): ``results/eval/normalized/{iu,covid}-SYSTEM.json``
+(``echo-eval --json``: normalized and raw references, the three baselines, paired comparisons),
+``results/eval/perturbed/covid-SAMPLER-NAME.json`` (``--perturb``), ``results/eval/sensitivity-covid-SAMPLER.json``
+(``--sensitivity``), ``results/eval/smoke-rg1.json``, ``results/eval/raw-trained/`` (the family trained on raw
+reports, one line) and ``results/speed.json`` (``echo-bench --full --json``).
 """
 
 from __future__ import annotations
@@ -25,81 +27,158 @@ def _fmt(x, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def quality_table(results: Path) -> list[str]:
-    rows = ["| system | ROUGE-L | BLEU-4 | CIDEr | CE-F1 (5) | CE-F1 (14) | tokens / forward | s / report |",
-            "|---|---|---|---|---|---|---|---|"]
-    n = None
-    for key, label in ARMS:
-        path = results / "eval" / f"iu-{key}.json"
-        if not path.is_file():
-            continue
-        m = json.loads(path.read_text())
-        n = m["n"]
-        rows.append(f"| {label} | {_fmt(m['rougeL'])} | {_fmt(m['bleu4'])} | {_fmt(m['cider'])} | {_fmt(m['ce_f1_5'])} | "
-                    f"{_fmt(m['ce_f1_14'])} | {_fmt(m.get('tokens_per_forward_mean'), 2)} | {_fmt(m.get('seconds_mean'), 3)} |")
-    head = [f"IU X-ray test split (first {n} studies, text-only: the prompt carries the indication), raw references, "
-            "embedded b = 8 family, greedy decoding, CPU:", ""]
-    comp = []
-    for key in ("vanilla", "teacher", "ar"):
-        path = results / "eval" / f"iu-{key}.json"
-        if path.is_file():
-            c = json.loads(path.read_text()).get("comparison")
-            if c:
-                r = c["metrics"]["rougeL"] if "metrics" in c else c["rougeL"]
-                comp.append(f"* ROUGE-L `{key}` − `echo`: {r['delta']:+.4f}, 95 % paired-bootstrap interval "
-                            f"[{r['low']:+.4f}, {r['high']:+.4f}]")
-    covid = results / "eval" / "covid-echo.json"
-    if covid.is_file():
-        c = json.loads(covid.read_text())
-        comp += ["", f"covid_cxr_notes test split ({c['n']} studies, each with its radiograph), `echo`: ROUGE-L "
-                     f"{_fmt(c['rougeL'])}, BLEU-4 {_fmt(c['bleu4'])}, CE-F1 (5) {_fmt(c['ce_f1_5'])}, "
-                     f"{_fmt(c.get('tokens_per_forward_mean'), 2)} tokens per forward."]
-    for name, label in (("sensitivity-echo", "echo"), ("sensitivity-ar", "ar")):
-        path = results / "eval" / f"{name}.json"
-        if path.is_file():
-            s = json.loads(path.read_text())
-            comp.append(f"* Image sensitivity (`{label}`, same split): a blank image changes "
-                        f"{s['blank_change_share']:.0%} of the reports, ±1 grey level changes "
-                        f"{1 - s['shift_stable_share']:.0%}; reference NLL own − partner image "
-                        f"{s['nll_difference']:+.4f} [{s['low']:+.4f}, {s['high']:+.4f}] nats/token.")
-    return head + rows + ([""] + comp if comp else [])
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _delta(comparison: dict | None, metric: str = "rougeL") -> dict | None:
+    if not comparison:
+        return None
+    return comparison["metrics"][metric] if "metrics" in comparison else comparison.get(metric)
+
+
+def _interval(d: dict) -> str:
+    return f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
 NORMALIZED_SYSTEMS = [
     ("normal-template", "normal template, normalized (baseline)"),
     ("frequent-normalized", "most frequent normalized training report (baseline)"),
     ("majority", "most frequent raw training report (baseline)"),
-    ("ar", "`ar`"), ("teacher", "`teacher`"), ("vanilla", "`vanilla`"), ("echo", "`echo`"),
+    ("ar", "`ar` — Stage I AR"), ("teacher", "`teacher` — Stage II RAD, multi-step"),
+    ("vanilla", "`vanilla` — teacher weights, one step per block"), ("echo", "`echo` — Stage III DCD student, one step per block"),
 ]
+SETS = (("iu", "IU X-ray test split (first 300 studies, text-only: the prompt carries the indication)"),
+        ("covid", "covid_cxr_notes test split (each study with its radiograph)"))
 
 
 def normalized_table(results: Path) -> list[str]:
     """Every system against normalized and raw references (method.md §3.5), with the report check's share."""
     folder = results / "eval" / "normalized"
     out: list[str] = []
-    for data, title in (("iu", "IU X-ray test split (first 300 studies, text-only)"),
-                        ("covid", "covid_cxr_notes test split (each study with its radiograph)")):
-        rows = []
+    for data, title in SETS:
+        rows, n = [], None
         for key, label in NORMALIZED_SYSTEMS:
-            path = folder / f"{data}-{key}.json"
-            if not path.is_file():
+            m = _json(folder / f"{data}-{key}.json")
+            if m is None:
                 continue
-            m = json.loads(path.read_text())
+            n = m["n"]
             raw = m.get("raw_reference") or {}
             rows.append(f"| {label} | {_fmt(m['rougeL'])} | {_fmt(m['bleu4'])} | {_fmt(m['ce_f1_5'])} | "
-                        f"{_fmt(raw.get('rougeL'))} | {_fmt(raw.get('bleu4'))} | {_fmt(m.get('well_formed'), 2)} |")
+                        f"{_fmt(raw.get('rougeL'))} | {_fmt(raw.get('bleu4'))} | {_fmt(m.get('well_formed'), 2)} | "
+                        f"{_fmt(m.get('tokens_per_forward_mean'), 2)} | {_fmt(m.get('seconds_mean'), 3)} |")
         if rows:
-            out += [f"{title}, {m['n']} studies:", "",
+            out += [f"{title}, {n} studies:", "",
                     "| system | ROUGE-L (normalized) | BLEU-4 (normalized) | CE-F1 (5) | ROUGE-L (raw) | BLEU-4 (raw) "
-                    "| well-formed |", "|---|---|---|---|---|---|---|", *rows, ""]
-    if not out:
+                    "| well-formed | tokens / forward | s / report |", "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+    return out
+
+
+def paired_lines(results: Path) -> list[str]:
+    """The paired-bootstrap differences the family is judged by (95 % intervals, same studies)."""
+    folder = results / "eval" / "normalized"
+    lines = []
+    for data, name in (("iu", "IU X-ray"), ("covid", "covid_cxr_notes")):
+        parts = []
+        echo, teacher = _json(folder / f"{data}-echo.json"), _json(folder / f"{data}-teacher.json")
+        for label, m in (("`echo` − normal template", echo), ("`teacher` − normal template", teacher)):
+            d = _delta((m or {}).get("comparison"))
+            if d:
+                parts.append(f"{label} {_interval(d)}")
+        d = _delta((_json(folder / f"{data}-echo-vs-teacher.json") or {}).get("comparison"))
+        if d and teacher:
+            parts.append(f"`echo` − `teacher` {_interval(d)} (`echo` at {echo['rougeL'] / teacher['rougeL']:.0%} of the "
+                         "teacher)")
+        d = _delta((_json(folder / f"{data}-vanilla.json") or {}).get("comparison"))
+        if d:
+            parts.append(f"`vanilla` − `echo` {_interval(d)}")
+        majority = _json(folder / f"{data}-majority.json")
+        if echo and majority:
+            parts.append(f"CE-F1 (5) `echo` {echo['ce_f1_5']:.3f} vs majority {majority['ce_f1_5']:.3f}")
+        if parts:
+            lines.append(f"* {name}, ROUGE-L against normalized references: " + "; ".join(parts) + ".")
+    return lines
+
+
+def robustness_table(results: Path) -> list[str]:
+    """Well-formed share on the covid test radiographs under each fixed perturbation (echo_model.augment)."""
+    folder = results / "eval" / "perturbed"
+    runs: dict[str, dict[str, dict]] = {}
+    for path in sorted(folder.glob("covid-*.json")) if folder.is_dir() else []:
+        m = json.loads(path.read_text())
+        runs.setdefault(m["run"]["sampler"], {})[m.get("perturbation") or m["run"].get("perturbation")] = m
+    if not runs:
         return []
-    head = ["Against normalized references (the paper's §3.5 form, which the official checkpoints write) and the "
-            "references as written (raw), with today's embedded family, trained on raw reports; `well-formed` is "
-            "the share of drafts the report check passes, judged as drafted (nothing repaired). A fixed normal "
-            "report in the normalized form beats every model on the normalized references: this is the baseline "
-            "the retrained family has to beat.", ""]
-    return head + out[:-1]
+    names = sorted({p for r in runs.values() for p in r})
+    samplers = [s for s in ("ar", "teacher", "echo") if s in runs]
+    rows = ["| perturbation | " + " | ".join(f"`{s}` well-formed" for s in samplers) + " |",
+            "|---|" + "---|" * len(samplers)]
+    for p in names:
+        rows.append(f"| `{p}` | " + " | ".join(_fmt(runs[s].get(p, {}).get("well_formed"), 2) for s in samplers) + " |")
+    total = {s: sum(m["well_formed"] * m["n"] for m in runs[s].values()) / sum(m["n"] for m in runs[s].values())
+             for s in samplers}
+    rows.append("| **all perturbations** | " + " | ".join(f"**{total[s]:.2f}**" for s in samplers) + " |")
+    n = next(iter(runs[samplers[0]].values()))["n"]
+    return [f"Robustness: the {n} covid_cxr_notes test radiographs under each fixed perturbation "
+            "(`echo-eval --perturb NAME`, the augmentations at fixed strength), share of drafts the report check "
+            "passes; every failure is warned (the draft carries its warnings):", "", *rows]
+
+
+def image_dependence_lines(results: Path) -> list[str]:
+    lines = []
+    for sampler in ("echo", "teacher"):
+        s = _json(results / "eval" / f"sensitivity-covid-{sampler}.json")
+        if not s:
+            continue
+        nd = s.get("non_default") or {}
+        line = (f"* `{sampler}`, covid_cxr_notes test ({s['n']} studies): a blank image changes "
+                f"{s['blank_change_share']:.0%} of the drafts, a ±1 grey-level change {1 - s['shift_stable_share']:.0%}; "
+                f"{s.get('distinct_reports', '–')} distinct drafts; reference NLL own − partner image "
+                f"{s['nll_difference']:+.4f} [{s['low']:+.4f}, {s['high']:+.4f}] nats/token on all tokens")
+        if nd:
+            line += (f", {nd['nll_difference']:+.4f} [{nd['low']:+.4f}, {nd['high']:+.4f}] on the {nd['tokens']} tokens "
+                     f"of non-default statements ({nd['n']} studies)")
+        lines.append(line + ".")
+    return lines
+
+
+def smoke_line(results: Path) -> list[str]:
+    s = _json(results / "eval" / "smoke-rg1.json")
+    if not s:
+        return []
+    parts = [f"`{k}` " + ("well-formed" if v.get("well_formed") else "warned: " + "; ".join(v.get("warnings") or [])) for k, v in s.items()]
+    return [f"* `echo-report --json` on `RG1_UNCR.dcm` (a real radiograph from another site): " + ", ".join(parts) + "."]
+
+
+def raw_trained_line(results: Path) -> list[str]:
+    """The family trained on raw reports, in one line, for comparison."""
+    folder = results / "eval" / "raw-trained"
+    raw, norm = _json(folder / "iu-echo.json"), _json(folder / "normalized-iu-echo.json")
+    covid = _json(folder / "normalized-covid-echo.json")
+    if not (raw and norm):
+        return []
+    return [f"* Before (the family trained on raw reports, `results/eval/raw-trained/`): `echo` on IU X-ray ROUGE-L "
+            f"{raw['rougeL']:.3f} against raw references, {norm['rougeL']:.3f} against normalized ones, well-formed "
+            f"{norm.get('well_formed', 0):.2f}" + (f"; covid_cxr_notes well-formed {covid.get('well_formed', 0):.2f}" if covid else "")
+            + "."]
+
+
+def family_section(results: Path) -> list[str]:
+    table = normalized_table(results)
+    if not table:
+        return []
+    head = ["The embedded b = 8 family, trained on normalized reports (method.md §3.5) with augmented radiographs, "
+            "judged against normalized references (the form it writes) and the references as written (raw); "
+            "`well-formed` is the share of drafts the report check passes, judged as drafted (nothing repaired); "
+            "greedy decoding, CPU.", ""]
+    out = head + table
+    for block in (paired_lines(results), image_dependence_lines(results) + smoke_line(results), raw_trained_line(results)):
+        if block:
+            out += [*block, ""]
+    robust = robustness_table(results)
+    if robust:
+        out += [*robust, ""]
+    return out[:-1]
 
 
 def speed_table(results: Path) -> list[str]:
@@ -131,15 +210,11 @@ def speed_table(results: Path) -> list[str]:
 
 def render(root: Path = ROOT) -> str:
     results = root / "results"
-    body = ["## Results", "", "### Quality", ""] + quality_table(results)
-    normalized = normalized_table(results)
-    if normalized:
-        body += ["", "### Quality against normalized references", ""] + normalized
+    body = ["## Results", "", "### Quality", ""] + family_section(results)
     body += ["", "### Speed", ""] + speed_table(results)
-    body += ["", "Reproduce: `echo-eval --data IU_FOLDER --split test --limit 300 --model CHECKPOINT --sampler S --json "
-             "results/eval/iu-S.json` (`--baseline B` for a baseline; references are normalized unless "
-             "`--no-normalize`, and scored raw as well), `echo-bench --full --json results/speed.json --plot "
-             "results/speed.png`, then `python scripts/render_results.py`."]
+    body += ["", "Reproduce: `DATA=DATA_FOLDER bash scripts/eval_family.sh` (every `echo-eval` run above; "
+             "`MODEL_DIR=runs/echo-b8` for a trained run instead of the embedded family), `echo-bench --full --json "
+             "results/speed.json --plot results/speed.png`, then `python scripts/render_results.py`."]
     return "\n".join(body)
 
 

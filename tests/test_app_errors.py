@@ -69,6 +69,7 @@ def cases(bogus: str) -> dict[str, Case | CannotFail]:
         "Handlers.editor_lock": CannotFail("a missing draft means an unlocked editor, by design"),
         "Handlers.render_view": Case(("no-such-study", 0, 128, 256), MISSING),
         "Handlers.languages": Case(("not-a-model",), "is not offered by this app"),
+        "Handlers.model_notice": Case(("not-a-model",), "is not offered by this app"),
         "Handlers.begin_draft": CannotFail("clears the draft view; reads nothing"),
         "Handlers.draft_stopped": CannotFail("resets the session state after Stop; reads nothing"),
         "Handlers.generate": Case((None, "", "en", *DECODING, ""), "no image"),

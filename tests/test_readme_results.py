@@ -24,8 +24,10 @@ def test_results_section_reports_the_stored_figures():
     section = _renderer().render(ROOT)
     speed = json.loads((ROOT / "results" / "speed.json").read_text())
     assert f"{speed['speedup_ar_over_echo']:.2f}×" in section
-    echo = json.loads((ROOT / "results" / "eval" / "iu-echo.json").read_text())
+    echo = json.loads((ROOT / "results" / "eval" / "normalized" / "iu-echo.json").read_text())
     assert f"{echo['rougeL']:.3f}" in section
+    before = json.loads((ROOT / "results" / "eval" / "raw-trained" / "iu-echo.json").read_text())
+    assert f"ROUGE-L {before['rougeL']:.3f} against raw references" in section  # the old family, in one line
 
 
 def test_results_section_reports_both_reference_kinds():
@@ -36,3 +38,21 @@ def test_results_section_reports_both_reference_kinds():
     for name in ("iu-echo", "iu-normal-template", "covid-echo"):
         m = json.loads((folder / f"{name}.json").read_text())
         assert f"| {m['rougeL']:.3f} | {m['bleu4']:.3f} | {m['ce_f1_5']:.3f} | {m['raw_reference']['rougeL']:.3f} |" in section
+
+
+def test_results_section_reports_robustness_and_image_dependence():
+    import json
+
+    mod = _renderer()
+    section = mod.render(ROOT)
+    eval_dir = ROOT / "results" / "eval"
+    perturbed = sorted((eval_dir / "perturbed").glob("covid-echo-*.json"))
+    assert perturbed, "no stored perturbation runs"
+    for path in perturbed:
+        m = json.loads(path.read_text())
+        assert f"| `{m['perturbation']}` |" in section
+    s = json.loads((eval_dir / "sensitivity-covid-echo.json").read_text())
+    assert f"{s['blank_change_share']:.0%} of the drafts" in section
+    assert f"{s['distinct_reports']} distinct drafts" in section
+    nd = s["non_default"]
+    assert f"{nd['nll_difference']:+.4f} [{nd['low']:+.4f}, {nd['high']:+.4f}]" in section

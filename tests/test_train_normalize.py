@@ -85,3 +85,13 @@ def test_main_validation_and_augmentation_flags(tmp_path: Path) -> None:
     assert val == []  # the synthetic folder has no val split
     with pytest.raises(SystemExit, match="needs a val split"):
         cli.main(["ar", "--data", str(folder), "--out", str(tmp_path / "run")])
+
+
+def test_checkpoints_trained_on_normalized_reports_say_so(tokenizer) -> None:
+    from conftest import make_checkpoint
+
+    ck = make_checkpoint(tokenizer, block_length=4)
+    assert ck.spec.report_style == "raw"
+    assert cli.with_report_style(ck, normalize=False).spec.report_style == "raw"
+    styled = cli.with_report_style(ck, normalize=True)
+    assert styled.spec.report_style == "normalized" and styled.processor.spec.report_style == "normalized"

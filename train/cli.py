@@ -62,6 +62,16 @@ def validation_records(paths: list[str], limit: int | None = 192, *, normalize: 
     return ordered[:limit] if limit else ordered
 
 
+def with_report_style(checkpoint, *, normalize: bool):
+    """The checkpoint's spec says what it is trained to write: ``report_style="normalized"`` when the training
+    reports are normalized (method.md §3.5), so the report check expects every region's statement; unchanged
+    with ``--no-normalize``."""
+    if normalize:
+        spec = checkpoint.spec.replace(report_style="normalized")
+        checkpoint.model.spec = checkpoint.processor.spec = spec
+    return checkpoint
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="echo-train", description="Train ECHO's three stages.")
     ap.add_argument("stage", choices=["ar", "rad", "dcd", "all", "finetune"])
@@ -148,16 +158,20 @@ def main(argv: list[str] | None = None) -> int:
                    image_repeats=args.image_repeats, augment=bool(augment), normalize=args.normalize)
     stages = ["ar", "rad", "dcd"] if args.stage == "all" else [args.stage]
     ck = None
+
+    def styled(checkpoint):
+        return with_report_style(checkpoint, normalize=args.normalize)
+
     for stage in stages:
         t0 = time.perf_counter()
         if stage == "ar":
-            ck = load_checkpoint(args.init, role="ar") if ck is None else ck
+            ck = styled(load_checkpoint(args.init, role="ar")) if ck is None else ck
             rep = train_ar(ck, records, cfg("ar", args.ar_steps, args.lr), **extra)
         elif stage == "rad":
-            ck = load_checkpoint(args.init, role="ar") if ck is None else ck
+            ck = styled(load_checkpoint(args.init, role="ar")) if ck is None else ck
             rep = train_rad(ck, records, cfg("teacher", args.rad_steps, args.rad_lr), layout=args.layout, **extra)
         else:
-            ck = load_checkpoint(args.init, role="teacher") if ck is None else ck
+            ck = styled(load_checkpoint(args.init, role="teacher")) if ck is None else ck
             ck, drep = train_dcd(ck, records, cfg("student", args.dcd_steps, args.dcd_lr), top_k=args.top_k,
                                  threshold=args.threshold, **extra)
             summary["trajectories"] = vars(drep.trajectories) | {"seconds": round(drep.trajectory_seconds, 1)}
