@@ -69,6 +69,13 @@ for s in $SAMPLERS; do
   has sensitivity "$STEPS" && [[ $s == echo || $s == teacher ]] || continue
   ev --data "$DATA/covid_cxr_notes" --split test --sampler "$s" --model "$(model_of "$s")" --batch-size 8 \
      --sensitivity --json "$OUT/sensitivity-covid-$s.json"
+  # The drafts themselves stay with the predictions (a model this small can repeat a training note verbatim).
+  python - "$OUT/sensitivity-covid-$s.json" "$PRED/sensitivity-covid-$s-drafts.json" <<'PY'
+import json, sys
+result = json.load(open(sys.argv[1]))
+json.dump(result.pop("changes", []), open(sys.argv[2], "w"), indent=1)
+json.dump(result, open(sys.argv[1], "w"), indent=2)
+PY
 done
 
 if has smoke "$STEPS"; then
@@ -82,7 +89,7 @@ for name in SAMPLER_SPECS:
     cmd = ["echo-report", "--json", "--sampler", name, "--model", models[name], sys.argv[1]]
     done = subprocess.run(cmd, capture_output=True, text=True)
     row = json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip().splitlines()[-1:]}
-    out[name] = {k: row.get(k) for k in ("report", "warnings", "tokens", "forward_passes", "error") if k in row}
+    out[name] = {k: row.get(k) for k in ("warnings", "tokens", "forward_passes", "error") if k in row}
     out[name]["well_formed"] = done.returncode == 0 and not row.get("warnings")
 json.dump(out, open(sys.argv[2], "w"), indent=2)
 print({k: v["well_formed"] for k, v in out.items()})
