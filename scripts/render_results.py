@@ -147,7 +147,7 @@ def smoke_line(results: Path) -> list[str]:
     if not s:
         return []
     parts = [f"`{k}` " + ("well-formed" if v.get("well_formed") else "warned: " + "; ".join(v.get("warnings") or [])) for k, v in s.items()]
-    return [f"* `echo-report --json` on `RG1_UNCR.dcm` (a real radiograph from another site): " + ", ".join(parts) + "."]
+    return ["* `echo-report --json` on `RG1_UNCR.dcm` (a real radiograph from another site): " + ", ".join(parts) + "."]
 
 
 def raw_trained_line(results: Path) -> list[str]:

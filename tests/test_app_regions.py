@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 import pytest
-from conftest import free_port, synthetic_cxr
+from conftest import synthetic_cxr
 
 from app.handlers import DRAFT_FIELDS, Handlers
 from app.main import about_markdown
@@ -230,19 +230,12 @@ def test_about_states_the_limitation_with_the_embedded_family(handlers: Handlers
 
 # ------------------------------------------------------------------ served, gradio_client
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, model_dir: Path):
-    from app.main import build_demo, launch_options
+def served(tmp_path_factory, checkpoint):
+    """The app on loopback with the tiny checkpoint standing in for the embedded one (the browser tests' helper)."""
+    from test_app_browser import served_app
 
-    root = tmp_path_factory.mktemp("served-regions")
-    settings = AppSettings(models=(str(model_dir),), data_dir=root / "data", max_new_tokens=12,
-                           server_name="127.0.0.1", server_port=free_port(), upload_cache_dir=root / "cache")
-    services = Services.create(settings)
-    demo = build_demo(settings, services=services)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
-    try:
-        yield url, services
-    finally:
-        demo.close()
+    with served_app(tmp_path_factory.mktemp("served-regions"), checkpoint, max_new_tokens=12) as out:
+        yield out
 
 
 def test_client_redraft_by_region_then_save_stores_the_text_byte_for_byte(served, tmp_path: Path) -> None:

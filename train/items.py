@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from echo_model.data.records import StudyRecord
 from echo_model.modeling import EchoModel, text_positions
 from echo_model.processing import EchoProcessor, StudyPrompt
-from echo_model.data.records import StudyRecord
 
 log = logging.getLogger(__name__)
 
