@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +58,14 @@ def make_checkpoint(tokenizer, *, block_length: int = 4, seed: int = 0, std: flo
 @pytest.fixture(scope="session")
 def checkpoint(tokenizer) -> EchoCheckpoint:
     return make_checkpoint(tokenizer, block_length=4)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, checkpoint) -> Path:
+    """The tiny checkpoint saved as a ``save_pretrained`` folder (read-only: copy it to change it)."""
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    checkpoint.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

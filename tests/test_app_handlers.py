@@ -23,13 +23,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, checkpoint) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    checkpoint.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def handlers(tmp_path_factory, model_dir: Path) -> Handlers:
     root = tmp_path_factory.mktemp("app")
     settings = AppSettings(models=(str(model_dir),), data_dir=root / "data", upload_cache_dir=root / "cache",

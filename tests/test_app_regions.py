@@ -115,13 +115,6 @@ def test_redraft_prefix_strips_the_region_labels() -> None:
 
 # ------------------------------------------------------------------ handlers, tiny test model
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, checkpoint) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    checkpoint.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def handlers(tmp_path_factory, model_dir: Path) -> Handlers:
     """The tiny model is the default; the embedded family is on the menu too (never loaded here)."""
     root = tmp_path_factory.mktemp("app")

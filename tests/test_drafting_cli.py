@@ -15,13 +15,6 @@ from conftest import synthetic_cxr
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, checkpoint):
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    checkpoint.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def image_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("img") / "frontal.png"
     synthetic_cxr(3, (256, 240)).save(path)

@@ -44,13 +44,6 @@ def dataset(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, checkpoint) -> Path:
-    path = tmp_path_factory.mktemp("perturb_model") / "tiny"
-    checkpoint.save_pretrained(path)
-    return path
-
-
 def _records(dataset: Path) -> list[StudyRecord]:
     from echo_model.data import load_dataset
 

@@ -76,13 +76,6 @@ def dataset(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, checkpoint) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    checkpoint.save_pretrained(path)
-    return path
-
-
 def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -126,12 +126,9 @@ def _full_positions(ck, prompt, R):
     return torch.cat([rope, (torch.arange(P, P + R) + delta)[None].expand(3, -1)], 1)  # (3, P+R)
 
 
-def test_causal_nll_is_the_next_token_loss(checkpoint, records):
-    prompt, report = _prompt_and_report(checkpoint, records[0])
-    [(nll, n)] = reference_nll(checkpoint, [prompt], [report], method="causal")
-    resp = checkpoint.processor.tokenizer(report, add_special_tokens=False)["input_ids"] + [
-        checkpoint.processor.eos_token_id
-    ]
+def _causal_token_losses(checkpoint, prompt, resp: list[int]) -> torch.Tensor:
+    """``(R,)`` next-token CE of each response token after ``prompt``, under the causal mask (the reference the
+    NLL checks compare with)."""
     seq = torch.cat([prompt.input_ids, torch.tensor(resp)])
     P, R = prompt.length, len(resp)
     with torch.no_grad():
@@ -143,7 +140,18 @@ def test_causal_nll_is_the_next_token_loss(checkpoint, records):
             pixel_values=prompt.pixel_values,
             image_grid_thw=prompt.image_grid_thw,
         )[0]
-    expected = torch.nn.functional.cross_entropy(logits[P - 1 : P + R - 1], seq[P:]).item()
+    return torch.nn.functional.cross_entropy(logits[P - 1 : P + R - 1], seq[P:], reduction="none")
+
+
+def test_causal_nll_is_the_next_token_loss(checkpoint, records):
+    prompt, report = _prompt_and_report(checkpoint, records[0])
+    [(nll, n)] = reference_nll(checkpoint, [prompt], [report], method="causal")
+    resp = checkpoint.processor.tokenizer(report, add_special_tokens=False)["input_ids"] + [
+        checkpoint.processor.eos_token_id
+    ]
+    ce = _causal_token_losses(checkpoint, prompt, resp)  # (R,)
+    R = len(resp)
+    expected = ce.mean().item()
     assert n == R and nll == pytest.approx(expected, rel=1e-5)
 
 
@@ -363,18 +371,8 @@ def test_non_default_scope_equals_all_when_no_default_sentence(checkpoint, recor
     assert n_nd == sum(keep) == n_all - 1 - (len(keep) - sum(keep))
     # causal: the mean next-token loss over exactly those tokens
     resp = [*enc["input_ids"], proc.eos_token_id]
-    seq = torch.cat([prompt.input_ids, torch.tensor(resp)])
     P, R = prompt.length, len(resp)
-    with torch.no_grad():
-        logits = checkpoint.model(
-            seq[None],
-            position_ids=_full_positions(checkpoint, prompt, R)[:, None],
-            attention_bias=to_attention_bias(block_causal_mask(P + R, 1), checkpoint.model.dtype),
-            cache=None,
-            pixel_values=prompt.pixel_values,
-            image_grid_thw=prompt.image_grid_thw,
-        )[0]
-    ce = torch.nn.functional.cross_entropy(logits[P - 1 : P + R - 1], seq[P:], reduction="none")
+    ce = _causal_token_losses(checkpoint, prompt, resp)  # (R,)
     assert v_nd == pytest.approx(ce[torch.tensor([*keep, False])].mean().item(), rel=1e-5)
     # masked-diffusion: masking exactly the scope's tokens, "all" scores the same tokens -> the same value
     R_padded = R + (-(P + R)) % checkpoint.model.block_length

@@ -158,20 +158,16 @@ def main(argv: list[str] | None = None) -> int:
                    image_repeats=args.image_repeats, augment=bool(augment), normalize=args.normalize)
     stages = ["ar", "rad", "dcd"] if args.stage == "all" else [args.stage]
     ck = None
-
-    def styled(checkpoint):
-        return with_report_style(checkpoint, normalize=args.normalize)
-
     for stage in stages:
         t0 = time.perf_counter()
         if stage == "ar":
-            ck = styled(load_checkpoint(args.init, role="ar")) if ck is None else ck
+            ck = ck or with_report_style(load_checkpoint(args.init, role="ar"), normalize=args.normalize)
             rep = train_ar(ck, records, cfg("ar", args.ar_steps, args.lr), **extra)
         elif stage == "rad":
-            ck = styled(load_checkpoint(args.init, role="ar")) if ck is None else ck
+            ck = ck or with_report_style(load_checkpoint(args.init, role="ar"), normalize=args.normalize)
             rep = train_rad(ck, records, cfg("teacher", args.rad_steps, args.rad_lr), layout=args.layout, **extra)
         else:
-            ck = styled(load_checkpoint(args.init, role="teacher")) if ck is None else ck
+            ck = ck or with_report_style(load_checkpoint(args.init, role="teacher"), normalize=args.normalize)
             ck, drep = train_dcd(ck, records, cfg("student", args.dcd_steps, args.dcd_lr), top_k=args.top_k,
                                  threshold=args.threshold, **extra)
             summary["trajectories"] = vars(drep.trajectories) | {"seconds": round(drep.trajectory_seconds, 1)}

@@ -172,7 +172,8 @@ def train(
     accelerator: Accelerator | None = None,
     val_items: Sequence | None = None,
 ) -> TrainReport:
-    """Train ``checkpoint``'s model in place on ``items`` with ``objective``; save it to ``cfg.out_dir``.
+    """Train ``checkpoint``'s model in place on ``items`` with ``objective``; save it to ``cfg.out_dir`` with the
+    revision ``<objective name>-<step of the saved weights>``.
 
     With ``val_items`` and ``cfg.eval_every``, the validation loss is measured every ``eval_every`` steps (and at
     the end); the weights with the lowest one are kept and saved, and with ``cfg.plateau`` > 0 the run stops early
@@ -284,6 +285,10 @@ def train(
     hf.eval()
     hf.requires_grad_(True)
     checkpoint.model.model = hf
+    # The revision names the weights saved: the objective and the step they come from (the best one when
+    # validation kept an earlier step than the last).
+    spec = checkpoint.spec.replace(revision=f"{objective.name}-{best.get('step', step)}")
+    checkpoint.model.spec = checkpoint.processor.spec = spec
     if acc.is_main_process:
         checkpoint.save_pretrained(cfg.out_dir)
         plot_loss(history, cfg.out_dir / "loss.png", title=f"{objective.name}", validation=validation,

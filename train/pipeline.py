@@ -33,8 +33,9 @@ from .trajectories import TrajectoryStats, record_trajectories
 log = logging.getLogger(__name__)
 
 
-def _role(ck: EchoCheckpoint, role: str, revision: str) -> EchoCheckpoint:
-    spec = ck.spec.replace(role=role, revision=revision)
+def _role(ck: EchoCheckpoint, role: str) -> EchoCheckpoint:
+    """Set the checkpoint's role; the trainer names the revision after the step whose weights it saves."""
+    spec = ck.spec.replace(role=role)
     ck.model.spec = spec
     ck.processor.spec = spec
     return ck
@@ -53,9 +54,8 @@ def train_ar(ck: EchoCheckpoint, records: Sequence[StudyRecord], cfg: TrainConfi
     ``augment``: image augmentation of repeated image studies (:func:`train.items.encode_items`)."""
     items = encode_items(records, ck.model, ck.processor, block_pad=False, image_base=image_base, augment=augment)
     val = _encode(ck, val_records, block_pad=False, image_base=image_base)
-    _role(ck, "ar", f"ar-{cfg.steps}")
-    report = train(ck, AutoregressiveObjective(ck.processor.pad_token_id), items, cfg, val_items=val)
-    return _revision(ck, "ar", report, cfg.out_dir)
+    _role(ck, "ar")
+    return train(ck, AutoregressiveObjective(ck.processor.pad_token_id), items, cfg, val_items=val)
 
 
 def train_rad(ck: EchoCheckpoint, records: Sequence[StudyRecord], cfg: TrainConfig, *, layout: str = "rad",
@@ -63,19 +63,10 @@ def train_rad(ck: EchoCheckpoint, records: Sequence[StudyRecord], cfg: TrainConf
               augment: Callable | None = None) -> TrainReport:
     items = encode_items(records, ck.model, ck.processor, block_pad=True, image_base=image_base, augment=augment)
     val = _encode(ck, val_records, block_pad=True, image_base=image_base)
-    _role(ck, "teacher", f"{layout}-{cfg.steps}")
+    _role(ck, "teacher")
     objective = DiffusionObjective(ck.processor.pad_token_id, ck.processor.mask_token_id, ck.model.block_length,
                                    layout=layout, seed=cfg.seed, name=layout)
-    report = train(ck, objective, items, replace(cfg, freeze_vision=True), val_items=val)
-    return _revision(ck, layout, report, cfg.out_dir)
-
-
-def _revision(ck: EchoCheckpoint, prefix: str, report: TrainReport, out_dir: Path) -> TrainReport:
-    """Name the revision after the step whose weights were kept (early stopping keeps the best, not the last)."""
-    if report.best_step is not None:
-        _role(ck, ck.spec.role, f"{prefix}-{report.best_step}")
-        ck.save_pretrained(out_dir)
-    return report
+    return train(ck, objective, items, replace(cfg, freeze_vision=True), val_items=val)
 
 
 @dataclass
@@ -104,10 +95,9 @@ def train_dcd(teacher: EchoCheckpoint, records: Sequence[StudyRecord], cfg: Trai
     if not data:
         raise RuntimeError(f"every teacher trajectory was dropped ({stats}); train the teacher longer")
     student = copy.deepcopy(teacher)
-    _role(student, "student", f"dcd-{cfg.steps}")
+    _role(student, "student")
     p = student.processor
     objective = DistillationObjective(p.pad_token_id, p.mask_token_id, p.eos_token_id, student.model.block_length,
                                       eos_weight=eos_weight, step_weighting=step_weighting)
     report = train(student, objective, data, replace(cfg, freeze_vision=True), val_items=val or None)
-    _revision(student, "dcd", report, cfg.out_dir)
     return student, DistillReport(stats, t_traj, report)
