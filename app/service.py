@@ -34,7 +34,13 @@ from echo_model.data.report_text import (
     format_report,
     parse_report,
 )
-from echo_model.imaging import ImageInputError, LoadedImage, load_study, to_deidentified_png
+from echo_model.imaging import (
+    ImageInputError,
+    LoadedImage,
+    load_study,
+    to_deidentified_original_png,
+    to_deidentified_png,
+)
 
 from .admission import GenerationGate
 from .settings import EMBEDDED, AppSettings
@@ -148,7 +154,7 @@ def ingest_uploads(
         images.append(NewImage(
             content_hash=view.content_hash, png=to_deidentified_png(view), width=view.size[0], height=view.size[1],
             view=_view_of(view), label=label, metadata=dict(view.metadata), warnings=tuple(notes),
-            cxr_likeness=view.cxr_likeness,
+            cxr_likeness=view.cxr_likeness, original_png=to_deidentified_original_png(view),
         ))
         warnings.extend(f"{label}: {note}" for note in notes)
     study = store.add_images(existing.id, owner, images) if existing else store.create_study(owner, images)

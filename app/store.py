@@ -4,6 +4,7 @@ Layout under the data directory::
 
     echo.sqlite          tables study, image, study_image, draft, edit, audit
     images/<sha256>.png  de-identified pixels (IHDR/IDAT/IEND only), named by their pixel hash
+    images/<sha256>.16.png  the original values of a deeper-than-8-bit view (16-bit grey, IHDR/IDAT/IEND only)
 
 Rules the schema enforces, not just the code:
 
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 DB_NAME = "echo.sqlite"
+#: View positions a study image may have (``study_image.view``).
+IMAGE_VIEWS: tuple[str, ...] = ("pa", "ap", "lateral", "unknown")
 #: File-system types on which SQLite locking/WAL cannot be trusted (network and FUSE mounts).
 NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb", "smbfs", "smb3", "9p", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
@@ -267,6 +270,7 @@ class NewImage:
     metadata: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     cxr_likeness: float = 1.0
+    original_png: bytes | None = None  # 16-bit grey PNG of the values before windowing (deep sources only)
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,7 @@ class ImageInfo:
     metadata: dict[str, Any]
     warnings: tuple[str, ...]
     cxr_likeness: float
+    original_path: Path | None = None  # the 16-bit originals, when kept
 
 
 @dataclass(frozen=True)
@@ -506,13 +511,20 @@ class Store:
             raise StoreError(f"not a content hash: {content_hash!r}")
         return self.images_dir / f"{content_hash}.png"
 
+    def original_path(self, content_hash: str) -> Path:
+        """Where the 16-bit originals of ``content_hash`` live (whether or not they were kept)."""
+        return self.image_path(content_hash).with_suffix(".16.png")
+
     def _write_png(self, image: NewImage) -> None:
-        path = self.image_path(image.content_hash)
-        if path.exists():
-            return
-        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(image.png)
-        os.replace(tmp, path)
+        files = [(self.image_path(image.content_hash), image.png)]
+        if image.original_png is not None:
+            files.append((self.original_path(image.content_hash), image.original_png))
+        for path, data in files:
+            if path.exists():
+                continue
+            tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
 
     def create_study(self, owner: str, images: Sequence[NewImage]) -> StudyInfo:
         """A new study holding ``images`` (in order), owned by ``owner``."""
@@ -555,11 +567,32 @@ class Store:
                 images=tuple(
                     ImageInfo(content_hash=i.image_hash, path=self.image_path(i.image_hash), position=i.position,
                               view=i.view, label=i.label, metadata=dict(i.image_metadata),
-                              warnings=tuple(i.warnings), cxr_likeness=i.cxr_likeness)
+                              warnings=tuple(i.warnings), cxr_likeness=i.cxr_likeness,
+                              original_path=self._kept_original(i.image_hash))
                     for i in study.images
                 ),
                 draft_ids=tuple(d.id for d in study.drafts),
             )
+
+    def _kept_original(self, content_hash: str) -> Path | None:
+        path = self.original_path(content_hash)
+        return path if path.exists() else None
+
+    def set_view(self, study_id: str, actor: str, *, position: int, view: str) -> StudyInfo:
+        """Set the view position (``pa``/``ap``/``lateral``/``unknown``) of one image of a study, e.g. a PNG's,
+        which carries none; the audit records the change (no pixels, no names)."""
+        if view not in IMAGE_VIEWS:
+            raise StoreError(f"unknown view {view!r}; allowed: {list(IMAGE_VIEWS)}")
+        with self._transaction() as s:
+            study = self._owned_study(s, study_id, actor)
+            image = next((i for i in study.images if i.position == position), None)
+            if image is None:
+                raise StoreError(f"study {study_id!r} has no view at position {position!r}")
+            if image.view != view:
+                image.view = view
+                self._audit(s, actor, "study.set_view", study_id=study_id,
+                            detail={"position": position, "view": view})
+        return self.get_study(study_id, actor)
 
     def _owned_study(self, s: Session, study_id: str, actor: str) -> Study:
         study = s.get(Study, study_id) if study_id else None
@@ -758,6 +791,7 @@ class Store:
             self._audit(s, actor, "study.delete", study_id=study_id, detail=dict(counts))
         for h in orphans:
             self.image_path(h).unlink(missing_ok=True)
+            self.original_path(h).unlink(missing_ok=True)
         counts["files"] = len(orphans)
         return counts
 

@@ -12,7 +12,14 @@ Public API (flat)::
 See ``docs/inputs.md`` for what is accepted, accepted with a warning, and refused.
 """
 
-from .deid import ALLOWED_PNG_CHUNKS, content_hash, png_chunk_types, png_without_pixels, to_deidentified_png
+from .deid import (
+    ALLOWED_PNG_CHUNKS,
+    content_hash,
+    png_chunk_types,
+    png_without_pixels,
+    to_deidentified_original_png,
+    to_deidentified_png,
+)
 from .errors import (
     CorruptImageError,
     EmptyFileError,
@@ -25,6 +32,7 @@ from .errors import (
 )
 from .gating import CXR_LIKENESS_THRESHOLD, CxrLikeness, assess_cxr_likeness, cxr_likeness
 from .loader import DEFAULT_UPLOAD_NAME, ImageSource, load_image, load_study
+from .original import OriginalPixels, decode_original_png, encode_original
 from .sniff import detect_format
 from .types import ALLOWED_METADATA_KEYS, DEFAULT_LIMITS, ImageLimits, LoadedImage, pixel_content_hash
 
@@ -44,16 +52,20 @@ __all__ = [
     "ImageTooSmallError",
     "LoadedImage",
     "NoPixelDataError",
+    "OriginalPixels",
     "UnsupportedFormatError",
     "UnsupportedTransferSyntaxError",
     "assess_cxr_likeness",
     "content_hash",
     "cxr_likeness",
+    "decode_original_png",
     "detect_format",
+    "encode_original",
     "load_image",
     "load_study",
     "pixel_content_hash",
     "png_chunk_types",
     "png_without_pixels",
+    "to_deidentified_original_png",
     "to_deidentified_png",
 ]

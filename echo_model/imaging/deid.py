@@ -16,7 +16,8 @@ from PIL import Image
 
 from .types import LoadedImage
 
-__all__ = ["ALLOWED_PNG_CHUNKS", "content_hash", "png_chunk_types", "to_deidentified_png"]
+__all__ = ["ALLOWED_PNG_CHUNKS", "content_hash", "png_chunk_types", "to_deidentified_original_png",
+           "to_deidentified_png"]
 
 #: Chunk types that :func:`to_deidentified_png` may write.
 ALLOWED_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND"})
@@ -32,6 +33,13 @@ def to_deidentified_png(loaded: LoadedImage) -> bytes:
     if unexpected:  # defensive: a future Pillow must not start writing metadata silently
         raise RuntimeError(f"PNG encoder wrote unexpected chunks {sorted(unexpected)}")
     return data
+
+
+def to_deidentified_original_png(loaded: LoadedImage) -> bytes | None:
+    """The 16-bit grey PNG of the original values of ``loaded`` (IHDR/IDAT/IEND only); None for 8-bit sources."""
+    from .original import original_png
+
+    return None if loaded.original is None else original_png(loaded.original.stored)
 
 
 def content_hash(loaded: LoadedImage) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -35,6 +36,7 @@ from .errors import (
     UnsupportedFormatError,
     UnsupportedTransferSyntaxError,
 )
+from .original import encode_original
 from .sniff import DeclaredRaster, read_j2k_header, read_jpeg_header
 from .tone import VOI_FUNCTIONS, Window, data_range_window, window_to_uint8
 from .types import DecodedPicture, ImageLimits, MetadataValue
@@ -126,6 +128,7 @@ def decode_dicom(data: bytes, *, name: str, limits: ImageLimits, has_preamble: b
     warnings.extend(_gating_warnings(ds, geometry.frames))
     frame = _decode_first_frame(ds, geometry, name)
     grey, colour, metadata = _render(frame, ds, geometry, warnings)
+    original = metadata.pop("_original", None)
     metadata.update(
         source_format="dicom",
         modality=coded(ds.get("Modality"), MODALITIES),
@@ -134,7 +137,7 @@ def decode_dicom(data: bytes, *, name: str, limits: ImageLimits, has_preamble: b
         bits_stored=geometry.bits_stored,
         frames=geometry.frames,
     )
-    return DecodedPicture(grey=grey, metadata=metadata, warnings=warnings, colour=colour)
+    return DecodedPicture(grey=grey, metadata=metadata, warnings=warnings, colour=colour, original=original)
 
 
 def _read_dataset(data: bytes, name: str, *, has_preamble: bool) -> Dataset:
@@ -414,10 +417,15 @@ def _decoder_reason(exc: BaseException) -> str:
 def _render(
     frame: np.ndarray, ds: Dataset, geometry: _Geometry, warnings: list[str]
 ) -> tuple[Image.Image, Image.Image | None, dict[str, MetadataValue]]:
+    """8-bit grey (bone bright), the RGB original of colour data, and the metadata; the originals of a deep
+    monochrome image travel in ``metadata["_original"]`` (popped by :func:`decode_dicom`)."""
     if geometry.photometric in _MONOCHROME and frame.ndim == 2:
         grey8, metadata = _render_monochrome(frame, ds, warnings, bits_stored=geometry.bits_stored)
-        if geometry.photometric == "MONOCHROME1" or _presentation_inverse(ds):
+        inverted = geometry.photometric == "MONOCHROME1" or _presentation_inverse(ds)
+        if inverted:
             grey8 = 255 - grey8
+        if metadata["window_source"] != "none":  # deeper than 8 bits: the original values are kept too
+            metadata["display_inverted"] = int(inverted)
         return Image.fromarray(grey8, mode="L"), None, metadata
     rgb = _to_rgb8(frame, ds, geometry)
     colour = Image.fromarray(rgb, mode="RGB")
@@ -441,23 +449,30 @@ def _render_monochrome(
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
         lut_out = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
         lut_window = _lut_output_window(ds.VOILUTSequence[0], lut_out)
-        return window_to_uint8(lut_out, lut_window), _window_metadata(None, "voi_lut")
+        return window_to_uint8(lut_out, lut_window), _window_metadata(None, "voi_lut", values)
     window = _dicom_window(ds, warnings)
     if window is not None:
-        return window_to_uint8(values, window), _window_metadata(window, "dicom")
+        return window_to_uint8(values, window), _window_metadata(window, "dicom", values)
     if bits_stored <= 8 and _fits_uint8(values):
         return values.astype(np.uint8), _window_metadata(None, "none")
     data_window = data_range_window(values)
-    return window_to_uint8(values, data_window), _window_metadata(data_window, "data_range")
+    return window_to_uint8(values, data_window), _window_metadata(data_window, "data_range", values)
 
 
-def _window_metadata(window: Window | None, source: str) -> dict[str, MetadataValue]:
-    """The allow-listed window keys: what was applied and where it came from."""
-    return {
+def _window_metadata(window: Window | None, source: str, originals: np.ndarray | None = None) -> dict[str, Any]:
+    """The allow-listed window keys: what was applied (centre/width in the file's units after the Modality
+    LUT) and where it came from; with ``originals`` (the values it was applied to) also their 16-bit copy."""
+    meta: dict[str, Any] = {
         "window_center": None if window is None else float(window.center),
         "window_width": None if window is None else float(window.width),
         "window_source": source,
     }
+    if window is not None:
+        meta["window_function"] = window.function
+    if originals is not None:
+        original = encode_original(originals)
+        meta.update(original_slope=original.slope, original_intercept=original.intercept, _original=original)
+    return meta
 
 
 def _fits_uint8(values: np.ndarray) -> bool:

@@ -74,6 +74,7 @@ def load_image(
         metadata=decoded.metadata,
         warnings=tuple(warnings),
         cxr_likeness=min(max(assessment.score, 0.0), 1.0),
+        original=decoded.original,
     )
 
 

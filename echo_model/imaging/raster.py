@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import CorruptImageError, ImageTooLargeError
+from .original import encode_original
 from .tone import colourfulness, composite_on_black, data_range_window, window_to_uint8
 from .types import DecodedPicture, MetadataValue
 
@@ -36,6 +37,8 @@ def decode_raster(data: bytes, *, fmt: str, name: str, bit_depth: int) -> Decode
     image = _apply_exif_orientation(image, warnings)
     original_mode = image.mode
     grey, colour, window = _to_grey(image, warnings)
+    # Deeper than 8 bits: the values the data-range window was applied to are kept (16-bit originals).
+    original = encode_original(np.asarray(image)) if window and image.mode in _HIGH_DEPTH_MODES else None
     metadata: dict[str, MetadataValue] = {
         "source_format": fmt,
         "original_mode": original_mode,
@@ -45,9 +48,12 @@ def decode_raster(data: bytes, *, fmt: str, name: str, bit_depth: int) -> Decode
         "window_source": "data_range" if window else "none",
         "frames": _frame_count(image),
     }
+    if original is not None:
+        metadata.update(window_function="LINEAR_EXACT", original_slope=original.slope,
+                        original_intercept=original.intercept, display_inverted=0)
     if metadata["frames"] != 1:
         warnings.append(f"the file holds {metadata['frames']} frames; only the first is used.")
-    return DecodedPicture(grey=grey, metadata=metadata, warnings=warnings, colour=colour)
+    return DecodedPicture(grey=grey, metadata=metadata, warnings=warnings, colour=colour, original=original)
 
 
 def _verify_png(data: bytes, name: str) -> None:

@@ -15,6 +15,8 @@ from types import MappingProxyType
 
 from PIL import Image
 
+from .original import OriginalPixels
+
 __all__ = [
     "ALLOWED_METADATA_KEYS",
     "DEFAULT_LIMITS",
@@ -40,6 +42,10 @@ ALLOWED_METADATA_KEYS: frozenset[str] = frozenset(
         "window_width",  # width of the grey window actually applied
         "window_source",  # "dicom" | "voi_lut" | "data_range" | "none"
         "frames",  # number of frames in the file (only the first is used)
+        "window_function",  # VOI LUT function of that window ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+        "original_slope",  # kept 16-bit originals: value = stored * slope + intercept (file units)
+        "original_intercept",
+        "display_inverted",  # 1: the originals display inverted (MONOCHROME1, or an INVERSE presentation LUT)
     }
 )
 
@@ -94,6 +100,7 @@ class DecodedPicture:
     metadata: dict[str, MetadataValue]
     warnings: list[str]
     colour: Image.Image | None = None
+    original: OriginalPixels | None = None  # deeper than 8 bits: the values before windowing
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,8 @@ class LoadedImage:
         warnings: human-readable notes that the clinician should see (never silently dropped).
         cxr_likeness: heuristic score in [0, 1] that the picture is a chest radiograph.
         content_hash: :func:`pixel_content_hash` of ``image``, for de-duplication.
+        original: for data deeper than 8 bits, the pixel values before windowing (16-bit, with the map back
+            to the file's units in ``metadata``: ``original_slope``/``original_intercept``); None otherwise.
     """
 
     image: Image.Image
@@ -115,10 +124,14 @@ class LoadedImage:
     warnings: tuple[str, ...] = ()
     cxr_likeness: float = 1.0
     content_hash: str = ""
+    original: OriginalPixels | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.image.mode != "L":
             raise ValueError(f"LoadedImage.image must be mode 'L', got {self.image.mode!r}")
+        if self.original is not None and self.original.stored.shape != (self.image.height, self.image.width):
+            raise ValueError(f"original pixels of shape {self.original.stored.shape} do not match the "
+                             f"{self.image.width}x{self.image.height} image")
         unknown = sorted(set(self.metadata) - ALLOWED_METADATA_KEYS)
         if unknown:
             raise ValueError(f"metadata keys outside the de-identification allow-list: {unknown}")
