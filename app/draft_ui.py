@@ -24,9 +24,11 @@ from .handlers import (
     DRAFT_FIELDS,
     REPORT_COLOURS,
     VIEWER_FIELDS,
+    WINDOW_FIELDS,
     Handlers,
 )
 from .settings import AppSettings
+from .viewer import PRESETS, VIEW_LABELS, VIEWER_JS_PATH, viewer_html
 
 __all__ = ["SAMPLER_CHOICES", "DraftTab", "build_draft_tab"]
 
@@ -73,15 +75,26 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
             # the content (anything else is refused with a message naming the file).
             files = gr.File(label="Views of one study (PNG, JPEG or DICOM)", file_count="multiple",
                             type="filepath", elem_id="upload")
-            view_select = gr.Dropdown(label="View", choices=[], interactive=True, elem_id="view-select")
-            viewer = gr.Image(label="De-identified view", type="pil", image_mode="L", format="png",
-                              interactive=False, buttons=["fullscreen"], height=420, elem_id="viewer")
+            view_select = gr.Dropdown(label="View (the sliders adjust it)", choices=[], interactive=True,
+                                      elem_id="view-select")
+            # Views side by side; zoom and pan run in the browser (app/static/viewer.js), no server round trip.
+            viewer = gr.HTML(viewer_html([]), elem_id="viewer", js_on_load=VIEWER_JS_PATH.read_text("utf-8"),
+                             min_height=200)
             view_info = gr.Markdown(label="View details", elem_id="view-info")
             with gr.Row():
-                center = gr.Slider(0, 255, value=DEFAULT_WINDOW[0], step=1, label="Level (centre)")
-                width = gr.Slider(1, 512, value=DEFAULT_WINDOW[1], step=1, label="Window (width)")
+                preset = gr.Radio([(label, name) for name, label in PRESETS.items()], value="default",
+                                  label="Window preset (keys 0-3)", elem_id="window-preset", scale=3)
+                invert = gr.Checkbox(False, label="Invert (i)", elem_id="invert", scale=1, min_width=90)
             with gr.Row():
-                reset_window = gr.Button("Reset window", size="sm")
+                center = gr.Slider(0, 255, value=DEFAULT_WINDOW[0], step=1, label="Level (centre)",
+                                   elem_id="window-center")
+                width = gr.Slider(1, 512, value=DEFAULT_WINDOW[1], step=1, label="Window (width)",
+                                  elem_id="window-width")
+            with gr.Row():
+                view_label = gr.Dropdown([(label, name) for name, label in VIEW_LABELS.items()], value="unknown",
+                                         label="View position", interactive=False, elem_id="view-label",
+                                         scale=2, min_width=140)
+                reset_window = gr.Button("Reset window", size="sm", elem_id="reset-window-btn")
                 new_study = gr.Button("New study", size="sm", elem_id="new-study-btn")
         with gr.Column(scale=3):
             indication = gr.Textbox("", label="Indication (optional)", lines=1,
@@ -148,7 +161,8 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
         "handlers": h, "files": files, "report_view": report_view, "findings": findings, "impression": impression,
         "copy_text": copy_text, "summary": summary, "timing": timing, "blocks": blocks, "warnings": warnings,
         "study_id": study_id, "draft_id": draft_id, "status": status, "view_select": view_select, "viewer": viewer,
-        "view_info": view_info, "center": center, "width": width, "version": version,
+        "view_info": view_info, "center": center, "width": width, "version": version, "preset": preset,
+        "invert": invert, "view_label": view_label,
         "draft_warnings": draft_warnings, "banner": banner, "current": current, "comment": comment,
         "reasons": reasons, "language": language, "limitation": limitation,
     }
@@ -167,12 +181,20 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
     uploading.success(**opened).then(**tab.lock).then(**clear_edit)
     uploading.failure(lambda: None, None, [files], **PRIVATE)
     new_study.click(h.new_study, None, viewer_outputs, **PRIVATE).then(**opened).then(**tab.lock).then(**clear_edit)
-    window_inputs = [study_id, view_select, center, width]
-    view_select.input(h.render_view, window_inputs, [viewer, view_info], **PRIVATE)
-    center.release(h.render_view, window_inputs, [viewer, view_info], **PRIVATE)
-    width.release(h.render_view, window_inputs, [viewer, view_info], **PRIVATE)
-    reset_window.click(lambda: DEFAULT_WINDOW, None, [center, width], **PRIVATE).then(
-        h.render_view, window_inputs, [viewer, view_info], **PRIVATE)
+    # Window/level: a view or a preset sets the sliders (ranges follow the view's values); the sliders and
+    # invert re-window; keys 0-3 and i click the preset and invert controls (app/static/viewer.js).
+    window_inputs = [study_id, view_select, center, width, preset, invert]
+    select_inputs = [study_id, view_select, preset, invert]
+    window_outputs = [comps[name] for name in WINDOW_FIELDS]
+    view_select.input(h.select_view, select_inputs, window_outputs, **PRIVATE)
+    preset.input(h.select_view, select_inputs, window_outputs, **PRIVATE)
+    for control in (center, width):
+        control.release(h.render_view, window_inputs, [viewer, view_info], **PRIVATE)
+    invert.input(h.render_view, window_inputs, [viewer, view_info], **PRIVATE)
+    reset_window.click(lambda: "default", None, [preset], **PRIVATE).then(
+        h.select_view, select_inputs, window_outputs, **PRIVATE)
+    view_label.input(h.set_view_label, [study_id, view_select, view_label, preset, invert],
+                     [view_select, viewer, view_info], **PRIVATE)
     model.change(h.languages, [model], [language], **PRIVATE)
     model.change(h.model_notice, [model], [limitation], **PRIVATE)
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from PIL import Image
 
 from echo_model.data.report_text import format_report
 
@@ -37,13 +36,13 @@ from .service import (
     ingest_uploads,
     load_study_images,
     redraft_prefix,
-    render_window,
     report_language,
     split_report,
 )
 from .store import DraftInfo, NewDraft, SignedReportError, StoreError, StudyInfo
+from .viewer import StudyView, render_study, viewer_html
 
-__all__ = ["CURRENT_FIELDS", "DRAFT_FIELDS", "VIEWER_FIELDS", "DraftView", "Handlers", "as_paths",
+__all__ = ["CURRENT_FIELDS", "DRAFT_FIELDS", "VIEWER_FIELDS", "WINDOW_FIELDS", "DraftView", "Handlers", "as_paths",
            "user_errors", "waiting_progress"]
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,10 @@ DRAFT_FIELDS: tuple[str, ...] = (
 #: Outputs of ``refresh_current`` (chained after save, sign and addendum: the session state follows the store).
 CURRENT_FIELDS: tuple[str, ...] = ("version", "banner", "current", "draft_warnings")
 #: Output order of the viewer callbacks (upload, open study).
-VIEWER_FIELDS: tuple[str, ...] = ("study_id", "view_select", "viewer", "view_info", "center", "width", "warnings")
+VIEWER_FIELDS: tuple[str, ...] = ("study_id", "view_select", "viewer", "view_info", "center", "width", "warnings",
+                                  "preset", "invert", "view_label")
+#: Outputs of the viewer's window callbacks (choose a view, a preset, or a view position).
+WINDOW_FIELDS: tuple[str, ...] = ("viewer", "view_info", "center", "width", "view_label")
 BLOCK_HEADERS = ["block", "ms", "tokens", "min confidence", "text"]
 HISTORY_HEADERS = ["created (UTC)", "status", "sampler", "model", "signed (UTC)", "views", "study", "draft"]
 DEFAULT_WINDOW = (128.0, 256.0)
@@ -216,7 +218,24 @@ def _view_info(study: StudyInfo, index: int) -> str:
         centre, width = meta.get("window_center"), meta.get("window_width")
         bits.append(f"window C {centre} / W {width} ({meta['window_source']})")
     bits.append(f"chest-likeness {img.cxr_likeness:.2f}")
-    return " · ".join(bits) + ".  \nWindow/level below adjusts the display of the stored 8-bit image only."
+    depth = ("the original pixel values (16-bit copy)" if img.original_path is not None
+             else "the stored 8-bit image (the file had no deeper values)")
+    return " · ".join(bits) + f".  \nLevel/Window, presets and invert act on {depth}."
+
+
+def _window_sliders(shown: StudyView) -> tuple[Any, Any]:
+    """Level and Window sliders set to the chosen view's window, their ranges following its values."""
+    r, w = shown.sliders, shown.window
+    return (gr.update(minimum=r.center_min, maximum=r.center_max, step=r.step, value=round(w.center, 6)),
+            gr.update(minimum=1, maximum=r.width_max, step=r.step, value=round(w.width, 6)))
+
+
+def _view_label_choice(study: StudyInfo, index: int) -> Any:
+    """The *View position* menu: answerable for a view whose file does not say (PNG, JPEG, DICOM without it)."""
+    img = study.images[index]
+    askable = img.metadata.get("source_format") != "dicom" or img.view == "unknown"
+    return gr.update(value=img.view, interactive=askable,
+                     label=f"View position of {img.label}" + ("" if askable else " (from the DICOM header)"))
 
 
 class Handlers:
@@ -245,7 +264,7 @@ class Handlers:
                 upload_cache_dir=self.settings.upload_cache_dir, study_id=study_id or None,
             )
             outputs = list(self._viewer(study, len(study.images) - len(as_paths(files))))
-            outputs[-1] = "\n".join(warnings)
+            outputs[VIEWER_FIELDS.index("warnings")] = "\n".join(warnings)
             return (*outputs, None)
 
     def new_study(self) -> tuple[Any, ...]:
@@ -285,27 +304,56 @@ class Handlers:
             return self._viewer(study, 0)
 
     def _viewer(self, study: StudyInfo | None, index: int) -> tuple[Any, ...]:
+        """A study put on screen: every view side by side at its file window, not inverted. Outputs: VIEWER_FIELDS."""
         if study is None or not study.images:
-            return ("", gr.update(choices=[], value=None), None, "", *DEFAULT_WINDOW, "")
+            return ("", gr.update(choices=[], value=None), viewer_html([]), "", *DEFAULT_WINDOW, "", "default",
+                    False, gr.update(value="unknown", interactive=False, label="View position"))
         index = min(max(index, 0), len(study.images) - 1)
-        choices = [(f"{img.label} ({img.view})", img.position) for img in study.images]
-        with Image.open(study.images[index].path) as img:
-            picture = img.convert("L")
+        shown = render_study(study, selected=study.images[index].position)
         notes = "\n".join(f"{img.label}: {w}" for img in study.images for w in img.warnings)
-        return (study.id, gr.update(choices=choices, value=study.images[index].position), picture,
-                _view_info(study, index), *DEFAULT_WINDOW, notes)
+        return (study.id, gr.update(choices=_view_choices(study), value=study.images[index].position), shown.html,
+                _view_info(study, index), *_window_sliders(shown), notes, "default", False,
+                _view_label_choice(study, index))
+
+    def select_view(self, study_id: str, view: int | None, preset: str = "default", invert: bool = False,
+                    request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Choose a view or a preset: every view under the preset, the sliders at the chosen view's preset
+        window. Outputs: WINDOW_FIELDS."""
+        with user_errors():
+            if not (study_id or "").strip():
+                return viewer_html([]), "", gr.skip(), gr.skip(), gr.skip()
+            study = self.store.get_study(study_id.strip(), self._user(request))
+            shown = render_study(study, selected=_position(view), preset=preset or "default", invert=bool(invert))
+            return (shown.html, _view_info(study, shown.index), *_window_sliders(shown),
+                    _view_label_choice(study, shown.index))
+
+    def set_view_label(self, study_id: str, view: int | None, label: str, preset: str = "default",
+                       invert: bool = False, request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Store the view position (PA, AP, lateral) of the chosen view, asked once for a PNG or JPEG.
+        Outputs: view menu, viewer, view details."""
+        with user_errors():
+            if not (study_id or "").strip():
+                raise ValueError("no study on screen: upload views first, then set their view position")
+            position = _position(view)
+            if position is None:
+                raise ValueError(f"choose a view to label first (got view {view!r})")
+            study = self.store.set_view(study_id.strip(), self._user(request), position=position, view=label)
+            shown = render_study(study, selected=position, preset=preset or "default", invert=bool(invert))
+            return (gr.update(choices=_view_choices(study), value=position), shown.html,
+                    _view_info(study, shown.index))
 
     def render_view(self, study_id: str, view: int | None, center: float = 128.0, width: float = 256.0,
-                    request: gr.Request | None = None) -> tuple[Image.Image | None, str]:
-        """The chosen view re-windowed for display. Outputs: viewer, view_info."""
+                    preset: str = "default", invert: bool = False,
+                    request: gr.Request | None = None) -> tuple[str, str]:
+        """The views re-windowed: the chosen one at the sliders' centre/width (its file units), the others under
+        the preset; ``invert`` swaps black and white. Outputs: viewer, view_info."""
         with user_errors():
             if not study_id:
-                return None, ""
+                return viewer_html([]), ""
             study = self.store.get_study(study_id, self._user(request))
-            positions = [img.position for img in study.images]
-            index = positions.index(int(view)) if view is not None and int(view) in positions else 0
-            with Image.open(study.images[index].path) as img:
-                return render_window(img, center=float(center), width=float(width)), _view_info(study, index)
+            shown = render_study(study, selected=_position(view), preset=preset or "default", invert=bool(invert),
+                                 window=(float(center), float(width)))
+            return shown.html, _view_info(study, shown.index)
 
     # ------------------------------------------------------------------ drafting
     def generate(
@@ -642,6 +690,20 @@ class Handlers:
                 events = [e for e in self.store.audit_trail() if e.actor == user]
             return [[f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.study_id or "", e.draft_id or "", str(e.detail)]
                     for e in events]
+
+
+def _view_choices(study: StudyInfo) -> list[tuple[str, int]]:
+    return [(f"{img.label} ({img.view})", img.position) for img in study.images]
+
+
+def _position(view: Any) -> int | None:
+    """A view menu value (a position; Gradio may send it as a float or a string) as an int, None if unset."""
+    if view is None or view == "":
+        return None
+    try:
+        return int(float(view))
+    except (TypeError, ValueError):
+        raise ValueError(f"not a view position: {view!r}") from None
 
 
 def waiting_progress(progress: gr.Progress) -> Callable[[int], None]:
