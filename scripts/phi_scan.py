@@ -15,11 +15,13 @@ WAL and shared-memory files, de-identified PNGs, Gradio's upload cache, the expo
 log) and every file the client downloaded (the export zip, extracted in memory) is searched, file names
 included, for every identifier in every spelling: ``Doe^John``, ``John Doe``, ``DOE``, ``19620715``,
 ``1962-07-15``, ``15/07/1962``, the MRN, accession number, UIDs, and so on. Stored PNGs must also hold only
-the IHDR/IDAT/IEND chunks.
+the IHDR/IDAT/IEND chunks; that includes the 16-bit copy of the DICOM's original pixel values
+(``images/<hash>.16.png``), which must be there (the scan fails without it) and be a plain 16-bit grey PNG.
 
 Matching: needles of six characters or more are searched as case-insensitive substrings (also as UTF-16);
-shorter ones (``Doe``, ``John``) as case-insensitive whole words. Compressed pixel data (PNG IDAT) is only
-searched for the long needles, as any three bytes can occur in a compressed stream by chance.
+shorter ones (``Doe``, ``John``) as case-insensitive whole words. Pixel data (PNG IDAT, compressed, and
+the decoded pixels in both byte orders) is only searched for the long needles, as any three bytes can occur in
+pixels by chance.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from app_process import ROOT, start_app
 if TYPE_CHECKING:
     from pydicom.dataset import FileDataset
 
-__all__ = ["IDENTIFYING", "PHI_FILE_NAME", "Finding", "PhiReport", "forbidden_spellings", "phi_dataset",
-           "run_phi_scan", "scan_tree"]
+__all__ = ["IDENTIFYING", "PHI_FILE_NAME", "Finding", "PhiReport", "check_original_png", "forbidden_spellings",
+           "phi_dataset", "run_phi_scan", "scan_originals", "scan_tree"]
 
 PHI_FILE_NAME = "Doe_John_19620715_MRN4821357.dcm"
 #: Identifying attributes of the test DICOM (DICOM keyword -> value).
@@ -92,6 +94,8 @@ DERIVED = (
 )
 LONG = 6  # needles at least this long are searched as substrings; shorter ones as whole words
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Suffix of the stored 16-bit originals (``images/<hash>.16.png``).
+ORIGINAL_SUFFIX = ".16.png"
 
 
 def phi_dataset() -> FileDataset:
@@ -164,10 +168,54 @@ def scan_bytes(data: bytes, needles: list[str], *, where: str, strict_png: bool 
             found.append(Finding(where, ",".join(extra), "png chunk"))
         outside = png_without_pixels(data)
         hits = {n for n, p, _ in patterns if p.search(outside)}
-        hits |= {n for n, p, long in patterns if long and p.search(data)}
+        pixels = _png_pixel_bytes(data)
+        hits |= {n for n, p, long in patterns if long and (p.search(data) or p.search(pixels))}
     else:
         hits = {n for n, p, _ in patterns if p.search(data)}
     return found + [Finding(where, n, "content") for n in sorted(hits)]
+
+
+def _png_pixel_bytes(data: bytes) -> bytes:
+    """The decoded pixels of a PNG as bytes, in both byte orders for 16-bit samples (empty if undecodable)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            raw = image.tobytes()
+            deep = image.mode.startswith("I;16")
+    except (OSError, SyntaxError, ValueError, EOFError):  # a broken PNG: its bytes are still searched as they are
+        return b""
+    if not deep:
+        return raw
+    swapped = bytearray(raw)
+    swapped[0::2], swapped[1::2] = raw[1::2], raw[0::2]
+    return raw + b"\x00" + bytes(swapped)
+
+
+def check_original_png(data: bytes, *, where: str) -> list[Finding]:
+    """A stored 16-bit original must be a 16-bit grey PNG of IHDR/IDAT/IEND only (pixels, nothing else)."""
+    from echo_model.imaging import ALLOWED_PNG_CHUNKS, png_chunk_types
+
+    if not data.startswith(PNG_SIGNATURE):
+        return [Finding(where, "not a PNG", "png format")]
+    found = []
+    depth, colour = data[24], data[25]  # IHDR: width, height (8 bytes) from offset 16, then depth, colour type
+    if (depth, colour) != (16, 0):
+        found.append(Finding(where, f"bit depth {depth}, colour type {colour}", "png format"))
+    extra = sorted({c.decode("latin-1") for c in png_chunk_types(data)} - {c.decode() for c in ALLOWED_PNG_CHUNKS})
+    if extra:
+        found.append(Finding(where, ",".join(extra), "png chunk"))
+    return found
+
+
+def scan_originals(root: Path, needles: list[str]) -> tuple[list[Finding], int]:
+    """Check and scan every stored 16-bit original under ``root``; (findings, how many there were)."""
+    found: list[Finding] = []
+    paths = sorted(p for p in root.rglob(f"*{ORIGINAL_SUFFIX}") if p.is_file())
+    for path in paths:
+        rel, data = path.relative_to(root).as_posix(), path.read_bytes()
+        found += check_original_png(data, where=rel) + scan_bytes(data, needles, where=rel, strict_png=True)
+    return found, len(paths)
 
 
 def _scan_name(where: str, name: str, needles: list[str]) -> list[Finding]:
@@ -201,6 +249,7 @@ class PhiReport:
     files_scanned: int
     bytes_scanned: int
     log_lines: int
+    original_pngs: int  # stored 16-bit originals found, checked and scanned
     draft_signed: bool
     exported_records: int
     broken_upload_refused: bool
@@ -209,7 +258,7 @@ class PhiReport:
     @property
     def ok(self) -> bool:
         return (not self.findings and self.draft_signed and self.exported_records == 1 and self.broken_upload_refused
-                and self.needles_found_in_input > 0)
+                and self.needles_found_in_input > 0 and self.original_pngs >= 1)
 
 
 def run_phi_scan(work_dir: Path, *, max_new_tokens: int = 32) -> PhiReport:
@@ -251,6 +300,7 @@ def run_phi_scan(work_dir: Path, *, max_new_tokens: int = 32) -> PhiReport:
             refused = True
         findings, files, size = scan_tree(server, needles, strict_png_under=("data/",))
     after, files_after, size_after = scan_tree(server, needles, strict_png_under=("data/",))  # the complete log
+    originals, original_pngs = scan_originals(server / "data", needles)
     downloaded, files_dl, size_dl = scan_tree(downloads, needles)
     log_text = app.log_path.read_text(encoding="utf-8", errors="replace")
     exported = re.search(r"Exported (\d+) signed", str(export_status))
@@ -258,9 +308,10 @@ def run_phi_scan(work_dir: Path, *, max_new_tokens: int = 32) -> PhiReport:
         identifying_attributes=sum(1 for keyword in IDENTIFYING if keyword in ds), private_values=len(PRIVATE_VALUES),
         needles=len(needles), needles_found_in_input=len({f.needle for f in input_hits}),
         files_scanned=files + files_after + files_dl, bytes_scanned=size + size_after + size_dl,
-        log_lines=len(log_text.splitlines()), draft_signed="Signed" in str(status),
+        log_lines=len(log_text.splitlines()), original_pngs=original_pngs, draft_signed="Signed" in str(status),
         exported_records=int(exported.group(1)) if exported else 0, broken_upload_refused=refused,
-        findings=sorted(set(findings + after + [Finding(f"client/{f.where}", f.needle, f.how) for f in downloaded]),
+        findings=sorted(set(findings + after + [Finding(f"data/{f.where}", f.needle, f.how) for f in originals]
+                            + [Finding(f"client/{f.where}", f.needle, f.how) for f in downloaded]),
                         key=lambda f: (f.where, f.needle)),
     )
 
@@ -275,6 +326,7 @@ def summary(report: PhiReport) -> str:
          f"log {report.log_lines} lines (DEBUG)"),
         (f"scanned {report.files_scanned} files, {report.bytes_scanned / 1e6:.2f} MB (database + WAL, PNGs, upload "
          "cache, export staging, log, downloaded export zip)"),
+        f"16-bit originals stored, checked (16-bit grey, IHDR/IDAT/IEND only) and scanned: {report.original_pngs}",
         f"findings: {len(report.findings)}",
     ]
     lines += [f"  {f.where}: {f.needle!r} ({f.how})" for f in report.findings[:50]]

@@ -9,13 +9,15 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import PngImagePlugin
+from PIL import Image, PngImagePlugin
 
-from echo_model.imaging.synthetic import dicom_bytes, phantom_cxr
+from echo_model.imaging.original import original_png
+from echo_model.imaging.synthetic import dicom_bytes, phantom_cxr, phantom_cxr_array
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import phi_scan  # noqa: E402
+import phi_scan
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
@@ -62,6 +64,32 @@ def test_scanner_finds_every_hiding_place(needles: list[str], tmp_path: Path) ->
     assert ("Doe_John_19620715_MRN4821357.dcm", "Doe_John", "file name") in hits
 
 
+def test_a_16_bit_original_passes_only_as_pixels_without_phi(needles: list[str], tmp_path: Path) -> None:
+    """The stored 16-bit originals: a clean one passes; a text chunk, PHI in the pixels or an 8-bit file fail."""
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    pixels = phantom_cxr_array((64, 64), dtype="uint16", seed=3)
+    (images / "clean.16.png").write_bytes(original_png(pixels))
+    assert phi_scan.scan_originals(tmp_path / "data", needles) == ([], 1)
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "Doe^John")
+    chunk = io.BytesIO()
+    Image.fromarray(pixels).save(chunk, format="PNG", pnginfo=info)
+    (images / "chunk.16.png").write_bytes(chunk.getvalue())
+    spelled = np.frombuffer((b"MRN4821357" * 820)[:64 * 64 * 2], dtype=">u2").reshape(64, 64)
+    (images / "burned.16.png").write_bytes(original_png(spelled.astype(np.uint16)))
+    eight = io.BytesIO()
+    phantom_cxr((64, 64)).save(eight, format="PNG")
+    (images / "eight.16.png").write_bytes(eight.getvalue())
+    found, count = phi_scan.scan_originals(tmp_path / "data", needles)
+    hits = {(f.where, f.needle, f.how) for f in found}
+    assert count == 4 and not any(where == "images/clean.16.png" for where, _, _ in hits)
+    assert {("images/chunk.16.png", "tEXt", "png chunk"), ("images/chunk.16.png", "Doe^John", "content")} <= hits
+    assert ("images/burned.16.png", "MRN4821357", "content") in hits
+    assert ("images/eight.16.png", "bit depth 8, colour type 0", "png format") in hits
+
+
 def test_scanner_does_not_flag_ordinary_words(needles: list[str], tmp_path: Path) -> None:
     (tmp_path / "app.log").write_text("The heart does not look enlarged; Johnson's sign absent; anecdote.\n")
     found, _, _ = phi_scan.scan_tree(tmp_path, needles)
@@ -74,4 +102,5 @@ def test_no_identifier_survives_a_trip_through_the_app(tmp_path: Path) -> None:
     assert report.draft_signed and report.exported_records == 1 and report.broken_upload_refused
     assert report.identifying_attributes >= 20 and report.needles_found_in_input >= 40
     assert report.log_lines > 50 and report.files_scanned >= 10  # the DEBUG log and the files were really there
+    assert report.original_pngs == 1  # the DICOM's 16-bit originals were stored, checked and scanned
     assert report.findings == [], "\n".join(f"{f.where}: {f.needle!r} ({f.how})" for f in report.findings)
