@@ -16,7 +16,6 @@ import importlib.metadata
 import inspect
 import json
 import logging
-import math
 import re
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -53,7 +52,7 @@ if TYPE_CHECKING:  # torch/transformers load only when a model is first needed
 __all__ = [
     "CONFIDENCE_BANDS", "BlockStep", "DraftingService", "ModelInfo", "PieceDecoder", "Services", "TokenPiece",
     "app_version", "confidence_band", "editor_findings", "ingest_uploads", "load_study_images", "redraft_prefix",
-    "render_window", "report_language", "split_report",
+    "report_language", "split_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,21 +158,6 @@ def ingest_uploads(
         warnings.extend(f"{label}: {note}" for note in notes)
     study = store.add_images(existing.id, owner, images) if existing else store.create_study(owner, images)
     return study, warnings
-
-
-def render_window(image: Image.Image, *, center: float, width: float) -> Image.Image:
-    """Re-window an 8-bit grey display image: ``center``/``width`` in display grey levels (0..255).
-
-    Why the 8-bit image: only the de-identified PNG (already windowed with the DICOM's own VOI) is kept,
-    so this is a contrast/brightness adjustment of that rendering, not a true re-windowing of the
-    detector data (see docs/app.md).
-    """
-    if width <= 0:
-        raise ValueError(f"window width must be > 0, got {width}")
-    low = center - width / 2.0
-    # Levels low .. low + width spread over the 256 display levels; centre 128 / width 256 is the identity.
-    lut = [max(0, min(255, math.floor((v - low) * 256.0 / width))) for v in range(256)]
-    return image.convert("L").point(lut)
 
 
 # ---------------------------------------------------------------------------------------- streaming

@@ -16,7 +16,6 @@ from app.service import (
     ingest_uploads,
     load_study_images,
     redraft_prefix,
-    render_window,
 )
 from app.settings import AppSettings
 from app.store import Store
@@ -128,15 +127,6 @@ def test_piece_decoder_matches_the_tokenizer_on_real_tokens(tokenizer) -> None:
 @pytest.mark.parametrize(("value", "band"), [(0.95, "high"), (0.9, "high"), (0.6, "medium"), (0.59, "low"), (0.0, "low")])
 def test_confidence_bands(value: float, band: str) -> None:
     assert confidence_band(value) == band
-
-
-def test_window_default_is_identity_and_narrow_window_adds_contrast() -> None:
-    img = synthetic_cxr(4, (64, 64))
-    assert np.array_equal(np.asarray(render_window(img, center=128, width=256)), np.asarray(img))
-    narrow = np.asarray(render_window(img, center=128, width=64), dtype=float)
-    assert narrow.std() > np.asarray(img, dtype=float).std()
-    with pytest.raises(ValueError, match="width"):
-        render_window(img, center=128, width=0)
 
 
 def test_redraft_keeps_findings_unless_the_impression_was_rewritten() -> None:

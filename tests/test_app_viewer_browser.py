@@ -1,6 +1,7 @@
 """The study viewer in a real browser (headless Chromium): a 16-bit DICOM and a PNG uploaded side by side with
 their labels (the PNG's asked once), reopened from History, windowed from the 16-bit originals under each
-preset (keys 1/2/3/0), inverted (key i), zoomed with the wheel and reset."""
+preset (keys 1/2/3/0), inverted (key i), zoomed with the wheel and reset; keys ignored while typing, n / p
+dispatched to the study navigation buttons."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ _PANES_JS = """return [...document.querySelectorAll('#viewer .echo-pane')].map(p
   return {caption: p.querySelector('.echo-caption').textContent, zoom: p.querySelector('.echo-zoom').textContent,
           src: img.src, left: box.left, top: box.top, transform: img.style.transform};
 });"""
+
+
+# Stand-ins for the History tab's study navigation buttons: record their clicks.
+_STUDY_BUTTONS_JS = """window.__echoStudyClicks = [];
+for (const [id, name] of [['next-study-btn', 'next'], ['prev-study-btn', 'prev']]) {
+  const button = document.createElement('button');
+  button.id = id;
+  button.addEventListener('click', () => window.__echoStudyClicks.push(name));
+  document.body.appendChild(button);
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +153,13 @@ def test_16_bit_dicom_reopened_from_history_presets_invert_zoom_and_labels(viewe
     page.click("reset-zoom-btn")
     page.wait.until(lambda d: _pane(page, "PA")["zoom"] == "zoom 100 %")
     assert "scale(1)" in _pane(page, "PA")["transform"]
+
+    # 5. Keys: none while typing in a text box; n / p click the next / previous study buttons where present.
+    page.d.find_element(page.by.CSS_SELECTOR, "#indication textarea, #indication input").send_keys("2i")
+    controls = ("return [document.querySelector('#window-preset input:checked').value, "
+                "document.querySelector('#invert input').checked]")
+    assert page.d.execute_script(controls) == ["lung", True]  # a key press would have changed them at once
+    page.d.execute_script(_STUDY_BUTTONS_JS)
+    for key in ("n", "p", "n"):
+        _press(page, key)
+    assert page.d.execute_script("return window.__echoStudyClicks") == ["next", "prev", "next"]

@@ -82,7 +82,9 @@ function typing(target) {
 
 const visible = (node) => node && node.offsetParent !== null;
 
-document.addEventListener('keydown', (event) => {
+// One document listener however often the viewer is mounted; it calls the latest mount's handler.
+if (!window.__echoViewerKeys) document.addEventListener('keydown', (event) => window.__echoViewerKeys(event));
+window.__echoViewerKeys = (event) => {
   if (event.ctrlKey || event.metaKey || event.altKey || event.repeat || typing(event.target)) return;
   const key = event.key.toLowerCase();
   let target = null;
@@ -105,4 +107,4 @@ document.addEventListener('keydown', (event) => {
     target.click();
     event.preventDefault();
   }
-});
+};
