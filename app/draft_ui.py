@@ -93,7 +93,7 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
             with gr.Row():
                 view_label = gr.Dropdown([(label, name) for name, label in VIEW_LABELS.items()], value="unknown",
                                          label="View position", interactive=False, elem_id="view-label",
-                                         scale=2, min_width=140)
+                                         scale=2, min_width=190)
                 reset_window = gr.Button("Reset window", size="sm", elem_id="reset-window-btn")
                 new_study = gr.Button("New study", size="sm", elem_id="new-study-btn")
         with gr.Column(scale=3):

@@ -191,7 +191,8 @@ def viewer_html(panes: Sequence[Pane]) -> str:
         data = base64.b64encode(pane.png).decode("ascii")
         figures.append(
             f'<figure class="echo-pane{" echo-selected" if pane.selected else ""}" data-position="{pane.position}">'
-            f'<figcaption class="echo-caption">{html.escape(pane.caption)}</figcaption>'
+            f'<figcaption class="echo-caption" title="{html.escape(pane.caption)}">{html.escape(pane.caption)}'
+            '</figcaption>'
             f'<div class="echo-stage"><img alt="{html.escape(pane.caption)}" draggable="false" '
             f'src="data:image/png;base64,{data}"></div>'
             f'<div class="echo-zoom">zoom 100 %</div></figure>')
