@@ -139,7 +139,7 @@ def test_16_bit_dicom_reopened_from_history_presets_invert_zoom_and_labels(viewe
     page.wait.until(lambda d: "inverted" in _pane(page, "PA")["caption"])
     assert np.array_equal(_pixels(_pane(page, "PA")["src"]), 255 - plain)
 
-    # 4. Zoom with the wheel over a view, kept through a preset change; the reset button restores 100 %.
+    # 4. Zoom with the wheel over a view, kept through a preset change; drag pans; the reset button restores 100 %.
     assert _pane(page, "PA")["zoom"] == "zoom 100 %"
     stage = page.d.find_elements(page.by.CSS_SELECTOR, "#viewer .echo-pane .echo-stage")[1]
     ActionChains(page.d).scroll_from_origin(ScrollOrigin.from_element(stage), 0, -300).perform()
@@ -150,9 +150,12 @@ def test_16_bit_dicom_reopened_from_history_presets_invert_zoom_and_labels(viewe
     _press(page, "1")
     page.wait.until(lambda d: "(lung)" in _pane(page, "PA")["caption"])
     assert _pane(page, "PA")["zoom"] == zoomed["zoom"]
+    before = _pane(page, "PA")["left"]
+    ActionChains(page.d).drag_and_drop_by_offset(stage, 40, 0).perform()  # pan
+    page.wait.until(lambda d: abs(_pane(page, "PA")["left"] - before - 40) < 2)
     page.click("reset-zoom-btn")
     page.wait.until(lambda d: _pane(page, "PA")["zoom"] == "zoom 100 %")
-    assert "scale(1)" in _pane(page, "PA")["transform"]
+    assert _pane(page, "PA")["transform"] == "translate(0px, 0px) scale(1)"
 
     # 5. Keys: none while typing in a text box; n / p click the next / previous study buttons where present.
     page.d.find_element(page.by.CSS_SELECTOR, "#indication textarea, #indication input").send_keys("2i")
