@@ -68,6 +68,7 @@ def cases(bogus: str) -> dict[str, Case | CannotFail]:
         "Handlers.new_study": CannotFail("no input: clears the viewer"),
         "Handlers.editor_lock": CannotFail("a missing draft means an unlocked editor, by design"),
         "Handlers.render_view": Case(("no-such-study", 0, 128, 256), MISSING),
+        "Handlers.findings_list": CannotFail("labels any text; text with no observation gives an empty list"),
         "Handlers.languages": Case(("not-a-model",), "is not offered by this app"),
         "Handlers.model_notice": Case(("not-a-model",), "is not offered by this app"),
         "Handlers.begin_draft": CannotFail("clears the draft view; reads nothing"),
