@@ -178,12 +178,14 @@ def evidence_html(sentences: Sequence[Sentence], *, pending: int = 0, below: flo
     """
     if not sentences and not pending:
         return ""
+    bounds = dict(CONFIDENCE_BANDS)
     legend = " ".join(
         f'<span style="background:{EVIDENCE_COLOURS[band][0]};border-bottom:2px solid {EVIDENCE_COLOURS[band][1]};'
-        f'padding:0 4px">{label}</span>'
-        for band, label in (("high", "high ≥ 0.9"), ("medium", "medium ≥ 0.6"), ("low", "low < 0.6"),
-                            ("kept", "your kept text")))
-    parts = [(f'<div class="echo-evidence-legend" style="font-size:0.85em;margin-bottom:6px">Sentence colour = its '
+        f'padding:0 4px">{html.escape(label)}</span>'
+        for band, label in (("high", f"high ≥ {bounds['high']:g}"), ("medium", f"medium ≥ {bounds['medium']:g}"),
+                            ("low", f"low < {bounds['medium']:g}"), ("kept", "your kept text")))
+    parts = [(f'<div class="echo-evidence-legend" style="font-size:0.85em;margin-bottom:6px"><strong>The draft as '
+              f'the model wrote it, by sentence.</strong> Sentence colour = its '
               f'lowest token probability: {legend}; <u>underlined</u> = a word below {below:g}.</div>'),
              '<div class="echo-evidence-text" style="white-space:pre-wrap;line-height:1.7">']
     for sentence in sentences:
