@@ -227,7 +227,8 @@ def findings_html(rows: Sequence[Finding]) -> str:
     head = ('<div class="echo-findings-list"><div style="font-weight:600;margin-bottom:4px">Findings the text '
             'asserts</div>')
     if not rows:
-        return head + '<div class="echo-no-findings" style="color:#666">No observation mentioned yet.</div></div>'
+        return (head + '<div class="echo-no-findings" style="color:#666">No observation mentioned yet (the labeler '
+                'reads English reports).</div></div>')
     body = "".join(
         f'<tr class="echo-finding" data-status="{row.status}"><td style="padding:1px 8px 1px 0">'
         f'{html.escape(row.observation)}</td><td style="color:{_STATUS_COLOURS[row.status]};font-weight:600">'
