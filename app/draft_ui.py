@@ -115,6 +115,13 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
                 generate = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
             banner = gr.Markdown(banner_markdown(None), elem_id="study-banner")
+            # The draft sentence by sentence (lowest token probability, uncertain words underlined) and the
+            # findings the editor's text asserts, which follow every edit.
+            with gr.Row(equal_height=False):
+                evidence = gr.HTML("", label="Draft by sentence", elem_id="sentence-view", scale=3,
+                                   padding=False)
+                findings_list = gr.HTML(h.findings_list("", ""), label="Findings list", elem_id="findings-list",
+                                        scale=2, min_width=220, padding=False)
             report_view = gr.HighlightedText(
                 label="Draft as written, block by block (colour = model confidence: high ≥ 0.9, medium ≥ 0.6, "
                       "low; grey ▒ = positions not yet written)",
@@ -165,6 +172,7 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
         "invert": invert, "view_label": view_label,
         "draft_warnings": draft_warnings, "banner": banner, "current": current, "comment": comment,
         "reasons": reasons, "language": language, "limitation": limitation,
+        "evidence": evidence, "findings_list": findings_list,
     }
     tab = DraftTab(comps=comps, current=current)
     draft_outputs, viewer_outputs = tab.draft_outputs, tab.viewer_outputs
@@ -229,5 +237,9 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
                        api_name="add_addendum").success(**refresh)
     for box in (findings, impression):
         box.input(None, [findings, impression, language], [copy_text], js=_COPY_JS, **PRIVATE)
+        # .change: typed edits and every text a draft, an opened draft or signing puts in the box; only the
+        # last of a burst of keystrokes is labelled.
+        box.change(h.findings_list, [findings, impression], [findings_list], trigger_mode="always_last",
+                   show_progress="hidden", **PRIVATE)
     comps["confirm_panel"], comps["clear_edit"] = confirm_panel, clear_edit
     return tab

@@ -19,8 +19,8 @@ from PIL import Image
 from .service import DraftingService, load_study_images
 from .store import DraftInfo, ExplanationInfo, Store
 
-__all__ = ["COLORMAPS", "ExplainService", "Target", "explain_targets", "explanation_key", "render_overlay",
-           "select_tokens"]
+__all__ = ["COLORMAPS", "ColourScale", "ExplainService", "Target", "colour_bar_html", "draw_overlay",
+           "explain_targets", "explanation_key", "render_overlay", "select_tokens"]
 
 #: Perceptually uniform colour maps first (they do not invent edges); ``jet`` for those used to it.
 COLORMAPS: tuple[str, ...] = ("inferno", "magma", "viridis", "plasma", "jet")
@@ -177,9 +177,34 @@ class ExplainService:
         return lambda ids: str(processor.tokenizer.decode(ids, skip_special_tokens=True))
 
 
-def render_overlay(image: Image.Image, heat: Sequence[Sequence[float]], *, colormap: str = "inferno",
-                   opacity: float = 0.45) -> Image.Image:
-    """The grey view with the map drawn over it: clipped at the 99th percentile, low values transparent.
+@dataclass(frozen=True)
+class ColourScale:
+    """What the overlay's colours mean, for its colour bar.
+
+    Attributes:
+        colormap: the colour map's name.
+        top: the value drawn at full colour (the 99th percentile of the interpolated map; higher is clipped), in
+            the map's unit: the share of the whole explanation (all views together sum to 1) per image patch.
+        patch_px: (width, height) of one patch on the shown view, in pixels.
+    """
+
+    colormap: str
+    top: float
+    patch_px: tuple[float, float]
+
+    @property
+    def hidden_below(self) -> float:
+        """Values under this are left untinted."""
+        return HIDE_BELOW * self.top
+
+
+def draw_overlay(image: Image.Image, heat: Sequence[Sequence[float]], *, colormap: str = "inferno",
+                 opacity: float = 0.45) -> tuple[Image.Image, ColourScale]:
+    """The grey view with the map drawn over it, and the scale of its colours.
+
+    The patch map is interpolated to the view's pixels (bicubic, :func:`echo_model.explain.upsample`), clipped
+    at its 99th percentile, and values under :data:`HIDE_BELOW` of that are left transparent; elsewhere the
+    colour's opacity grows with the value up to ``opacity``.
 
     Args:
         image: the stored (de-identified, display-windowed) view.
@@ -196,11 +221,55 @@ def render_overlay(image: Image.Image, heat: Sequence[Sequence[float]], *, color
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be between 0 and 1, got {opacity}")
     grey = image.convert("L")
-    values = upsample(np.asarray(heat, dtype=np.float32), grey.size)  # (H, W)
+    grid = np.asarray(heat, dtype=np.float32)  # (gh, gw)
+    values = upsample(grid, grey.size)  # (H, W)
     top = float(np.percentile(values, 99)) or float(values.max()) or 1.0
     scaled = np.clip(values / top, 0.0, 1.0)
     colours = matplotlib.colormaps[colormap](scaled)[..., :3]  # (H, W, 3)
     alpha = np.where(scaled >= HIDE_BELOW, scaled, 0.0)[..., None] * opacity  # (H, W, 1)
     base = np.asarray(grey.convert("RGB"), dtype=np.float32) / 255.0
     out = base * (1.0 - alpha) + colours * alpha
-    return Image.fromarray((out * 255.0).round().astype(np.uint8), mode="RGB")
+    patch_px = (grey.size[0] / grid.shape[1], grey.size[1] / grid.shape[0])
+    return (Image.fromarray((out * 255.0).round().astype(np.uint8), mode="RGB"),
+            ColourScale(colormap=colormap, top=top, patch_px=patch_px))
+
+
+def render_overlay(image: Image.Image, heat: Sequence[Sequence[float]], *, colormap: str = "inferno",
+                   opacity: float = 0.45) -> Image.Image:
+    """The overlay of :func:`draw_overlay` without its scale."""
+    return draw_overlay(image, heat, colormap=colormap, opacity=opacity)[0]
+
+
+def colour_bar_html(scale: ColourScale, *, stops: int = 11) -> str:
+    """A colour bar for the overlay: the colour map from the untinted threshold to the clipped top, with ticks
+    in percent of the whole explanation per patch, and a caption saying what the numbers are."""
+    import matplotlib
+
+    if stops < 2:
+        raise ValueError(f"a colour bar needs at least 2 stops, got {stops}")
+    cmap = matplotlib.colormaps[scale.colormap]
+    hidden = 100.0 * HIDE_BELOW
+    gradient = ["#d9d9d9 0%", f"#d9d9d9 {hidden:.0f}%"]
+    for i in range(stops):
+        v = HIDE_BELOW + (1.0 - HIDE_BELOW) * i / (stops - 1)
+        gradient.append(f"{matplotlib.colors.to_hex(cmap(v))} {100.0 * v:.1f}%")
+    ticks = "".join(
+        f'<span class="echo-colorbar-tick" style="position:absolute;left:{100.0 * f:.0f}%;white-space:nowrap;'
+        f'transform:translateX({-100.0 * f:.0f}%)">{"≥ " if f == 1.0 else ""}{_percent(f * scale.top)}</span>'
+        for f in (0.0, HIDE_BELOW, 0.5, 1.0))
+    w, h = scale.patch_px
+    return (f'<div class="echo-colorbar" data-top="{scale.top:.6g}" style="max-width:520px;font-size:0.85em">'
+            f'<div class="echo-colorbar-bar" style="height:14px;border:1px solid #888;border-radius:2px;'
+            f'background:linear-gradient(to right, {", ".join(gradient)})"></div>'
+            f'<div style="position:relative;height:1.4em">{ticks}</div>'
+            f'<div class="echo-colorbar-caption">Colour = share of this explanation per image patch '
+            f"(one patch ≈ {w:.0f}×{h:.0f} px of this view; all views together = 100%), 0 – {_percent(scale.top)}; "
+            f"brighter patches are clipped at the top, those under {_percent(scale.hidden_below)} (grey) are left "
+            "untinted, and the tint grows more opaque with the value.</div></div>")
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage with enough digits for small values (0.0412 -> "4.12%", 0.000123 -> "0.0123%")."""
+    if share <= 0:
+        return "0%"
+    return f"{100.0 * share:.3g}%"

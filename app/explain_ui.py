@@ -14,7 +14,7 @@ from PIL import Image
 
 from echo_model.explain import DEFAULT_METHOD, reliability
 
-from .explain import COLORMAPS, ExplainService, explanation_key, render_overlay
+from .explain import COLORMAPS, ExplainService, colour_bar_html, draw_overlay, explanation_key
 from .handlers import user_errors, waiting_progress
 from .service import Services
 
@@ -81,11 +81,11 @@ class ExplainHandlers:
         n_steps: int = 32,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008  (Gradio injects progress through this default)
-    ) -> tuple[tuple[Image.Image, Image.Image], str]:
+    ) -> tuple[tuple[Image.Image, Image.Image], str, str]:
         """Explain ``target`` ("block:N" / "sentence:N") of a draft; computed once, then read from the store.
 
-        Outputs: (view, view with the map) for the before/after slider, and a label naming the method, what was
-        scored and how long it took.
+        Outputs: (view, view with the map) for the before/after slider, a label naming the method, what was
+        scored and how long it took, and the colour bar (HTML) with the map's scale.
         """
         with user_errors():
             user = self._user(request)
@@ -102,20 +102,20 @@ class ExplainHandlers:
 
     def redraw(self, draft_id: str, target: str, method: str = DEFAULT_METHOD, view: int | None = 0,
                colormap: str = "inferno", opacity: float = 0.45, baseline: str = "blur", n_steps: int = 32,
-               request: gr.Request | None = None) -> tuple[Any, Any]:
+               request: gr.Request | None = None) -> tuple[Any, Any, Any]:
         """Redraw a stored explanation with other display settings (nothing is computed)."""
         with user_errors():
             user = self._user(request)
             if not (draft_id or "").strip() or not target:
-                return gr.skip(), gr.skip()
+                return gr.skip(), gr.skip(), gr.skip()
             key = explanation_key(target, method, n_steps=int(n_steps), baseline=baseline)
             stored = self.services.store.get_explanation(draft_id.strip(), user, key)
             if stored is None:
-                return gr.skip(), gr.skip()
+                return gr.skip(), gr.skip(), gr.skip()
             return self._draw(draft_id.strip(), user, stored, view=view, colormap=colormap, opacity=opacity)
 
     def _draw(self, draft_id: str, user: str, stored: Any, *, view: int | None, colormap: str,
-              opacity: float) -> tuple[tuple[Image.Image, Image.Image], str]:
+              opacity: float) -> tuple[tuple[Image.Image, Image.Image], str, str]:
         store = self.services.store
         study = store.get_study(store.get_draft(draft_id, user).study_id, user)
         index = int(view or 0)
@@ -123,11 +123,11 @@ class ExplainHandlers:
             raise ValueError(f"view {index} does not exist: the study has {len(study.images)} views")
         with Image.open(study.images[index].path) as img:
             base = img.convert("RGB")
-        overlay = render_overlay(base, stored.maps[index], colormap=colormap, opacity=float(opacity))
+        overlay, scale = draw_overlay(base, stored.maps[index], colormap=colormap, opacity=float(opacity))
         share = sum(sum(row) for row in stored.maps[index])
         label = (f"**{stored.label}** · this view holds {share:.0%} of the map · {stored.detail}. "
                  f"Model attention/attribution — not a localisation of disease.{method_warning(stored.method)}")
-        return (base, overlay), label
+        return (base, overlay), label, colour_bar_html(scale)
 
 
 def build_explain_tab(services: Services, *, draft_id: gr.Textbox) -> ExplainHandlers:
@@ -144,7 +144,8 @@ def build_explain_tab(services: Services, *, draft_id: gr.Textbox) -> ExplainHan
                 method = gr.Radio(METHOD_CHOICES, value=DEFAULT_METHOD, label="Method", elem_id="explain-method")
                 view = gr.Dropdown(label="View", choices=[], value=None, elem_id="explain-view")
                 colormap = gr.Dropdown(list(COLORMAPS), value=COLORMAPS[0], label="Colour map")
-                opacity = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Opacity")
+                opacity = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Opacity (where the map is strongest)",
+                                    elem_id="explain-opacity")
                 with gr.Accordion("Integrated gradients settings", open=False):
                     baseline = gr.Radio([("Blurred image", "blur"), ("Black image", "black")], value="blur",
                                         label="Baseline (the 'no finding' reference)")
@@ -153,13 +154,14 @@ def build_explain_tab(services: Services, *, draft_id: gr.Textbox) -> ExplainHan
             with gr.Column(scale=2):
                 slider = gr.ImageSlider(label="Before / after (drag)", type="pil", elem_id="explain-slider",
                                         max_height=560)
+                colour_bar = gr.HTML("", elem_id="explain-colorbar")
                 label = gr.Markdown(elem_id="explain-label")
     load.click(h.targets, [draft_id], [target, view], **direct, **private)
     tab.select(h.targets, [draft_id], [target, view], **direct, **private)
     inputs = [draft_id, target, method, view, colormap, opacity, baseline, n_steps]
-    run.click(h.explain, inputs, [slider, label], api_name="explain", show_progress="full",
+    run.click(h.explain, inputs, [slider, label, colour_bar], api_name="explain", show_progress="full",
               concurrency_id="gpu", concurrency_limit=None)
     for control in (colormap, view):
-        control.change(h.redraw, inputs, [slider, label], **direct, **private)
-    opacity.release(h.redraw, inputs, [slider, label], **direct, **private)
+        control.change(h.redraw, inputs, [slider, label, colour_bar], **direct, **private)
+    opacity.release(h.redraw, inputs, [slider, label, colour_bar], **direct, **private)
     return h

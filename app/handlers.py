@@ -26,6 +26,7 @@ import gradio as gr
 from echo_model.data.report_text import format_report
 
 from .current import Current, banner_markdown, limitation_html, warnings_html
+from .evidence import asserted_findings, evidence_html, findings_html, sentence_evidence
 from .export import EXPORT_PREFIX, export_corrections, parse_day, prune_exports
 from .service import (
     MASK_GLYPH,
@@ -59,6 +60,7 @@ REPORT_COLOURS: dict[str, str] = {
 DRAFT_FIELDS: tuple[str, ...] = (
     "report_view", "findings", "impression", "copy_text", "summary", "timing", "blocks", "warnings",
     "study_id", "draft_id", "status", "version", "draft_warnings", "banner", "current",
+    "evidence",
 )
 #: Outputs of ``refresh_current`` (chained after save, sign and addendum: the session state follows the store).
 CURRENT_FIELDS: tuple[str, ...] = ("version", "banner", "current", "draft_warnings")
@@ -107,6 +109,7 @@ class DraftView:
     draft_id: str = ""
     status: str = ""
     current: Current = field(default_factory=Current)
+    evidence: str = ""  # the draft sentence by sentence (HTML, app.evidence)
 
     def outputs(self) -> tuple[Any, ...]:
         """Plain values (API clients get strings); whether the editor is locked is set by ``editor_lock``."""
@@ -115,7 +118,7 @@ class DraftView:
         cur = self.current
         return (self.report_view, self.findings, self.impression, copy, self.summary, self.timing, self.blocks,
                 self.warnings, self.study_id, self.draft_id, self.status, cur.version,
-                warnings_html(cur.warnings), banner_markdown(cur), cur)
+                warnings_html(cur.warnings), banner_markdown(cur), cur, self.evidence)
 
 
 def _study_current(study: StudyInfo | None) -> Current:
@@ -177,6 +180,20 @@ def _block_rows(trace: Sequence[dict[str, Any]]) -> list[list[Any]]:
 
 def _pieces_view(pieces: Sequence[TokenPiece]) -> list[tuple[str, str | None]]:
     return [(p.text, p.band) for p in pieces]
+
+
+def _trace_pieces(draft: DraftInfo) -> list[tuple[str, float | None]]:
+    """A stored draft's text as ``(text, probability)`` pieces for the sentence view: the kept prefix (no
+    probability), then each block's token pieces; a draft stored before pieces were kept gives each block's
+    text with its lowest confidence (coarser, never less cautious)."""
+    prefix = draft.settings.get("prefix")
+    pieces: list[tuple[str, float | None]] = [(prefix + " ", None)] if prefix else []
+    for block in draft.trace:
+        if block.get("pieces") is not None:
+            pieces += [(str(text), float(conf)) for text, conf in block["pieces"]]
+        elif block.get("text"):
+            pieces.append((block["text"], min(block["confidences"]) if block.get("confidences") else None))
+    return pieces
 
 
 def _status_text(draft: DraftInfo) -> str:
@@ -451,19 +468,24 @@ class Handlers:
         steps = (self.drafting.redraft_from(prefix, images, **kwargs) if prefix
                  else self.drafting.stream(images, **kwargs))
         shown: list[tuple[str, str | None]] = [(prefix + " ", "kept")] if prefix else []
+        # (text, probability) of everything shown, for the sentence view; the kept prefix has no probability
+        written: list[tuple[str, float | None]] = [(prefix + " ", None)] if prefix else []
         drafting = _study_current(study).with_draft("", version=0, state="drafting",
                                                      indication=indication.strip(), model=label)
         trace: list[dict[str, Any]] = []
         per_block_ms: list[float] = []
         first_block_s = 0.0
         for step in steps:
+            written += [(p.text, p.confidence) for p in step.pieces]
             if step.index >= 0:
                 shown += _pieces_view(step.pieces)
-                trace.append(step.trace())
+                trace.append({**step.trace(), "pieces": [[p.text, round(p.confidence, 5)] for p in step.pieces]})
                 per_block_ms.append(round(step.block_ms, 2))
                 first_block_s = first_block_s or step.seconds
             elif step.pieces:
                 shown += _pieces_view(step.pieces)
+                if trace:  # the end of a character held back by the decoder belongs to the last block
+                    trace[-1]["pieces"] += [[p.text, round(p.confidence, 5)] for p in step.pieces]
             timing = {
                 "blocks": len(trace), "time_to_first_block_s": round(first_block_s, 4),
                 "per_block_ms": per_block_ms, "elapsed_s": round(step.seconds, 4), "done": step.done,
@@ -474,6 +496,7 @@ class Handlers:
                 language=language, study_id=study.id,
                 blocks=_block_rows(trace),
                 warnings="\n".join(input_warnings), status="Drafting…", current=drafting,
+                evidence=evidence_html(sentence_evidence(written), pending=0 if step.done else step.block_length),
             )
             view.findings, view.impression = split_report(step.report)
             if step.draft is not None:
@@ -533,6 +556,7 @@ class Handlers:
             timing=draft.timings, study_id=draft.study_id, draft_id=draft.id, status=_status_text(draft),
             blocks=_block_rows(draft.trace),
             warnings="\n".join(draft.warnings), current=_draft_current(draft, study),
+            evidence=evidence_html(sentence_evidence(_trace_pieces(draft))),
         )
         view.summary = _summary(draft.timings) if draft.timings.get("blocks") else ""
         return view
@@ -667,6 +691,11 @@ class Handlers:
             message = (f"Deleted study {study_id}: {counts['views']} views, {counts['drafts']} drafts, "
                        f"{counts['edits']} edits.")
             return message, _history_rows(self.store.history(user))
+
+    def findings_list(self, findings: str = "", impression: str = "") -> str:
+        """The observations the editor's text asserts (present / uncertain / absent), as HTML; follows edits."""
+        with user_errors():
+            return findings_html(asserted_findings(findings or "", impression or ""))
 
     def languages(self, model: str = "") -> Any:
         """Language choices of the chosen model (read from its config, without loading weights)."""

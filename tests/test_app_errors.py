@@ -70,6 +70,7 @@ def cases(bogus: str) -> dict[str, Case | CannotFail]:
         "Handlers.render_view": Case(("no-such-study", 0, 128, 256, "default", False), MISSING),
         "Handlers.select_view": Case(("no-such-study", 0, "lung", False), MISSING),
         "Handlers.set_view_label": Case(("no-such-study", 0, "pa", "default", False), MISSING),
+        "Handlers.findings_list": CannotFail("labels any text; text with no observation gives an empty list"),
         "Handlers.languages": Case(("not-a-model",), "is not offered by this app"),
         "Handlers.model_notice": Case(("not-a-model",), "is not offered by this app"),
         "Handlers.begin_draft": CannotFail("clears the draft view; reads nothing"),

@@ -58,21 +58,22 @@ def test_explain_a_block_and_a_sentence_stores_once_and_redraws(app, sampler):
     assert "block:0" in values and views["choices"] == [("view 1 (unknown)", 0)]
     before = h.store.count("explanation")
     for target in [values[0], next((v for v in values if v.startswith("sentence")), values[-1])]:
-        (base, overlay), label = ex.explain(draft_id, target, "attention", 0, "inferno", 0.5)
+        (base, overlay), label, colour_bar = ex.explain(draft_id, target, "attention", 0, "inferno", 0.5)
         assert base.size == overlay.size == (112, 140) and overlay.mode == "RGB"
         assert "attention" in label.lower() and "not a localisation of disease" in label
         assert "not reliable for this model" in label  # the library's verdict from the quadrant sweep
-        again, label_again = ex.explain(draft_id, target, "attention", 0, "inferno", 0.5)
+        _, label_again, _ = ex.explain(draft_id, target, "attention", 0, "inferno", 0.5)
         assert label_again == label  # answered from the store: same label, same stored time
-        redrawn, _ = ex.redraw(draft_id, target, "attention", 0, "viridis", 0.9)
+        redrawn, _, redrawn_bar = ex.redraw(draft_id, target, "attention", 0, "viridis", 0.9)
         assert np.asarray(redrawn[1]).tolist() != np.asarray(overlay).tolist()  # new colours, nothing recomputed
+        assert "echo-colorbar" in colour_bar and redrawn_bar != colour_bar  # the bar follows the colour map
     assert h.store.count("explanation") == before + 2
 
 
 def test_integrated_gradients_through_the_handler_and_deletion_cascades(app):
     h, ex = app
     draft_id = _draft(h, "echo")
-    (_, overlay), label = ex.explain(draft_id, "block:1", "integrated_gradients", 0, "magma", 0.45)
+    _, label, _ = ex.explain(draft_id, "block:1", "integrated_gradients", 0, "magma", 0.45)
     assert "Integrated" in label and "blurred" in label
     study_id = h.store.get_draft(draft_id, "local").study_id
     n = h.store.count("explanation")
@@ -151,5 +152,5 @@ def test_attention_is_labelled_not_reliable_and_integrated_gradients_is_the_defa
     radio = next(c for c in demo.blocks.values() if getattr(c, "elem_id", None) == "explain-method")
     assert radio.value == "integrated_gradients"
     draft_id = _draft(h, "echo")
-    _, label = ex.explain(draft_id, "block:0", "integrated_gradients", 0, "inferno", 0.5, "blur", 8)
+    _, label, _ = ex.explain(draft_id, "block:0", "integrated_gradients", 0, "inferno", 0.5, "blur", 8)
     assert "not reliable" not in label
