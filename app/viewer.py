@@ -8,14 +8,15 @@ deeper than 8 bits is windowed from its kept 16-bit originals (``images/<hash>.1
 JPEG, 8-bit DICOM) from its stored 8-bit pixels, where centre 128 / width 256 is the stored image.
 
 Presets. On CT-like data (Modality ``CT``, Hounsfield units) they are the usual HU windows (lung L -600 /
-W 1500, mediastinum L 50 / W 350, bone L 300 / W 2000). Radiographs (CR, DX, PNG) have no HU, so the presets are
-placed relative to the file's own VOI window (centre ``c``, width ``w``), along the direction in which values
-get denser (brighter on screen; reversed for MONOCHROME1):
+W 1500, mediastinum L 50 / W 350, bone L 300 / W 2000). Radiographs (CR, DX, PNG) have no HU, and their file
+windows are often far wider than the data (a CR file may say C 15000 / W 30000 over values 900..26000), so the
+presets are placed on the view's own **density percentiles** (values ordered from least to most dense: brighter
+on screen; reversed for MONOCHROME1), window = [percentile lo, percentile hi]:
 
-* lung: the less dense 60 % of the file window stretched over black..white (``c - 0.2 w``, width ``0.6 w``);
-* mediastinum: the denser 70 % (``c + 0.15 w``, width ``0.7 w``): soft tissue behind the heart and mediastinum;
-* bone: a wide window shifted towards dense values (``c + 0.3 w``, width ``1.6 w``): what the file window
-  clips to white (cortex, trabeculae) gets grey levels back;
+* lung: density percentiles 1..62 stretched over black..white: the lungs get the grey levels, the mediastinum
+  and bones go white;
+* mediastinum: 35..99.5: soft tissue behind the heart and mediastinum, the lungs go black;
+* bone: 5..99.9, a wide window that keeps grey levels in the densest parts (cortex, trabeculae);
 * file default: the file's VOI window (the data range where the file has none, or a VOI LUT table).
 """
 
@@ -53,9 +54,11 @@ PRESET_KEYS: dict[str, str] = {"0": "default", "1": "lung", "2": "mediastinum", 
 #: Hounsfield-unit presets (centre, width) for CT-like data.
 HU_PRESETS: dict[str, tuple[float, float]] = {"lung": (-600.0, 1500.0), "mediastinum": (50.0, 350.0),
                                               "bone": (300.0, 2000.0)}
-#: Radiograph presets relative to the file window: (centre shift towards dense, width), both in file widths.
-RELATIVE_PRESETS: dict[str, tuple[float, float]] = {"lung": (-0.2, 0.6), "mediastinum": (0.15, 0.7),
-                                                    "bone": (0.3, 1.6)}
+#: Radiograph presets: (low, high) density percentiles of the view that the window spans.
+RELATIVE_PRESETS: dict[str, tuple[float, float]] = {"lung": (1.0, 62.0), "mediastinum": (35.0, 99.5),
+                                                    "bone": (5.0, 99.9)}
+#: Every n-th row and column enters the percentiles (a 3000 px CR would otherwise sort 9 M values per click).
+PERCENTILE_STRIDE = 4
 #: Stored view position -> the label shown on its pane.
 VIEW_LABELS: dict[str, str] = {"pa": "PA", "ap": "AP", "lateral": "lateral", "unknown": "position unknown"}
 #: Longest side of a displayed view (pixels); larger views are downsampled for the browser (zoom 200 % of a
@@ -136,9 +139,16 @@ def preset_window(pixels: ViewPixels, preset: str) -> Window:
     if pixels.hounsfield:
         center, width = HU_PRESETS[preset]
         return Window(center, width, base.function)
-    shift, scale = RELATIVE_PRESETS[preset]
-    denser = -1.0 if pixels.inverted else 1.0
-    return Window(base.center + denser * shift * base.width, max(scale * base.width, 1.0), base.function)
+    return _percentile_window(pixels, *RELATIVE_PRESETS[preset], function=base.function)
+
+
+def _percentile_window(pixels: ViewPixels, low: float, high: float, *, function: str) -> Window:
+    """The window spanning density percentiles ``low``..``high`` of the view (MONOCHROME1: low values dense)."""
+    sample = np.asarray(pixels.values, dtype=np.float64)[::PERCENTILE_STRIDE, ::PERCENTILE_STRIDE]  # (h, w)
+    if pixels.inverted:  # dense = low values: density percentile q is value percentile 100 - q
+        low, high = 100.0 - high, 100.0 - low
+    lo, hi = (float(v) for v in np.percentile(sample, [low, high]))
+    return Window(center=(lo + hi) / 2.0, width=max(hi - lo, 1.0), function=function)
 
 
 def window_pixels(values: np.ndarray, window: Window, *, invert: bool = False) -> np.ndarray:

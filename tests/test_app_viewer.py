@@ -17,6 +17,7 @@ from app.viewer import (
     HU_PRESETS,
     PRESETS,
     ViewPixels,
+    RELATIVE_PRESETS,
     preset_window,
     render_pane,
     render_study,
@@ -63,18 +64,25 @@ def test_window_maps_the_window_to_black_white_and_invert_swaps_them() -> None:
     assert np.array_equal(window_pixels(ramp, Window(128.0, 256.0, "LINEAR")), ramp.astype(np.uint8))
 
 
-def test_presets_follow_the_file_window_towards_dense_values() -> None:
-    file_window = Window(2000.0, 1000.0, "LINEAR")
-    normal = _pixels(np.zeros((2, 2)), file_window)
+def test_presets_span_the_views_density_percentiles_not_the_file_window() -> None:
+    # A CR file whose VOI window (C 15000 / W 30000) is far wider than its values (0..10000).
+    ramp = np.random.default_rng(0).uniform(0.0, 10000.0, (400, 400))
+    file_window = Window(15000.0, 30000.0, "LINEAR")
+    normal = _pixels(ramp, file_window)
     lung, mediastinum, bone = (preset_window(normal, name) for name in ("lung", "mediastinum", "bone"))
     assert preset_window(normal, "default") == file_window
-    assert (lung.center, lung.width) == (1800.0, 600.0)  # the less dense part, stretched
-    assert (mediastinum.center, mediastinum.width) == (2150.0, 700.0)
-    assert (bone.center, bone.width) == (2300.0, 1600.0)
-    assert lung.center < file_window.center < mediastinum.center < bone.center and bone.width > file_window.width
-    # MONOCHROME1: dense values are the low ones, so every preset moves the other way.
-    inverted = _pixels(np.zeros((2, 2)), file_window, inverted=True)
-    assert preset_window(inverted, "lung").center == 2200.0 and preset_window(inverted, "bone").center == 1700.0
+    span = {name: (w.center - w.width / 2, w.center + w.width / 2)
+            for name, w in (("lung", lung), ("mediastinum", mediastinum), ("bone", bone))}
+    # Every preset window lies inside the data, at its percentiles (the sample is every 4th row and column).
+    for name, (lo_pct, hi_pct) in RELATIVE_PRESETS.items():
+        lo, hi = span[name]
+        assert lo == pytest.approx(100.0 * lo_pct, abs=150) and hi == pytest.approx(100.0 * hi_pct, abs=150), name
+    assert lung.center < mediastinum.center and bone.width > mediastinum.width
+    # MONOCHROME1: dense values are the low ones, so the lung window sits on the high values.
+    inverted = _pixels(ramp, file_window, inverted=True)
+    inv_lung = preset_window(inverted, "lung")
+    assert inv_lung.center + inv_lung.width / 2 == pytest.approx(9900.0, abs=150)
+    assert inv_lung.center - inv_lung.width / 2 == pytest.approx(3800.0, abs=150)
     # Hounsfield data: the usual CT windows.
     ct = _pixels(np.zeros((2, 2)), Window(40.0, 400.0), hounsfield=True)
     assert {name: (w.center, w.width) for name in HU_PRESETS for w in [preset_window(ct, name)]} == HU_PRESETS
