@@ -42,6 +42,7 @@ from .service import (
     split_report,
 )
 from .store import DraftInfo, NewDraft, SignedReportError, StoreError, StudyInfo
+from .worklist import WorklistView, neighbour, worklist_rows
 
 __all__ = ["CURRENT_FIELDS", "DRAFT_FIELDS", "VIEWER_FIELDS", "DraftView", "Handlers", "as_paths",
            "user_errors", "waiting_progress"]
@@ -464,12 +465,19 @@ class Handlers:
             warnings=list(draft.warnings), parent_id=parent,
         ))
 
-    def open_draft(self, draft_id: str, request: gr.Request | None = None) -> tuple[Any, ...]:
-        """Show a stored draft with its latest text. Outputs: DRAFT_FIELDS."""
+    def open_draft(self, draft_id: str, study_id: str = "", request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Show a stored draft with its latest text; with no draft id, the study ``study_id`` without a draft
+        (a worklist row with no draft yet). Outputs: DRAFT_FIELDS."""
         with user_errors():
-            user = self._user(request)
-            draft = self.store.get_draft((draft_id or "").strip(), user)
-            return self._draft_view(draft, self.store.get_study(draft.study_id, user)).outputs()
+            return self._open(study_id, draft_id, user=self._user(request))
+
+    def _open(self, study_id: str | None, draft_id: str | None, *, user: str) -> tuple[Any, ...]:
+        draft_id, study_id = (draft_id or "").strip(), (study_id or "").strip()
+        if not draft_id and study_id:
+            current = _study_current(self.store.get_study(study_id, user))
+            return DraftView(study_id=current.study_id, current=current).outputs()
+        draft = self.store.get_draft(draft_id, user)
+        return self._draft_view(draft, self.store.get_study(draft.study_id, user)).outputs()
 
     def _draft_view(self, draft: DraftInfo, study: StudyInfo) -> DraftView:
         shown: list[tuple[str, str | None]] = []
@@ -584,6 +592,41 @@ class Handlers:
         """The signed-in user's studies and drafts, newest first. Output: history table."""
         with user_errors():
             return _history_rows(self.store.history(self._user(request)))
+
+    def worklist(self, query: str = "", request: gr.Request | None = None) -> tuple[list[list[Any]], WorklistView]:
+        """The signed-in user's studies as a worklist, newest first, filtered by ``query`` (report text,
+        indication or id). Outputs: worklist table, worklist state."""
+        with user_errors():
+            query = (query or "").strip()
+            entries = self.store.worklist(self._user(request), query=query)
+            return worklist_rows(entries), WorklistView.of(entries, query=query)
+
+    def pick_worklist_row(self, view: WorklistView | None, evt: gr.SelectData) -> tuple[str, str]:
+        """Fill the study/draft id boxes from a clicked worklist row (its short ids looked up in ``view``)."""
+        row = evt.row_value if getattr(evt, "row_value", None) else []
+        found = view.full_ids(str(row[-2]), str(row[-1] or "")) if isinstance(view, WorklistView) and len(row) >= 2 \
+            else None
+        return found if found is not None else (gr.skip(), gr.skip())
+
+    def next_unsigned(self, current: Current | None = None, view: WorklistView | None = None,
+                      request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Open the next unsigned study of the worklist after the one on the Draft tab (order in
+        :mod:`app.worklist`). Outputs: DRAFT_FIELDS."""
+        return self._step(current, view, direction="next", request=request)
+
+    def previous_study(self, current: Current | None = None, view: WorklistView | None = None,
+                       request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Open the study before the one on the Draft tab in the worklist. Outputs: DRAFT_FIELDS."""
+        return self._step(current, view, direction="previous", request=request)
+
+    def _step(self, current: Current | None, view: WorklistView | None, *, direction: str,
+              request: gr.Request | None) -> tuple[Any, ...]:
+        with user_errors():
+            user = self._user(request)
+            query = view.query if isinstance(view, WorklistView) else ""
+            here = current.study_id if isinstance(current, Current) else ""
+            target = neighbour(self.store.worklist(user, query=query), here, direction=direction)
+            return self._open(target.study_id, target.draft_id, user=user)
 
     def pick_history_row(self, table: Any, evt: gr.SelectData) -> tuple[str, str]:
         """Fill the study/draft id boxes from a clicked history row."""
