@@ -49,7 +49,7 @@ class CannotFail:
 
 DECODING = ("embedded", "echo", 16, 0.0, 0.85, 0)
 EXPLAIN = ("attention", None, "inferno", 0.45, "blur", 32)
-RACE = ("", "", "en", "embedded", False, "sequential", False, 16, 0.0, 0)
+RACE = ("", "", "en", "embedded", False, "sequential", False, 16, 0.0, 0, "natural")
 NO_DRAFT = "no draft on"
 MISSING = "does not exist"
 
