@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,10 @@ def _status_text(draft: DraftInfo) -> str:
 def _summary(timing: dict[str, Any]) -> str:
     n = timing["blocks"]
     parts = [f"{n} block{'' if n == 1 else 's'}", f"first block {timing['time_to_first_block_s']:.2f} s"]
+    if timing.get("end_to_end_s") is not None:  # drafts stored before it was measured have none
+        parts.append(f"end to end {timing['end_to_end_s']:.2f} s (from Generate to the "
+                     f"{'last' if timing.get('done') else 'latest'} block: reading the images, waiting for and "
+                     "loading the model included)")
     if timing.get("done"):
         parts += [f"total {timing['total_s']:.2f} s", f"{timing['tokens']} tokens",
                   f"{timing['tokens_per_forward']:.2f} tokens/forward"]
@@ -330,6 +335,7 @@ class Handlers:
         stored (de-identified, originals deleted) first; then the draft waits for a slot on the device, or is
         refused at once with "The drafting queue is full ..." when every slot and waiting place is taken.
         """
+        started = time.perf_counter()  # end to end: from here (Generate) to the last committed block
         with user_errors():
             user = self._user(request)
             progress(None, desc="Reading the images")
@@ -346,7 +352,7 @@ class Handlers:
                 yield from self._draft_stream(
                     study, user=user, indication=indication, language=language, model=model, sampler=sampler,
                     config=_sampler_config(max_new_tokens, temperature, threshold, seed), prefix=None,
-                    parent=None,
+                    parent=None, started=started,
                 )
 
     def redraft(
@@ -370,6 +376,7 @@ class Handlers:
         ``draft_id``) streams like ``generate``. Where the installed model code cannot continue from a
         prefix, the user is told so and nothing changes. The wait for the device is as for ``generate``.
         """
+        started = time.perf_counter()
         with user_errors():
             user = self._user(request)
             draft_id, _ = _bind(current, draft_id, None)
@@ -388,12 +395,17 @@ class Handlers:
                 yield from self._draft_stream(
                     study, user=user, indication=source.settings.get("indication") or "",
                     language=source.language, model=model, sampler=sampler, config=config, prefix=prefix,
-                    parent=source.id,
+                    parent=source.id, started=started,
                 )
 
     def _draft_stream(self, study: StudyInfo, *, user: str, indication: str, language: str, model: str,
-                      sampler: str, config: Any, prefix: str | None, parent: str | None) -> Iterator[tuple[Any, ...]]:
-        """Stream one :class:`DraftView` per committed block and save the draft with the last one."""
+                      sampler: str, config: Any, prefix: str | None, parent: str | None,
+                      started: float | None = None) -> Iterator[tuple[Any, ...]]:
+        """Stream one :class:`DraftView` per committed block and save the draft with the last one.
+
+        ``started``: ``time.perf_counter()`` when the request arrived; the timings then hold ``end_to_end_s``
+        (to the latest block: reading images, waiting for the device and loading the model included).
+        """
         label = self.drafting.check_model(model)
         input_warnings = [f"{img.label}: {w}" for img in study.images for w in img.warnings]
         for note in input_warnings:
@@ -422,6 +434,8 @@ class Handlers:
                 "per_block_ms": per_block_ms, "elapsed_s": round(step.seconds, 4), "done": step.done,
                 "sampler": sampler, "model": label, "revision": step.model_revision,
             }
+            if started is not None:
+                timing["end_to_end_s"] = round(time.perf_counter() - started, 4)
             view = DraftView(
                 report_view=shown + ([] if step.done else [(MASK_GLYPH * step.block_length, "masked")]),
                 language=language, study_id=study.id,

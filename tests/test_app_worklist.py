@@ -31,6 +31,8 @@ from app.worklist import (
 )
 from echo_model.imaging import pixel_content_hash
 
+# gr.Warning outside a running server falls back to warnings.warn; the app's input warnings are expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
 D = {name: i for i, name in enumerate(DRAFT_FIELDS)}
 V = {name: i for i, name in enumerate(VIEWER_FIELDS)}
 W = {name: i for i, name in enumerate(WORKLIST_HEADERS)}
@@ -251,3 +253,38 @@ def test_worklist_time_is_the_latest_event(store: Store) -> None:
     after = store.worklist("alice")[0].updated_at
     assert after >= before and after - before < timedelta(minutes=1)
     assert after == store.get_draft(draft_id, "alice").versions[-1].created_at
+
+
+# ---------------------------------------------------------------------------------------- honest figures
+def test_draft_summary_shows_end_to_end_seconds_beside_the_first_block(tmp_path: Path, model_dir: Path,
+                                                                        monkeypatch) -> None:
+    """End to end runs from Generate to the last block, so it holds what the sampler's clock does not: here a
+    slow image read (0.3 s) before the model starts. Reopening the draft shows the same figure."""
+    import time
+
+    import app.handlers
+
+    settings = AppSettings(models=(str(model_dir),), data_dir=tmp_path / "data", upload_cache_dir=tmp_path / "cache",
+                           max_new_tokens=12)
+    h = Handlers(Services.create(settings))
+    real = app.handlers.load_study_images
+
+    def slow(study: Any) -> Any:
+        time.sleep(0.3)
+        return real(study)
+
+    monkeypatch.setattr(app.handlers, "load_study_images", slow)
+    image = tmp_path / "frontal.png"
+    synthetic_cxr(0, (120, 100)).save(image)
+    updates = list(h.generate([str(image)], "cough", "en", "", "echo", 12, 0.0, 0.85, 0, ""))
+    first, last = updates[0][D["timing"]], updates[-1][D["timing"]]
+    assert first["end_to_end_s"] >= 0.3 + first["time_to_first_block_s"] - 0.05  # the read is in, not in the clock
+    assert last["end_to_end_s"] >= last["total_s"] + 0.3 and last["end_to_end_s"] >= first["end_to_end_s"]
+    summary = updates[-1][D["summary"]]
+    assert f"first block {last['time_to_first_block_s']:.2f} s" in summary
+    assert f"end to end {last['end_to_end_s']:.2f} s (from Generate to the last block" in summary
+    assert "tokens/forward" in summary and f"total {last['total_s']:.2f} s" in summary  # the existing facts stay
+    assert "to the latest block" in updates[0][D["summary"]] or len(updates) == 1
+    reopened = h.open_draft(updates[-1][D["draft_id"]])
+    assert reopened[D["summary"]] == summary
+    h.store.close()
