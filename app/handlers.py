@@ -43,7 +43,7 @@ from .service import (
     split_report,
 )
 from .store import DraftInfo, NewDraft, SignedReportError, StoreError, StudyInfo
-from .worklist import WorklistView, neighbour, worklist_rows
+from .worklist import WORKLIST_LIMIT, WorklistView, neighbour, worklist_rows
 
 __all__ = ["CURRENT_FIELDS", "DRAFT_FIELDS", "VIEWER_FIELDS", "DraftView", "Handlers", "as_paths",
            "user_errors", "waiting_progress"]
@@ -612,7 +612,7 @@ class Handlers:
         indication or id). Outputs: worklist table, worklist state."""
         with user_errors():
             query = (query or "").strip()
-            entries = self.store.worklist(self._user(request), query=query)
+            entries = self.store.worklist(self._user(request), query=query, limit=WORKLIST_LIMIT)
             return worklist_rows(entries), WorklistView.of(entries, query=query)
 
     def pick_worklist_row(self, view: WorklistView | None, evt: gr.SelectData) -> tuple[str, str]:
@@ -639,7 +639,8 @@ class Handlers:
             user = self._user(request)
             query = view.query if isinstance(view, WorklistView) else ""
             here = current.study_id if isinstance(current, Current) else ""
-            target = neighbour(self.store.worklist(user, query=query), here, direction=direction)
+            entries = self.store.worklist(user, query=query, limit=WORKLIST_LIMIT)
+            target = neighbour(entries, here, direction=direction)
             return self._open(target.study_id, target.draft_id, user=user)
 
     def pick_history_row(self, table: Any, evt: gr.SelectData) -> tuple[str, str]:

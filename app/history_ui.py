@@ -52,7 +52,7 @@ def build_history_tab(h: Handlers, draft: DraftTab, *, demo: gr.Blocks, tabs: gr
             refresh = gr.Button("Refresh", size="sm", elem_id="refresh-btn", scale=0, min_width=100)
         worklist = gr.Dataframe(headers=WORKLIST_HEADERS, datatype=WORKLIST_DATATYPES, label="Worklist",
                                 interactive=False, wrap=True, elem_id="worklist",
-                                column_widths=["120px", "30%", "18%", "10%", "14%", "6%", "8%", "8%"])
+                                column_widths=["112px", "32%", "13%", "9%", "13%", "5%", "8%", "8%"])
         with gr.Row():
             chosen_study = gr.Textbox("", label="Study id", elem_id="history-study")
             chosen_draft = gr.Textbox("", label="Draft id", elem_id="history-draft")

@@ -25,11 +25,13 @@ from PIL import Image
 
 from .store import WorklistEntry
 
-__all__ = ["THUMBNAIL_PX", "WORKLIST_DATATYPES", "WORKLIST_HEADERS", "WorklistView", "first_line", "neighbour",
-           "state_label", "thumbnail_uri", "when", "worklist_rows"]
+__all__ = ["THUMBNAIL_PX", "WORKLIST_DATATYPES", "WORKLIST_HEADERS", "WORKLIST_LIMIT", "WorklistView",
+           "first_line", "neighbour", "state_label", "thumbnail_uri", "when", "worklist_rows"]
 
 #: Thumbnail size (the longer side, in CSS pixels).
 THUMBNAIL_PX = 96
+#: Studies listed at most (the newest; the search reaches older ones): each row carries its thumbnail inline.
+WORKLIST_LIMIT = 200
 WORKLIST_HEADERS = ["view", "impression (first line)", "indication", "state", "time (UTC)", "views", "study",
                     "draft"]
 #: Dataframe datatypes of the columns: the thumbnail is a Markdown image with a ``data:`` URI.
