@@ -618,8 +618,9 @@ class Handlers:
     def pick_worklist_row(self, view: WorklistView | None, evt: gr.SelectData) -> tuple[str, str]:
         """Fill the study/draft id boxes from a clicked worklist row (its short ids looked up in ``view``)."""
         row = evt.row_value if getattr(evt, "row_value", None) else []
-        found = view.full_ids(str(row[-2]), str(row[-1] or "")) if isinstance(view, WorklistView) and len(row) >= 2 \
-            else None
+        found = None
+        if isinstance(view, WorklistView) and len(row) >= 2:
+            found = view.full_ids(str(row[-2]), str(row[-1] or ""))
         return found if found is not None else (gr.skip(), gr.skip())
 
     def next_unsigned(self, current: Current | None = None, view: WorklistView | None = None,
