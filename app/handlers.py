@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from .service import (
 )
 from .store import DraftInfo, NewDraft, SignedReportError, StoreError, StudyInfo
 from .viewer import StudyView, render_study, viewer_html
+from .worklist import WORKLIST_LIMIT, WorklistView, neighbour, worklist_rows
 
 __all__ = ["CURRENT_FIELDS", "DRAFT_FIELDS", "VIEWER_FIELDS", "WINDOW_FIELDS", "DraftView", "Handlers", "as_paths",
            "user_errors", "waiting_progress"]
@@ -210,6 +212,10 @@ def _status_text(draft: DraftInfo) -> str:
 def _summary(timing: dict[str, Any]) -> str:
     n = timing["blocks"]
     parts = [f"{n} block{'' if n == 1 else 's'}", f"first block {timing['time_to_first_block_s']:.2f} s"]
+    if timing.get("end_to_end_s") is not None:  # drafts stored before it was measured have none
+        parts.append(f"end to end {timing['end_to_end_s']:.2f} s (from Generate to the "
+                     f"{'last' if timing.get('done') else 'latest'} block: reading the images, waiting for and "
+                     "loading the model included)")
     if timing.get("done"):
         parts += [f"total {timing['total_s']:.2f} s", f"{timing['tokens']} tokens",
                   f"{timing['tokens_per_forward']:.2f} tokens/forward"]
@@ -394,6 +400,7 @@ class Handlers:
         stored (de-identified, originals deleted) first; then the draft waits for a slot on the device, or is
         refused at once with "The drafting queue is full ..." when every slot and waiting place is taken.
         """
+        started = time.perf_counter()  # end to end: from here (Generate) to the last committed block
         with user_errors():
             user = self._user(request)
             progress(None, desc="Reading the images")
@@ -410,7 +417,7 @@ class Handlers:
                 yield from self._draft_stream(
                     study, user=user, indication=indication, language=language, model=model, sampler=sampler,
                     config=_sampler_config(max_new_tokens, temperature, threshold, seed), prefix=None,
-                    parent=None,
+                    parent=None, started=started,
                 )
 
     def redraft(
@@ -434,6 +441,7 @@ class Handlers:
         ``draft_id``) streams like ``generate``. Where the installed model code cannot continue from a
         prefix, the user is told so and nothing changes. The wait for the device is as for ``generate``.
         """
+        started = time.perf_counter()
         with user_errors():
             user = self._user(request)
             draft_id, _ = _bind(current, draft_id, None)
@@ -452,12 +460,17 @@ class Handlers:
                 yield from self._draft_stream(
                     study, user=user, indication=source.settings.get("indication") or "",
                     language=source.language, model=model, sampler=sampler, config=config, prefix=prefix,
-                    parent=source.id,
+                    parent=source.id, started=started,
                 )
 
     def _draft_stream(self, study: StudyInfo, *, user: str, indication: str, language: str, model: str,
-                      sampler: str, config: Any, prefix: str | None, parent: str | None) -> Iterator[tuple[Any, ...]]:
-        """Stream one :class:`DraftView` per committed block and save the draft with the last one."""
+                      sampler: str, config: Any, prefix: str | None, parent: str | None,
+                      started: float | None = None) -> Iterator[tuple[Any, ...]]:
+        """Stream one :class:`DraftView` per committed block and save the draft with the last one.
+
+        ``started``: ``time.perf_counter()`` when the request arrived; the timings then hold ``end_to_end_s``
+        (to the latest block: reading images, waiting for the device and loading the model included).
+        """
         label = self.drafting.check_model(model)
         input_warnings = [f"{img.label}: {w}" for img in study.images for w in img.warnings]
         for note in input_warnings:
@@ -491,6 +504,8 @@ class Handlers:
                 "per_block_ms": per_block_ms, "elapsed_s": round(step.seconds, 4), "done": step.done,
                 "sampler": sampler, "model": label, "revision": step.model_revision,
             }
+            if started is not None:
+                timing["end_to_end_s"] = round(time.perf_counter() - started, 4)
             view = DraftView(
                 report_view=shown + ([] if step.done else [(MASK_GLYPH * step.block_length, "masked")]),
                 language=language, study_id=study.id,
@@ -535,12 +550,19 @@ class Handlers:
             warnings=list(draft.warnings), parent_id=parent,
         ))
 
-    def open_draft(self, draft_id: str, request: gr.Request | None = None) -> tuple[Any, ...]:
-        """Show a stored draft with its latest text. Outputs: DRAFT_FIELDS."""
+    def open_draft(self, draft_id: str, study_id: str = "", request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Show a stored draft with its latest text; with no draft id, the study ``study_id`` without a draft
+        (a worklist row with no draft yet). Outputs: DRAFT_FIELDS."""
         with user_errors():
-            user = self._user(request)
-            draft = self.store.get_draft((draft_id or "").strip(), user)
-            return self._draft_view(draft, self.store.get_study(draft.study_id, user)).outputs()
+            return self._open(study_id, draft_id, user=self._user(request))
+
+    def _open(self, study_id: str | None, draft_id: str | None, *, user: str) -> tuple[Any, ...]:
+        draft_id, study_id = (draft_id or "").strip(), (study_id or "").strip()
+        if not draft_id and study_id:
+            current = _study_current(self.store.get_study(study_id, user))
+            return DraftView(study_id=current.study_id, current=current).outputs()
+        draft = self.store.get_draft(draft_id, user)
+        return self._draft_view(draft, self.store.get_study(draft.study_id, user)).outputs()
 
     def _draft_view(self, draft: DraftInfo, study: StudyInfo) -> DraftView:
         shown: list[tuple[str, str | None]] = []
@@ -656,6 +678,43 @@ class Handlers:
         """The signed-in user's studies and drafts, newest first. Output: history table."""
         with user_errors():
             return _history_rows(self.store.history(self._user(request)))
+
+    def worklist(self, query: str = "", request: gr.Request | None = None) -> tuple[list[list[Any]], WorklistView]:
+        """The signed-in user's studies as a worklist, newest first, filtered by ``query`` (report text,
+        indication or id). Outputs: worklist table, worklist state."""
+        with user_errors():
+            query = (query or "").strip()
+            entries = self.store.worklist(self._user(request), query=query, limit=WORKLIST_LIMIT)
+            return worklist_rows(entries), WorklistView.of(entries, query=query)
+
+    def pick_worklist_row(self, view: WorklistView | None, evt: gr.SelectData) -> tuple[str, str]:
+        """Fill the study/draft id boxes from a clicked worklist row (its short ids looked up in ``view``)."""
+        row = evt.row_value if getattr(evt, "row_value", None) else []
+        found = None
+        if isinstance(view, WorklistView) and len(row) >= 2:
+            found = view.full_ids(str(row[-2]), str(row[-1] or ""))
+        return found if found is not None else (gr.skip(), gr.skip())
+
+    def next_unsigned(self, current: Current | None = None, view: WorklistView | None = None,
+                      request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Open the next unsigned study of the worklist after the one on the Draft tab (order in
+        :mod:`app.worklist`). Outputs: DRAFT_FIELDS."""
+        return self._step(current, view, direction="next", request=request)
+
+    def previous_study(self, current: Current | None = None, view: WorklistView | None = None,
+                       request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Open the study before the one on the Draft tab in the worklist. Outputs: DRAFT_FIELDS."""
+        return self._step(current, view, direction="previous", request=request)
+
+    def _step(self, current: Current | None, view: WorklistView | None, *, direction: str,
+              request: gr.Request | None) -> tuple[Any, ...]:
+        with user_errors():
+            user = self._user(request)
+            query = view.query if isinstance(view, WorklistView) else ""
+            here = current.study_id if isinstance(current, Current) else ""
+            entries = self.store.worklist(user, query=query, limit=WORKLIST_LIMIT)
+            target = neighbour(entries, here, direction=direction)
+            return self._open(target.study_id, target.draft_id, user=user)
 
     def pick_history_row(self, table: Any, evt: gr.SelectData) -> tuple[str, str]:
         """Fill the study/draft id boxes from a clicked history row."""

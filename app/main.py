@@ -29,7 +29,7 @@ from .auth import AuthError, make_checker, parse_credentials
 from .draft_ui import SAMPLER_CHOICES, build_draft_tab
 from .explain_ui import build_explain_tab
 from .handlers import Handlers
-from .history_ui import build_history_tab
+from .history_ui import build_history_tab, build_worklist_nav
 from .race_ui import build_race_tab
 from .service import ModelInfo, Services, app_version
 from .settings import EMBEDDED, AppSettings, SettingsError
@@ -136,11 +136,12 @@ def build_demo(settings: AppSettings | None = None, *, services: Services | None
         gr.HTML(NOTICE, elem_id="clinical-notice")
         if persistence:
             gr.HTML(f"<strong>Warning:</strong> {persistence}", elem_id="persistence-warning")
+        nav = build_worklist_nav()
         with gr.Tabs(elem_id="tabs") as tabs:
             draft = build_draft_tab(h, settings, languages=languages)
             build_explain_tab(services, draft_id=draft["draft_id"])
             build_race_tab(services, draft_study_id=draft["study_id"])
-            build_history_tab(h, draft, demo=demo, tabs=tabs)
+            build_history_tab(h, draft, demo=demo, tabs=tabs, nav=nav)
             with gr.Tab("About", id="about"):
                 gr.Markdown(about_markdown(settings, infos), elem_id="about")
     queue_every_event(demo)

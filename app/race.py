@@ -21,6 +21,11 @@ How a race runs (:meth:`RaceService.run`):
 4. one :class:`RaceUpdate` per committed block per arm; the last also carries the summary: every arm's
    figures, speed-up = AR seconds / ECHO seconds, the tokens/s ratio, the device and how the race was run.
 
+Report length (:data:`LENGTHS`): *natural* (default) lets each arm stop at the end of its report (``<eos>``), as
+in use, so the speed-up is per real report; *fixed* (``SamplerConfig(fixed_length=True)``) makes every arm write
+exactly ``max_new_tokens`` tokens, ``<eos>`` ignored, which measures throughput (the benchmark's mode) and
+flatters block decoding when reports are short.
+
 Nothing here imports torch or loads a model at import time (the app starts without a model).
 """
 
@@ -42,13 +47,15 @@ if TYPE_CHECKING:  # torch/transformers load only when a race starts
     from echo_model.drafting import Draft, Drafter
     from echo_model.sampling import BlockEvent, GenerationResult, SamplerConfig
 
-__all__ = ["ARMS", "ARM_TITLES", "MODES", "ArmProgress", "RaceArm", "RaceService", "RaceUpdate", "count_text",
+__all__ = ["ARMS", "ARM_TITLES", "LENGTHS", "MODES", "ArmProgress", "RaceArm", "RaceService", "RaceUpdate", "count_text",
            "how_it_ran", "result_figures"]
 
 #: Arms in race order; an arm's name is the sampler it runs.
 ARMS: tuple[str, ...] = ("ar", "echo", "teacher")
 ARM_TITLES: dict[str, str] = {"ar": "AR", "echo": "ECHO", "teacher": "teacher"}
 MODES: tuple[str, ...] = ("sequential", "concurrent")
+#: Report lengths: natural (each arm stops at its end of report; the default) or fixed (max_new_tokens each).
+LENGTHS: tuple[str, ...] = ("natural", "fixed")
 
 
 def result_figures(result: GenerationResult) -> dict[str, Any]:
@@ -339,6 +346,7 @@ class RaceService:
         summary: dict[str, Any] = {
             "live": True,
             "mode": mode,
+            "length": "fixed" if config.fixed_length else "natural",
             "warmup": warmup,
             "device": " + ".join(device_name(d) for d in devices),
             "same_device": len(devices) == 1,
@@ -346,7 +354,7 @@ class RaceService:
             "order": list(progress),
             "settings": {"indication": indication or None, "language": language,
                          "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                         "seed": config.seed, "threshold": config.threshold},
+                         "seed": config.seed, "threshold": config.threshold, "fixed_length": config.fixed_length},
             "arms": {name: state.to_json() for name, state in progress.items()},
             "speedup": _ratio(ar.seconds, echo.seconds),
             "tokens_per_second_ratio": _ratio(echo.tokens_per_second, ar.tokens_per_second),
@@ -387,11 +395,20 @@ def how_it_ran(summary: dict[str, Any]) -> str:
     parts.append("Figures are the samplers' own: seconds from the start of decoding (prefill and vision encoder "
                  "included) to the last token, forward passes = denoising forwards (AR: one per token).")
     speedup, rate = summary.get("speedup"), summary.get("tokens_per_second_ratio")
+    fixed = summary["length"] == "fixed"
+    tokens = (summary.get("settings") or {}).get("max_new_tokens")
+    unit = f"for {tokens} tokens" if fixed and tokens else "per report"
+    if fixed:
+        parts.append(f"**Fixed length** ({tokens or 'max new'} tokens, throughput): every arm writes exactly that "
+                     "many tokens, `<eos>` ignored, so the speed-up is a throughput figure, not the time of a real "
+                     "report (choose *Natural length* for that).")
+    else:
+        parts.append("**Natural length** (the default): each arm stops at the end of its report, as in use.")
     if speedup is not None and rate is not None:
-        parts.append(f"ECHO vs AR: **{speedup:.2f}×** faster per report (AR seconds / ECHO seconds), "
-                     f"**{rate:.2f}×** the tokens per second.")
+        parts.append(f"ECHO vs AR ({summary['length']} length): **{speedup:.2f}×** faster {unit} (AR seconds / "
+                     f"ECHO seconds), **{rate:.2f}×** the tokens per second.")
     if summary.get("speedup_over_teacher") is not None:
-        parts.append(f"ECHO vs teacher: {summary['speedup_over_teacher']:.2f}× faster per report.")
+        parts.append(f"ECHO vs teacher: {summary['speedup_over_teacher']:.2f}× faster {unit}.")
     if arms["ar"]["tokens"] != arms["echo"]["tokens"]:
         parts.append(f"The reports differ in length (AR {arms['ar']['tokens']}, ECHO {arms['echo']['tokens']} "
                      "tokens): the tokens/s ratio compares speeds, the seconds ratio whole reports.")

@@ -23,10 +23,11 @@ from PIL import Image
 
 from .admission import GenerationGate
 from .handlers import as_paths, user_errors
-from .race import ARM_TITLES, ARMS, MODES, ArmProgress, RaceService, RaceUpdate, count_text
+from .race import ARM_TITLES, ARMS, LENGTHS, MODES, ArmProgress, RaceService, RaceUpdate, count_text
 from .service import Services, ingest_uploads, load_study_images
 
-__all__ = ["FIGURE_HEADERS", "RACE_FIELDS", "RaceHandlers", "build_race_tab", "figure_rows", "speed_plot"]
+__all__ = ["FIGURE_HEADERS", "RACE_FIELDS", "RaceHandlers", "build_race_tab", "figure_rows", "length_choices",
+           "speed_plot"]
 
 #: Output order of the streaming race callback.
 RACE_FIELDS: tuple[str, ...] = (
@@ -39,6 +40,13 @@ MODE_CHOICES: list[tuple[str, str]] = [
     ("Sequential: one arm at a time, each alone on the device (fair)", "sequential"),
     ("Concurrent: all arms at once, sharing the device", "concurrent"),
 ]
+
+def length_choices(max_new_tokens: int) -> list[tuple[str, str]]:
+    """The report-length radio's choices; natural length first (the default, the per-report speed-up)."""
+    return [("Natural length (default): each arm stops at the end of its report", "natural"),
+            (f"Fixed length ({max_new_tokens} tokens, throughput): <eos> ignored", "fixed")]
+
+
 ARM_LABELS: dict[str, str] = {
     "ar": "AR: token by token",
     "echo": "ECHO: one forward per block",
@@ -48,7 +56,9 @@ _INTRO = (
     "The same study drafted live by the AR baseline and by ECHO (optionally the multi-step teacher) on this "
     "server's device; each panel shows its report as the blocks are committed. The figures are those the samplers "
     "report for this run; the texts are what `echo-report --sampler ar|echo|teacher --json` prints for the same "
-    "image and settings. No draft is saved."
+    "image and settings. No draft is saved. By default each arm writes its report to its natural end, so the "
+    "speed-up is per real report; *Fixed length* makes every arm write the same number of tokens (a throughput "
+    "figure, as the benchmark measures)."
 )
 
 
@@ -90,7 +100,10 @@ def speed_plot(summary: dict[str, Any]) -> Image.Image:
         ax.set_title(title, fontsize=9)
         ax.margins(x=0.25)
     speedup = summary.get("speedup")
-    heading = f"ECHO {speedup:.2f}× faster than AR per report" if speedup else "ECHO vs AR"
+    length = summary["length"]
+    tokens = summary["settings"]["max_new_tokens"]
+    unit = f"for {tokens} tokens (fixed length, throughput)" if length == "fixed" else "per report (natural length)"
+    heading = f"ECHO {speedup:.2f}× faster than AR {unit}" if speedup else f"ECHO vs AR ({length} length)"
     fig.suptitle(f"{heading} ({summary['mode']}, {'warm' if summary['warmup'] else 'cold'}, {summary['device']})",
                  fontsize=9)
     fig.tight_layout()
@@ -175,10 +188,13 @@ class RaceHandlers:
 
     def _race(self, files: Any, study_id: str, *, user: str, model: str, include_teacher: bool, mode: str,
               warmup: bool, indication: str, language: str, max_new_tokens: float, temperature: float,
-              seed: float | None, on_phase: Callable[[str], None] | None = None) -> tuple[str, Iterator[RaceUpdate]]:
+              seed: float | None, length: str = "natural",
+              on_phase: Callable[[str], None] | None = None) -> tuple[str, Iterator[RaceUpdate]]:
         """The study to race on (uploads become a new study) and the race's updates."""
         from echo_model.sampling import SamplerConfig
 
+        if length not in LENGTHS:
+            raise ValueError(f"race length must be one of {list(LENGTHS)}, got {length!r}")
         if files:
             study, _ = ingest_uploads(as_paths(files), store=self.services.store, owner=user,
                                       upload_cache_dir=self.settings.upload_cache_dir)
@@ -190,7 +206,7 @@ class RaceHandlers:
             gr.Warning(note)
         # The settings echo-report takes (--max-new-tokens, --temperature, --seed); the rest at its defaults.
         config = SamplerConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                               seed=None if seed is None else int(seed))
+                               seed=None if seed is None else int(seed), fixed_length=length == "fixed")
         updates = self.race_service.run(
             load_study_images(study), model=model or None, config=config, include_teacher=bool(include_teacher),
             mode=mode, warmup=bool(warmup), indication=indication.strip() or None, language=language,
@@ -211,18 +227,22 @@ class RaceHandlers:
         max_new_tokens: int = 512,
         temperature: float = 0.0,
         seed: int = 0,
+        length: str = "natural",
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008  (Gradio injects progress through this default)
     ) -> Iterator[tuple[Any, ...]]:
         """Race the arms on the uploaded views (or the views of ``study_id``); one update per committed block per arm.
 
-        Outputs follow :data:`RACE_FIELDS`; the last update carries the figures, the plot and the race record.
+        ``length``: ``natural`` (each arm stops at the end of its report) or ``fixed`` (``max_new_tokens`` each,
+        ``<eos>`` ignored: throughput). Outputs follow :data:`RACE_FIELDS`; the last update carries the figures,
+        the plot and the race record.
         """
         with user_errors(), _whole_device(self.services.gate, self._collecting, _waiting(progress)):
             race_study, updates = self._race(
                 files, study_id, user=self._user(request), model=model, include_teacher=include_teacher, mode=mode,
                 warmup=warmup, indication=indication, language=language, max_new_tokens=max_new_tokens,
-                temperature=temperature, seed=seed, on_phase=lambda phase: progress(0.0, desc=phase),
+                temperature=temperature, seed=seed, length=length,
+                on_phase=lambda phase: progress(0.0, desc=phase),
             )
             for update in updates:
                 yield self._outputs(update, study_id=race_study, mode=mode)
@@ -240,17 +260,19 @@ class RaceHandlers:
         max_new_tokens: int = 512,
         temperature: float = 0.0,
         seed: int = 0,
+        length: str = "natural",
         request: gr.Request | None = None,
     ) -> dict[str, Any]:
         """Run the race to its end and return its record: settings, per-arm reports and figures, speed-ups, how.
 
-        The figures are the samplers' own, unrounded (``speedup`` = AR seconds / ECHO seconds).
+        The figures are the samplers' own, unrounded (``speedup`` = AR seconds / ECHO seconds, per report at the
+        default natural length; for ``max_new_tokens`` tokens with ``length="fixed"``).
         """
         with user_errors(), _whole_device(self.services.gate, self._collecting):
             race_study, updates = self._race(
                 files, study_id, user=self._user(request), model=model, include_teacher=include_teacher, mode=mode,
                 warmup=warmup, indication=indication, language=language, max_new_tokens=max_new_tokens,
-                temperature=temperature, seed=seed,
+                temperature=temperature, seed=seed, length=length,
             )
             summary: dict[str, Any] | None = None
             for update in updates:
@@ -306,6 +328,8 @@ def build_race_tab(services: Services, *, draft_study_id: gr.Textbox | None = No
                 gr.Markdown(f"AR model: `{h.race_service.ar_model}` (ECHO_RACE_AR_MODEL)", elem_id="race-ar-model")
                 include_teacher = gr.Checkbox(False, label="Include the teacher (multi-step)",
                                               elem_id="race-teacher")
+                length = gr.Radio(length_choices(settings.max_new_tokens), value=LENGTHS[0], label="Report length",
+                                  elem_id="race-length")
                 mode = gr.Radio(MODE_CHOICES, value=MODES[0], label="Mode", elem_id="race-mode")
                 warmup = gr.Checkbox(True, label="Warm up first (each arm drafts once, untimed)",
                                      elem_id="race-warmup")
@@ -338,7 +362,7 @@ def build_race_tab(services: Services, *, draft_study_id: gr.Textbox | None = No
     comps = {**panels, "how": how, "figures": figures, "plot": plot, "record": record, "study_id": study_id}
     outputs = [comps[name] for name in RACE_FIELDS]
     inputs = [files, study_id, indication, language, model, include_teacher, mode, warmup, max_new_tokens,
-              temperature, seed]
+              temperature, seed, length]
     # As the Draft tab's events: Gradio hands races over at once, the device is held in Services.gate.
     gpu: dict[str, Any] = {"concurrency_id": "gpu", "concurrency_limit": None}
     # A refused upload leaves the file list (its reason is the error message), so the next upload works.
@@ -352,6 +376,8 @@ def build_race_tab(services: Services, *, draft_study_id: gr.Textbox | None = No
     include_teacher.change(lambda on: gr.Column(visible=bool(on)), [include_teacher], [panels["teacher_column"]],
                            **direct, **private)
     model.change(h.languages, [model], [language], **direct, **private)
+    max_new_tokens.change(lambda n: gr.Radio(choices=length_choices(int(n))), [max_new_tokens], [length],
+                          **direct, **private)
     if draft_study_id is not None:
         use_draft.click(lambda value: value, [draft_study_id], [study_id], **direct, **private)
     return h

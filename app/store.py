@@ -45,6 +45,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    or_,
     select,
     text,
 )
@@ -57,8 +58,8 @@ from echo_model.data.records import EDIT_REASONS
 
 __all__ = [
     "AccessError", "AuditInfo", "DraftInfo", "EditInfo", "ExplanationInfo", "HistoryRow", "ImageInfo", "NewDraft", "NewImage",
-    "NotFoundError", "SignedReportError", "StaleVersionError", "Store", "StoreError", "StudyInfo",
-    "needs_single_connection",
+    "NotFoundError", "SignedReportError", "StaleVersionError", "Store", "StoreError", "StudyInfo", "WorklistEntry",
+    "like_pattern", "needs_single_connection",
 ]
 
 DB_NAME = "echo.sqlite"
@@ -399,6 +400,38 @@ class HistoryRow:
 
 
 @dataclass(frozen=True)
+class WorklistEntry:
+    """One study of the worklist, shown through its signed draft, else its latest draft (or none yet).
+
+    Attributes:
+        study_id / draft_id: the study and the draft its row stands for (``None``: no draft yet).
+        state: ``no draft``, ``draft``, ``edited`` (``versions`` saved) or ``signed``.
+        findings / impression: the text of the latest version: signed, else last saved edit, else drafted.
+        indication: the indication given to the model ("" when none or no draft).
+        updated_at: the latest event of that draft (signature, saved edit, draft), else the study's creation.
+        first_image: path of the first view's de-identified PNG (``None`` for a study without views).
+        drafts: drafts of the study (re-drafts included).
+    """
+
+    study_id: str
+    draft_id: str | None
+    state: str
+    versions: int
+    created_at: datetime
+    updated_at: datetime
+    findings: str
+    impression: str
+    indication: str
+    views: int
+    drafts: int
+    first_image: Path | None
+
+    @property
+    def signed(self) -> bool:
+        return self.state == "signed"
+
+
+@dataclass(frozen=True)
 class AuditInfo:
     at: datetime
     actor: str
@@ -435,6 +468,16 @@ def needs_single_connection(path: Path, *, mounts_file: Path = Path("/proc/mount
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+LIKE_ESCAPE = "\\"
+
+
+def like_pattern(query: str) -> str:
+    """A SQL ``LIKE`` pattern matching ``query`` anywhere, its ``%``, ``_`` and ``\\`` taken literally."""
+    for char in (LIKE_ESCAPE, "%", "_"):
+        query = query.replace(char, LIKE_ESCAPE + char)
+    return f"%{query}%"
 
 
 # ---------------------------------------------------------------------------------------- the store
@@ -735,6 +778,52 @@ class Store:
                     rows.append(HistoryRow(study.id, d.id, d.created_at, d.sampler, d.model, status, d.signed_at,
                                            len(study.images)))
         return sorted(rows, key=lambda r: r.created_at, reverse=True)
+
+    def worklist(self, owner: str, *, query: str = "", limit: int = 500) -> list[WorklistEntry]:
+        """The owner's studies, newest first, one entry each; ``query`` keeps those whose id, a draft's id,
+        report text (drafted or any saved version) or indication contains it (case-insensitive for ASCII).
+
+        The filter runs in SQL with ``query`` as a bound parameter (``LIKE`` with its wildcards escaped).
+        """
+        query = (query or "").strip()
+        if limit < 1:
+            raise StoreError(f"a worklist limit is a positive number of studies, got {limit!r}")
+        with self._transaction() as s:
+            select_studies = select(Study).where(Study.owner == owner)
+            if query:
+                pattern = like_pattern(query)
+
+                def like(column: Any) -> Any:
+                    return column.like(pattern, escape=LIKE_ESCAPE)
+
+                edit_match = select(EditRow.id).where(
+                    EditRow.draft_id == DraftRow.id,
+                    or_(like(EditRow.findings), like(EditRow.impression)),
+                ).exists()
+                draft_match = select(DraftRow.id).where(
+                    DraftRow.study_id == Study.id,
+                    or_(like(DraftRow.id), like(DraftRow.report), like(DraftRow.findings), like(DraftRow.impression),
+                        like(func.json_extract(DraftRow.settings, "$.indication")), edit_match),
+                ).exists()
+                select_studies = select_studies.where(or_(like(Study.id), draft_match))
+            studies = s.scalars(select_studies.order_by(Study.created_at.desc(), Study.id).limit(limit)).all()
+            return [self._worklist_entry(study) for study in studies]
+
+    def _worklist_entry(self, study: Study) -> WorklistEntry:
+        signed = [d for d in study.drafts if d.signed_at is not None]
+        shown = (signed or list(study.drafts) or [None])[-1]
+        first = self.image_path(study.images[0].image_hash) if study.images else None
+        common = {"study_id": study.id, "created_at": study.created_at, "views": len(study.images),
+                  "drafts": len(study.drafts), "first_image": first}
+        if shown is None:
+            return WorklistEntry(draft_id=None, state="no draft", versions=0, updated_at=study.created_at,
+                                 findings="", impression="", indication="", **common)
+        draft = self._draft_info(shown)
+        findings, impression = draft.current
+        times = [draft.created_at, *(e.created_at for e in draft.versions)]
+        return WorklistEntry(draft_id=draft.id, state=draft.status, versions=len(draft.versions),
+                             updated_at=max(times), findings=findings, impression=impression,
+                             indication=str(draft.settings.get("indication") or ""), **common)
 
     def signed_drafts(self, owner: str, *, since: datetime | None = None,
                       until: datetime | None = None) -> list[tuple[DraftInfo, StudyInfo]]:

@@ -28,6 +28,7 @@ from gradio_client.exceptions import AppError
 from app.current import Current
 from app.main import build_demo, launch_options
 from app.settings import AppSettings
+from app.worklist import WorklistView
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
@@ -48,7 +49,7 @@ class CannotFail:
 
 DECODING = ("embedded", "echo", 16, 0.0, 0.85, 0)
 EXPLAIN = ("attention", None, "inferno", 0.45, "blur", 32)
-RACE = ("", "", "en", "embedded", False, "sequential", False, 16, 0.0, 0)
+RACE = ("", "", "en", "embedded", False, "sequential", False, 16, 0.0, 0, "natural")
 NO_DRAFT = "no draft on"
 MISSING = "does not exist"
 
@@ -58,6 +59,13 @@ def _failing_history(services: Any) -> None:
         raise ValueError("the history cannot be read right now (test)")
 
     services.store.history = boom
+
+
+def _failing_worklist(services: Any) -> None:
+    def boom(*_: Any, **__: Any) -> Any:
+        raise ValueError("the worklist cannot be read right now (test)")
+
+    services.store.worklist = boom
 
 
 def cases(bogus: str) -> dict[str, Case | CannotFail]:
@@ -84,7 +92,11 @@ def cases(bogus: str) -> dict[str, Case | CannotFail]:
         "Handlers.add_addendum": Case(("", "text", Current()), NO_DRAFT),
         "Handlers.history": Case((), "the history cannot be read", setup=_failing_history),
         "Handlers.pick_history_row": CannotFail("fills two boxes from a clicked row; ignores a short row"),
-        "Handlers.open_draft": Case(("no-such-draft",), MISSING),
+        "Handlers.open_draft": Case(("no-such-draft", ""), MISSING),
+        "Handlers.worklist": Case(("",), "the worklist cannot be read", setup=_failing_worklist),
+        "Handlers.pick_worklist_row": CannotFail("fills two boxes from a clicked row; ignores an unknown row"),
+        "Handlers.next_unsigned": Case((Current(), WorklistView(query="no such text")), "matches no study"),
+        "Handlers.previous_study": Case((Current(), WorklistView(query="no such text")), "matches no study"),
         "Handlers.show_study": Case(("no-such-study",), MISSING),
         "Handlers.export_corrections": Case(("2030-01-02", "2030-01-01"), "is after the end day"),
         "Handlers.delete_study": Case(("", False), "choose a study to delete"),

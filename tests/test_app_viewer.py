@@ -16,8 +16,8 @@ from app.store import Store, StoreError
 from app.viewer import (
     HU_PRESETS,
     PRESETS,
-    ViewPixels,
     RELATIVE_PRESETS,
+    ViewPixels,
     preset_window,
     render_pane,
     render_study,

@@ -34,10 +34,13 @@ _PANES_JS = """return [...document.querySelectorAll('#viewer .echo-pane')].map(p
 # Stand-ins for the History tab's study navigation buttons: record their clicks.
 _STUDY_BUTTONS_JS = """window.__echoStudyClicks = [];
 for (const [id, name] of [['next-study-btn', 'next'], ['prev-study-btn', 'prev']]) {
-  const button = document.createElement('button');
-  button.id = id;
-  button.addEventListener('click', () => window.__echoStudyClicks.push(name));
-  document.body.appendChild(button);
+  let button = document.getElementById(id);  // the History tab's study buttons (a stand-in where absent)
+  if (!button) {
+    button = document.createElement('button');
+    button.id = id;
+    document.body.appendChild(button);
+  }
+  button.addEventListener('click', () => window.__echoStudyClicks.push(name), true);
 }"""
 
 

@@ -232,10 +232,38 @@ def test_how_it_ran_flags_unequal_models_and_lengths() -> None:
     arm = {"tokens": 40, "parameters": 4_700_000}
     summary = {"arms": {"ar": arm, "echo": {"tokens": 56, "parameters": 8_300_000_000}}, "order": ["ar", "echo"],
                "torch_threads": None, "same_device": True, "device": "NVIDIA H100", "mode": "sequential",
-               "warmup": True, "speedup": 3.0, "tokens_per_second_ratio": 4.2}
+               "warmup": True, "speedup": 3.0, "tokens_per_second_ratio": 4.2, "length": "natural",
+               "settings": {"max_new_tokens": 256}}
     text = how_it_ran(summary)
     assert "AR 4.7M, ECHO 8.3B parameters" in text and "ECHO_RACE_AR_MODEL" in text
     assert "AR 40, ECHO 56" in text and "**3.00×**" in text and "**4.20×**" in text and "NVIDIA H100" in text
+    assert "**Natural length**" in text and "faster per report" in text and "Fixed" not in text
+    fixed = how_it_ran({**summary, "length": "fixed"})
+    assert "**Fixed length** (256 tokens, throughput)" in fixed and "faster for 256 tokens" in fixed
+    assert "per report (AR" not in fixed
+
+
+def test_natural_length_is_the_default_and_fixed_length_the_second_mode(services, image_file, monkeypatch) -> None:
+    """The race passes the chosen length to every arm's sampler and names it in the record and its headline."""
+    lengths: list[bool] = []
+    real = Drafter.stream
+
+    def stream(self: Drafter, images: Any, **kwargs: Any) -> Generator[Any, None, Draft]:
+        lengths.append(kwargs["config"].fixed_length)
+        return (yield from real(self, images, **kwargs))
+
+    monkeypatch.setattr(Drafter, "stream", stream)
+    h = RaceHandlers(services)
+    natural = h.race([str(image_file)], **_race_args(warmup=False))
+    assert lengths == [False, False] and natural["length"] == "natural"
+    assert natural["settings"]["fixed_length"] is False and "**Natural length**" in natural["how"]
+    lengths.clear()
+    fixed = h.race(None, natural["study_id"], **_race_args(warmup=False), length="fixed")
+    assert lengths == [True, True] and fixed["length"] == "fixed" and fixed["settings"]["fixed_length"] is True
+    assert all(arm["tokens"] == TOKENS for arm in fixed["arms"].values())  # exactly max_new_tokens each
+    assert f"**Fixed length** ({TOKENS} tokens, throughput)" in fixed["how"]
+    with pytest.raises(gr.Error, match="'short'"):
+        h.race(None, natural["study_id"], **_race_args(warmup=False), length="short")
 
 
 
@@ -261,3 +289,4 @@ def test_race_api_through_gradio_client_returns_the_samplers_figures(services, i
         assert record["arms"][arm]["report"] == draft.report
     assert record["speedup"] == timed["ar"].result.seconds / timed["echo"].result.seconds
     assert record["study_id"] and record["warmup"] is True and record["mode"] == "sequential"
+    assert record["length"] == "natural"  # the API's default
