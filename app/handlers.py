@@ -524,9 +524,12 @@ class Handlers:
             )
             view.findings, view.impression = split_report(step.report)
             if step.draft is not None:
+                saving = time.perf_counter()
                 saved = self._save_draft(step.draft, study=study, user=user, label=label, trace=trace,
                                          timing=timing, parent=parent, seed=config.seed)
-                view.timing, view.draft_id, view.status = saved.timings, saved.id, _status_text(saved)
+                view.draft_id, view.status = saved.id, _status_text(saved)
+                # what storing the draft took, shown with this reply (the stored timings cannot hold it)
+                view.timing = {**saved.timings, "store_s": round(time.perf_counter() - saving, 4)}
                 # The plain running text while blocks stream; the region layout once the draft is finished.
                 view.findings, view.impression = _editor_text(saved)
                 view.current = _draft_current(saved, study)

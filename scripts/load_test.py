@@ -20,7 +20,9 @@ the timings the app returns with each draft; a phase the app does not report sho
 * ``image``: storing the uploads (``read_s``) plus encoding the views for the model (``encode_s``);
 * ``queue``: waiting for admission (``gate_s``) plus waiting for a batch to start (``queue_s``);
 * ``forwards``: the sampler's own time (``total_s``: prefill and every forward of the draft's batch);
-* ``store + reply``: the client's latency minus the app's end to end (saving the draft, the reply, Gradio);
+* ``store``: saving the finished draft in the database (``store_s``);
+* ``reply``: the rest of the client's latency after the app's end to end and the store (sending the upload,
+  Gradio's queue, streaming every block to the client);
 * ``batch rows``: studies decoded together with the draft (1 = alone).
 
 The latency distribution is plotted to ``<out>/load.png``.
@@ -54,7 +56,7 @@ DRAFT_ID_INDEX = 9  # position of the draft id in /generate's outputs (app.handl
 TIMING_INDEX = 5  # position of the timings (app.handlers.DRAFT_FIELDS)
 #: Phases of an accepted draft: name -> the app's timing keys summed into it (see the module docstring).
 PHASES: dict[str, tuple[str, ...]] = {"image": ("read_s", "encode_s"), "queue": ("gate_s", "queue_s"),
-                                      "forwards": ("total_s",)}
+                                      "forwards": ("total_s",), "store": ("store_s",)}
 
 
 @dataclass
@@ -130,7 +132,7 @@ def _s(value: float | None) -> str:
 
 
 def draft_phases(timing: dict[str, object], client_s: float) -> dict[str, float]:
-    """Where one accepted draft's time went (:data:`PHASES`, ``store + reply``, ``batch rows``), from the timings
+    """Where one accepted draft's time went (:data:`PHASES`, ``reply``, ``batch rows``), from the timings
     the app returned with it and the latency the client saw; a phase the app does not report is left out."""
     phases: dict[str, float] = {}
     for name, keys in PHASES.items():
@@ -138,7 +140,7 @@ def draft_phases(timing: dict[str, object], client_s: float) -> dict[str, float]
         if values:
             phases[name] = sum(values)
     if isinstance(timing.get("end_to_end_s"), (int, float)):
-        phases["store + reply"] = client_s - float(timing["end_to_end_s"])
+        phases["reply"] = client_s - float(timing["end_to_end_s"]) - phases.get("store", 0.0)
     phases["batch rows"] = float(timing.get("batch_rows", 1))  # type: ignore[arg-type]
     return phases
 
@@ -283,7 +285,7 @@ def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: i
                 f"{_cpu_count()} logical CPUs, Python {platform.python_version()}",
         throughput_per_s=round(len(every.drafts) / wall, 3) if wall > 0 else 0.0,
         breakdown_p50_s={name: _percentile([p[name] for p in every.phases if name in p], 50)
-                         for name in (*PHASES, "store + reply", "batch rows")},
+                         for name in (*PHASES, "reply", "batch rows")},
         latencies={"generate_s": [round(v, 4) for v in every.generate_s],
                    "save_s": [round(v, 4) for v in every.save_s],
                    "busy_s": [round(v, 4) for v in every.busy_s]},

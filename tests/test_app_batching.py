@@ -245,3 +245,39 @@ def test_batch_settings_come_from_the_environment() -> None:
     s = AppSettings.from_env({"ECHO_MAX_BATCH": "4", "ECHO_BATCH_WINDOW_MS": "20"})
     assert (s.max_batch, s.batch_window_ms) == (4, 20)
     assert Services(settings=s, drafting=DraftingService(s), store=None).gate.capacity == 4  # type: ignore[arg-type]
+
+
+def test_generate_handler_drafts_share_a_batch_and_record_where_the_time_went(model_dir, tmp_path) -> None:
+    """Two *Generate* presses at once, through the handler: one batch, each draft saved with its own figures."""
+    from app.handlers import DRAFT_FIELDS, Handlers
+
+    services = _service(model_dir, tmp_path, max_batch=2)
+    handlers = Handlers(services)
+    field_index = {name: i for i, name in enumerate(DRAFT_FIELDS)}
+    outputs: list[list[tuple[Any, ...]]] = [[], []]
+    start = threading.Barrier(2)
+
+    def press(i: int) -> None:
+        folder = services.settings.upload_cache_dir / f"upload-{i}"
+        folder.mkdir(parents=True)
+        synthetic_cxr(i, (160, 144)).save(folder / "view.png")
+        start.wait()
+        outputs[i] = list(handlers.generate([str(folder / "view.png")], INDICATIONS[i] or "", "en", "", "echo", 16,
+                                            0.0, 0.85, 0, "", None, progress=lambda *a, **k: None))
+
+    threads = [threading.Thread(target=press, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert services.drafting.batcher.batches == [2]
+    reports = set()
+    for updates in outputs:
+        last = updates[-1]
+        timing, draft_id = last[field_index["timing"]], last[field_index["draft_id"]]
+        stored = services.store.get_draft(draft_id, services.settings.local_user)
+        assert stored.timings["batch_rows"] == timing["batch_rows"] == 2
+        assert all(stored.timings[k] >= 0 for k in ("read_s", "gate_s", "encode_s", "queue_s"))
+        assert "forwards shared with 1 other draft" in last[field_index["summary"]]
+        reports.add(stored.report)
+    assert len(reports) == 2  # each client got its own study's draft
