@@ -14,7 +14,8 @@ by its user (0 lost, 0 mixed); drafts must belong to the user who asked for them
 
 Printed and written to ``<out>/load.json`` (default ``results/reliability``): p50/p95 latency of drafts
 and saves, throughput (accepted drafts per second of wall time), how many drafts were told "busy" and how
-fast, saves refused, lost and mixed, and where an accepted draft's time went (medians over the drafts, from
+fast, saves refused, lost and mixed, the CPU seconds the app and the clients used meanwhile, and where an
+accepted draft's time went (medians over the drafts, from
 the timings the app returns with each draft; a phase the app does not report shows ``-``):
 
 * ``image``: storing the uploads (``read_s``) plus encoding the views for the model (``encode_s``);
@@ -115,6 +116,8 @@ class LoadReport:
     machine: str
     throughput_per_s: float = 0.0
     breakdown_p50_s: dict[str, float | None] = field(default_factory=dict)
+    app_cpu_s: float | None = None
+    clients_cpu_s: float | None = None
     latencies: dict[str, list[float]] = field(repr=False, default_factory=dict)
 
     @property
@@ -143,6 +146,22 @@ def draft_phases(timing: dict[str, object], client_s: float) -> dict[str, float]
         phases["reply"] = client_s - float(timing["end_to_end_s"]) - phases.get("store", 0.0)
     phases["batch rows"] = float(timing.get("batch_rows", 1))  # type: ignore[arg-type]
     return phases
+
+
+def _cpu_seconds(pid: int | None = None) -> float | None:
+    """User + system CPU seconds of process ``pid`` (None: this one, all its threads), where /proc tells."""
+    if pid is None:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _client(index: int, *, url: str, user: str, password: str, image: Path, iterations: int, saves: int,
@@ -258,11 +277,14 @@ def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: i
             for i in range(clients)
         ]
         t0 = time.perf_counter()
+        cpu0 = (_cpu_seconds(app.process.pid), _cpu_seconds())
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=max(1.0, deadline - time.monotonic() + 30))
         wall = time.perf_counter() - t0
+        cpu1 = (_cpu_seconds(app.process.pid), _cpu_seconds())
+        app_cpu, clients_cpu = (round(b - a, 2) if a is not None and b is not None else None for a, b in zip(cpu0, cpu1))
         db = app.data_dir / "echo.sqlite"
     every = ClientLog()
     for log in logs:
@@ -284,6 +306,7 @@ def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: i
         machine=f"{platform.machine()} {platform.processor() or platform.system()}, "
                 f"{_cpu_count()} logical CPUs, Python {platform.python_version()}",
         throughput_per_s=round(len(every.drafts) / wall, 3) if wall > 0 else 0.0,
+        app_cpu_s=app_cpu, clients_cpu_s=clients_cpu,
         breakdown_p50_s={name: _percentile([p[name] for p in every.phases if name in p], 50)
                          for name in (*PHASES, "reply", "batch rows")},
         latencies={"generate_s": [round(v, 4) for v in every.generate_s],
@@ -332,6 +355,8 @@ def summary(report: LoadReport) -> str:
          f"{report.saves_per_iteration} saves each, drafting line {report.queue_size}, wall {report.wall_s:.1f} s"),
         (f"/generate accepted: {report.drafts}, p50 {_s(report.generate_p50_s)}, p95 {_s(report.generate_p95_s)}; "
          f"throughput {report.throughput_per_s:.2f} drafts/s"),
+        (f"CPU while the clients ran: app {report.app_cpu_s} s, load-test clients {report.clients_cpu_s} s "
+         f"(wall {report.wall_s:.1f} s, {_cpu_count()} CPUs)"),
         "per draft, median: " + ", ".join(
             f"{name} {'-' if value is None else (f'{value:g}' if name == 'batch rows' else f'{value:.3f} s')}"
             for name, value in report.breakdown_p50_s.items()),
