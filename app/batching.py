@@ -25,6 +25,7 @@ This module holds no model code: the rows bring the function that starts their s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -63,8 +64,11 @@ class BatchKey:
 
     @classmethod
     def of(cls, *, model: str, sampler: str, config: SamplerConfig) -> BatchKey:
-        """The key of a draft; a sampled one (temperature > 0) gets a key of its own."""
-        return cls(model=model, sampler=sampler, config=config, alone=object() if config.temperature > 0 else None)
+        """The key of a draft; a sampled one (temperature > 0) gets a key of its own, and a greedy one ignores the
+        seed (it draws nothing), so greedy drafts that differ only in their seed share a batch."""
+        if config.temperature > 0:
+            return cls(model=model, sampler=sampler, config=config, alone=object())
+        return cls(model=model, sampler=sampler, config=dataclasses.replace(config, seed=None))
 
 
 @dataclass

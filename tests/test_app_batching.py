@@ -169,8 +169,10 @@ def _fake_start(log: list[str], blocks: int = 3, *, block_s: float = 0.0) -> Any
     return start
 
 
-def _row(name: str, start: Any, *, temperature: float = 0.0, sampler: str = "echo") -> BatchRow:
-    key = BatchKey.of(model="m", sampler=sampler, config=SamplerConfig(temperature=temperature, seed=1))
+def _row(name: str, start: Any, *, temperature: float = 0.0, sampler: str = "echo", seed: int = 1,
+         threshold: float = 0.85) -> BatchRow:
+    config = SamplerConfig(temperature=temperature, seed=seed, threshold=threshold)
+    key = BatchKey.of(model="m", sampler=sampler, config=config)
     return BatchRow(key=key, prompt=name, start=start)
 
 
@@ -178,13 +180,16 @@ def test_only_rows_with_the_same_model_sampler_and_settings_share_a_batch() -> N
     log: list[str] = []
     batcher = DraftBatcher(workers=1, max_batch=8, window_s=0.2)
     start = _fake_start(log)
-    rows = [_row("a", start), _row("b", start, sampler="teacher"), _row("c", start), _row("d", start, temperature=0.5)]
+    rows = [_row("a", start), _row("b", start, sampler="teacher"), _row("c", start, seed=5),
+            _row("d", start, temperature=0.5), _row("e", start, threshold=0.5), _row("f", start, temperature=0.5)]
     for row in rows:
         batcher.submit(row)
     results = [list(row.events()) for row in rows]
-    assert [len(r) for r in results] == [3, 3, 3, 3]
-    assert sorted(batcher.batches) == [1, 1, 2]  # a+c together; the teacher and the sampled draft alone
-    assert rows[0].figures.batch_rows == rows[2].figures.batch_rows == 2 and rows[1].figures.batch_rows == 1
+    assert [len(r) for r in results] == [3] * 6
+    # a+c together (greedy: the seed does not matter); the teacher, another threshold and each sampled draft alone
+    assert sorted(batcher.batches) == [1, 1, 1, 1, 2]
+    assert rows[0].figures.batch_rows == rows[2].figures.batch_rows == 2
+    assert all(rows[i].figures.batch_rows == 1 for i in (1, 3, 4, 5))
 
 
 def test_the_batch_stops_when_every_row_is_cancelled() -> None:
@@ -260,7 +265,7 @@ def test_generate_handler_drafts_share_a_batch_and_record_where_the_time_went(mo
     def press(i: int) -> None:
         folder = services.settings.upload_cache_dir / f"upload-{i}"
         folder.mkdir(parents=True)
-        synthetic_cxr(i, (160, 144)).save(folder / "view.png")
+        synthetic_cxr(i, (256, 240)).save(folder / "view.png")
         start.wait()
         outputs[i] = list(handlers.generate([str(folder / "view.png")], INDICATIONS[i] or "", "en", "", "echo", 16,
                                             0.0, 0.85, 0, "", None, progress=lambda *a, **k: None))
