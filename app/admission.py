@@ -1,4 +1,5 @@
-"""Admission control for drafting: a few drafts on the device, a bounded line behind them, the rest refused.
+"""Admission control for drafting: a few batches of drafts on the device, a bounded line behind them, the rest
+refused.
 
 Why our own instead of Gradio's ``queue(max_size=...)``: Gradio's bound counts every waiting event of
 the app, and ``gradio_client`` sends every call through the queue, ``queue=False`` ones included (only
@@ -27,30 +28,53 @@ class DraftingBusyError(ValueError):
 
 
 class GenerationGate:
-    """``slots`` drafts run at once; at most ``max_waiting`` wait in line (FIFO); further ones are refused.
+    """``slots`` device runs at once, each a batch of up to ``rows_per_slot`` studies; at most ``max_waiting``
+    drafts wait in line (FIFO); further ones are refused.
+
+    Admission counts studies (rows): the device holds ``slots * rows_per_slot`` of them. A *shared*
+    admission (a draft that may join a batch of others, :mod:`app.batching`) takes one row; a plain
+    admission takes a whole slot (``rows_per_slot`` rows), for work that must have the device to itself:
+    the race times its arms, so it holds every slot. With ``rows_per_slot=1`` both are the same.
 
     Args:
-        slots: drafts running at once (``ECHO_GENERATION_CONCURRENCY``).
-        max_waiting: drafts allowed to wait for a slot (``ECHO_QUEUE_SIZE``).
-        poll_s: how often a waiting draft re-checks its place (it is also woken when a slot frees).
+        slots: device runs at once (``ECHO_GENERATION_CONCURRENCY``).
+        max_waiting: drafts allowed to wait for room (``ECHO_QUEUE_SIZE``).
+        rows_per_slot: studies one run may decode together (``ECHO_MAX_BATCH``).
+        poll_s: how often a waiting draft re-checks its place (it is also woken when room frees).
     """
 
-    def __init__(self, *, slots: int, max_waiting: int, poll_s: float = 0.5):
+    def __init__(self, *, slots: int, max_waiting: int, rows_per_slot: int = 1, poll_s: float = 0.5):
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         if max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {max_waiting}")
+        if rows_per_slot < 1:
+            raise ValueError(f"rows_per_slot must be >= 1, got {rows_per_slot}")
         self.slots = slots
         self.max_waiting = max_waiting
+        self.rows_per_slot = rows_per_slot
         self.poll_s = poll_s
         self._cond = threading.Condition()
         self._line: deque[object] = deque()
-        self._running = 0
+        self._rows = 0  # rows taken (a whole slot counts rows_per_slot)
+        self._holders = 0  # admissions holding room: the drafts (or races) on the device
+
+    @property
+    def capacity(self) -> int:
+        """Studies the device holds at once (``slots * rows_per_slot``)."""
+        return self.slots * self.rows_per_slot
 
     @property
     def running(self) -> int:
+        """Slots in use (a slot is in use while any of its rows is)."""
         with self._cond:
-            return self._running
+            return -(-self._rows // self.rows_per_slot)
+
+    @property
+    def running_rows(self) -> int:
+        """Studies admitted (drafting, or gathered for the next batch)."""
+        with self._cond:
+            return self._rows
 
     @property
     def waiting(self) -> int:
@@ -58,26 +82,28 @@ class GenerationGate:
             return len(self._line)
 
     @contextlib.contextmanager
-    def admitted(self, *, on_wait: Callable[[int], None] | None = None) -> Iterator[None]:
-        """Hold a drafting slot for the ``with`` body; wait in line for it, or refuse at once when the line is full.
+    def admitted(self, *, on_wait: Callable[[int], None] | None = None, shared: bool = False) -> Iterator[None]:
+        """Hold room on the device for the ``with`` body; wait in line for it, or refuse at once when the line is full.
 
         Args:
             on_wait: called (outside the lock) with the number of drafts ahead whenever it changes while
                 waiting, e.g. to show a progress message.
+            shared: take one row of a batch (a draft) instead of a whole slot (the device alone).
 
         Raises:
-            DraftingBusyError: the line already holds ``max_waiting`` drafts and no slot is free.
+            DraftingBusyError: the line already holds ``max_waiting`` drafts and there is no room.
         """
         ticket = object()
+        cost = 1 if shared else self.rows_per_slot
         with self._cond:
-            if self._running >= self.slots and len(self._line) >= self.max_waiting:
+            if self._rows + cost > self.capacity and len(self._line) >= self.max_waiting:
                 raise DraftingBusyError(
-                    f"The drafting queue is full: {self._running} report(s) being drafted and {len(self._line)} "
+                    f"The drafting queue is full: {self._holders} report(s) being drafted and {len(self._line)} "
                     "waiting. Try again in a minute; saving, signing and exporting still work."
                 )
             self._line.append(ticket)
         try:
-            self._wait_turn(ticket, on_wait)
+            self._wait_turn(ticket, cost, on_wait)
         except BaseException:
             with self._cond:
                 if ticket in self._line:
@@ -88,19 +114,21 @@ class GenerationGate:
             yield
         finally:
             with self._cond:
-                self._running -= 1
+                self._rows -= cost
+                self._holders -= 1
                 self._cond.notify_all()
 
-    def _wait_turn(self, ticket: object, on_wait: Callable[[int], None] | None) -> None:
+    def _wait_turn(self, ticket: object, cost: int, on_wait: Callable[[int], None] | None) -> None:
         reported: int | None = None
         while True:
             with self._cond:
-                if self._line[0] is ticket and self._running < self.slots:
+                if self._line[0] is ticket and self._rows + cost <= self.capacity:
                     self._line.popleft()
-                    self._running += 1
-                    self._cond.notify_all()  # with several slots the next in line may start too
+                    self._rows += cost
+                    self._holders += 1
+                    self._cond.notify_all()  # with room for several the next in line may start too
                     return
-                ahead = self._running + self._line.index(ticket)
+                ahead = self._holders + self._line.index(ticket)
                 if ahead == reported or on_wait is None:
                     self._cond.wait(self.poll_s)
                     continue

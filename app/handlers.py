@@ -221,6 +221,9 @@ def _summary(timing: dict[str, Any]) -> str:
                   f"{timing['tokens_per_forward']:.2f} tokens/forward"]
     else:
         parts += [f"elapsed {timing['elapsed_s']:.2f} s", f"last block {timing['per_block_ms'][-1]:.0f} ms"]
+    if timing.get("batch_rows", 1) > 1:
+        others = timing["batch_rows"] - 1
+        parts.append(f"forwards shared with {others} other draft{'' if others == 1 else 's'}")
     parts.append(f"{timing['sampler']} · {timing['model']} (revision {timing['revision']})")
     return " · ".join(parts)
 
@@ -412,12 +415,14 @@ class Handlers:
                 study = self.store.get_study(study_id, user)
             else:
                 raise ValueError("no image: upload one or more views (PNG, JPEG or DICOM) first")
-            with self.services.gate.admitted(on_wait=waiting_progress(progress)):
+            read_s = time.perf_counter() - started
+            with self.services.gate.admitted(on_wait=waiting_progress(progress), shared=True):
+                phases = {"read_s": round(read_s, 4), "gate_s": round(time.perf_counter() - started - read_s, 4)}
                 progress(None, desc="Loading the model and encoding the images")
                 yield from self._draft_stream(
                     study, user=user, indication=indication, language=language, model=model, sampler=sampler,
                     config=_sampler_config(max_new_tokens, temperature, threshold, seed), prefix=None,
-                    parent=None, started=started,
+                    parent=None, started=started, phases=phases,
                 )
 
     def redraft(
@@ -455,7 +460,7 @@ class Handlers:
             prefix = redraft_prefix(findings, impression, draft_impression=source.impression, lang=source.language)
             study = self.store.get_study(source.study_id, user)
             config = _sampler_config(max_new_tokens, temperature, threshold, seed)
-            with self.services.gate.admitted(on_wait=waiting_progress(progress)):
+            with self.services.gate.admitted(on_wait=waiting_progress(progress), shared=True):
                 progress(None, desc="Re-drafting after your edit")
                 yield from self._draft_stream(
                     study, user=user, indication=source.settings.get("indication") or "",
@@ -465,11 +470,14 @@ class Handlers:
 
     def _draft_stream(self, study: StudyInfo, *, user: str, indication: str, language: str, model: str,
                       sampler: str, config: Any, prefix: str | None, parent: str | None,
-                      started: float | None = None) -> Iterator[tuple[Any, ...]]:
+                      started: float | None = None, phases: dict[str, float] | None = None,
+                      ) -> Iterator[tuple[Any, ...]]:
         """Stream one :class:`DraftView` per committed block and save the draft with the last one.
 
         ``started``: ``time.perf_counter()`` when the request arrived; the timings then hold ``end_to_end_s``
         (to the latest block: reading images, waiting for the device and loading the model included).
+        ``phases``: seconds spent before drafting (``read_s`` storing the uploads, ``gate_s`` waiting for
+        admission), kept in the timings with the shared batch's figures (``BlockStep.batch``).
         """
         label = self.drafting.check_model(model)
         input_warnings = [f"{img.label}: {w}" for img in study.images for w in img.warnings]
@@ -503,6 +511,7 @@ class Handlers:
                 "blocks": len(trace), "time_to_first_block_s": round(first_block_s, 4),
                 "per_block_ms": per_block_ms, "elapsed_s": round(step.seconds, 4), "done": step.done,
                 "sampler": sampler, "model": label, "revision": step.model_revision,
+                **(phases or {}), **step.batch,
             }
             if started is not None:
                 timing["end_to_end_s"] = round(time.perf_counter() - started, 4)
@@ -515,9 +524,12 @@ class Handlers:
             )
             view.findings, view.impression = split_report(step.report)
             if step.draft is not None:
+                saving = time.perf_counter()
                 saved = self._save_draft(step.draft, study=study, user=user, label=label, trace=trace,
                                          timing=timing, parent=parent, seed=config.seed)
-                view.timing, view.draft_id, view.status = saved.timings, saved.id, _status_text(saved)
+                view.draft_id, view.status = saved.id, _status_text(saved)
+                # what storing the draft took, shown with this reply (the stored timings cannot hold it)
+                view.timing = {**saved.timings, "store_s": round(time.perf_counter() - saving, 4)}
                 # The plain running text while blocks stream; the region layout once the draft is finished.
                 view.findings, view.impression = _editor_text(saved)
                 view.current = _draft_current(saved, study)

@@ -180,7 +180,7 @@ def launch_options(settings: AppSettings) -> dict[str, Any]:
         "max_file_size": settings.max_file_size,
         "footer_links": ["api", "settings"],
         # Drafts waiting in the gate hold a worker thread each; keep threads for saves, uploads and history.
-        "max_threads": settings.generation_concurrency + settings.queue_size + INTERACTIVE_THREADS,
+        "max_threads": settings.generation_concurrency * settings.max_batch + settings.queue_size + INTERACTIVE_THREADS,
         "theme": _theme(),
         "css_paths": [STATIC_DIR / "app.css"],
     }
@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("listening on %s without ECHO_AUTH: anyone who can reach this port can read the reports",
                     options["server_name"])
     demo = build_demo(settings)
+    from .batching import tune_for_drafting  # torch threads and the GIL switch interval of the served process
+
+    tune_for_drafting(settings.device, settings.cpu_threads)
     demo.launch(**options)
     return 0
 

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from echo_model.imaging import (
 )
 
 from .admission import GenerationGate
+from .batching import BatchKey, BatchRow, DraftBatcher
 from .settings import EMBEDDED, AppSettings
 from .store import NewImage, NotFoundError, Store, StudyInfo
 
@@ -235,6 +237,8 @@ class BlockStep:
         token_ids / confidences: the raw commit.
         done: the last block.
         draft: the finished draft (only on the last step).
+        batch: what the shared batch cost this draft (:class:`~app.batching.RowFigures` as JSON: ``encode_s``,
+            ``queue_s``, ``batch_rows``); a draft run alone has ``batch_rows`` 1.
     """
 
     index: int
@@ -250,6 +254,7 @@ class BlockStep:
     done: bool = False
     draft: Draft | None = None
     steps: list[int] | None = None
+    batch: dict[str, float | int] = field(default_factory=dict)
 
     def trace(self) -> dict[str, Any]:
         """The JSON stored per block in the draft row (``steps``: each token's commit step, for explanations)."""
@@ -318,6 +323,9 @@ class DraftingService:
         self._factory = drafter_factory
         self._drafters: dict[str, Drafter] = {}
         self._lock = threading.Lock()
+        #: Decodes concurrent drafts of the same model, sampler and settings in shared batches.
+        self.batcher = DraftBatcher(workers=settings.generation_concurrency, max_batch=settings.max_batch,
+                                    window_s=settings.batch_window_ms / 1000.0)
 
     # ------------------------------------------------------------------ models
     def check_model(self, label: str | None) -> str:
@@ -419,7 +427,22 @@ class DraftingService:
         kept = (prefix or "").strip()
         if kept:
             kwargs["prefix"] = kept
-        events: Generator[Any, None, Draft] = drafter.stream(list(images), **kwargs)
+        batch: dict[str, float | int] = {"batch_rows": 1}
+        row: BatchRow | None = None
+        if self._shares_batches(drafter):
+            events, row = self._shared(drafter, images, label=self.check_model(model), **kwargs)
+        else:  # a drafter without per-row hooks (an older or stand-in one) decodes alone, in this thread
+            events = drafter.stream(list(images), **kwargs)
+        try:
+            yield from self._steps(events, row, checkpoint=checkpoint, config=config, kept=kept, batch=batch)
+        finally:
+            if row is not None:
+                row.cancel()  # stopped or disconnected: the batch goes on without this row (no effect once done)
+
+    def _steps(self, events: Generator[Any, None, Draft], row: BatchRow | None, *, checkpoint: Any,
+               config: SamplerConfig, kept: str, batch: dict[str, float | int]) -> Iterator[BlockStep]:
+        """One :class:`BlockStep` per block event of ``events``, the last one with the finished draft."""
+        figures = row.figures if row is not None else None
         processor = checkpoint.processor
         decoder = PieceDecoder(lambda ids: str(processor.tokenizer.decode(ids, skip_special_tokens=True)),
                                processor.eos_token_id, limit=config.max_new_tokens)
@@ -430,17 +453,22 @@ class DraftingService:
                 event = next(events)
             except StopIteration as stop:  # the sampler ended without flagging a last block
                 draft = stop.value
+                if figures is not None:
+                    batch = figures.to_json()
                 yield BlockStep(index=-1, pieces=decoder.flush(), block_text="", report=draft.report,
                                 seconds=draft.result.seconds, block_ms=0.0, block_length=block_length,
-                                model_revision=revision, token_ids=[], confidences=[], done=True, draft=draft)
+                                model_revision=revision, token_ids=[], confidences=[], done=True, draft=draft,
+                                batch=batch)
                 return
+            if figures is not None:
+                batch = figures.to_json()
             pieces = decoder.feed(event.token_ids, event.confidences)
             step = BlockStep(
                 index=event.block, pieces=pieces, block_text="".join(p.text for p in pieces),
                 report=" ".join(f"{kept} {event.text}".split()) if kept else event.text,
                 seconds=event.seconds, block_ms=(event.seconds - previous) * 1000.0, block_length=block_length,
                 model_revision=revision, token_ids=list(event.token_ids), confidences=list(event.confidences), done=event.done,
-                steps=list(event.steps) if event.steps is not None else None,
+                steps=list(event.steps) if event.steps is not None else None, batch=batch,
             )
             previous = event.seconds
             if event.done:
@@ -452,6 +480,37 @@ class DraftingService:
             yield step
             if event.done:
                 return
+
+    @staticmethod
+    def _shares_batches(drafter: Any) -> bool:
+        """Whether ``drafter`` has what a shared batch needs: encoding alone and a draft per row."""
+        return callable(getattr(drafter, "prompt", None)) and callable(getattr(drafter, "finish", None))
+
+    def _shared(self, drafter: Drafter, images: Sequence[Image.Image], *, label: str, sampler: str,
+                config: SamplerConfig, **request: Any) -> tuple[Generator[Any, None, Draft], BatchRow]:
+        """This draft's events from a shared batch (:mod:`app.batching`) and the figures the batch fills in.
+
+        The images are encoded here, in the caller's thread, while a running batch keeps the device busy.
+        """
+        from echo_model.sampling import build_sampler
+
+        t0 = time.perf_counter()
+        checkpoint, prompt = drafter.prompt(images, sampler=sampler, indication=request.get("indication"),
+                                            lang=request["lang"], prefix=request.get("prefix"))
+        encode_s = time.perf_counter() - t0
+
+        def start(prompts: Sequence[Any]) -> Generator[Any, None, Any]:
+            return build_sampler(sampler, checkpoint.model, checkpoint.processor, config).stream(list(prompts))
+
+        row = BatchRow(key=BatchKey.of(model=label, sampler=sampler, config=config), prompt=prompt, start=start)
+        row.figures.encode_s = encode_s
+        self.batcher.submit(row)
+
+        def events() -> Generator[Any, None, Draft]:
+            result = yield from row.events()
+            return drafter.finish(result, sampler=sampler, config=config, **request)
+
+        return events(), row
 
     def redraft_from(self, prefix_text: str, images: Sequence[Image.Image], **kwargs: Any) -> Iterator[BlockStep]:
         """Keep ``prefix_text`` (the radiologist's fixed text) and let the model write what follows."""
@@ -510,7 +569,8 @@ class Services:
 
     def __post_init__(self) -> None:
         settings = self.settings
-        self.gate = GenerationGate(slots=settings.generation_concurrency, max_waiting=settings.queue_size)
+        self.gate = GenerationGate(slots=settings.generation_concurrency, max_waiting=settings.queue_size,
+                                   rows_per_slot=settings.max_batch)
 
     @classmethod
     def create(cls, settings: AppSettings, **kwargs: Any) -> Services:

@@ -15,6 +15,9 @@ not deep inside a request.
 ``ECHO_MAX_NEW_TOKENS``        default generation budget shown in the UI (default 512)
 ``ECHO_QUEUE_SIZE``            most drafts waiting for the device; more are refused as busy (default 16)
 ``ECHO_GENERATION_CONCURRENCY`` generations that run at once (default 1: one model on one device)
+``ECHO_MAX_BATCH``             most drafts decoded together in one shared batch (default 8; 1 = each alone)
+``ECHO_BATCH_WINDOW_MS``       how long a draft waits for others to share its batch (default 50 ms)
+``ECHO_CPU_THREADS``           torch threads of the served app on a CPU (default: every core but one)
 ``ECHO_EXPORT_LICENCE``        licence string written into exported records (default ``unknown``)
 ``ECHO_RACE_AR_MODEL``         the AR arm of the Race tab: ``embedded`` (default, the embedded Stage I AR
                                checkpoint), a folder or a hub id (official ECHO releases have no AR sibling)
@@ -91,6 +94,11 @@ class AppSettings:
             (``Services.gate``, see :mod:`app.admission`; Gradio's own queue is unbounded, so that saves
             are never refused for load).
         generation_concurrency: drafts running at once on the device (the gate's slots).
+        max_batch: most drafts one slot decodes together (:mod:`app.batching`); the gate admits
+            ``generation_concurrency * max_batch`` studies.
+        batch_window_ms: how long the oldest waiting draft waits for others to share its batch.
+        cpu_threads: torch threads of the served app on a CPU (``None`` = every core but one, see
+            :func:`app.batching.tune_for_drafting`).
         export_licence: licence string of exported correction records.
         race_ar_model: checkpoint of the Race tab's AR arm (``"embedded"`` = the embedded AR checkpoint); the
             official ECHO checkpoints come without an AR sibling, so the baseline is configured separately.
@@ -109,6 +117,9 @@ class AppSettings:
     max_new_tokens: int = 512
     queue_size: int = 16
     generation_concurrency: int = 1
+    max_batch: int = 8
+    batch_window_ms: int = 50
+    cpu_threads: int | None = None
     export_licence: str = "unknown"
     race_ar_model: str = EMBEDDED
     max_file_size: str = "200mb"
@@ -125,6 +136,9 @@ class AppSettings:
             raise SettingsError(f"ECHO_RACE_AR_MODEL must name a model, got {self.race_ar_model!r}")
         if self.max_new_tokens < 1 or self.queue_size < 1 or self.generation_concurrency < 1:
             raise SettingsError("max_new_tokens, queue_size and generation_concurrency must be >= 1")
+        if self.max_batch < 1 or self.batch_window_ms < 0:
+            raise SettingsError(f"ECHO_MAX_BATCH must be >= 1 and ECHO_BATCH_WINDOW_MS >= 0, got "
+                                f"{self.max_batch} and {self.batch_window_ms}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AppSettings:
@@ -141,6 +155,9 @@ class AppSettings:
             max_new_tokens=_int(env, "ECHO_MAX_NEW_TOKENS", 512),
             queue_size=_int(env, "ECHO_QUEUE_SIZE", 16),
             generation_concurrency=_int(env, "ECHO_GENERATION_CONCURRENCY", 1),
+            max_batch=_int(env, "ECHO_MAX_BATCH", 8),
+            batch_window_ms=_int(env, "ECHO_BATCH_WINDOW_MS", 50, minimum=0),
+            cpu_threads=_int(env, "ECHO_CPU_THREADS", 0) if env.get("ECHO_CPU_THREADS", "").strip() else None,
             export_licence=env.get("ECHO_EXPORT_LICENCE", "").strip() or "unknown",
             race_ar_model=env.get("ECHO_RACE_AR_MODEL", "").strip() or EMBEDDED,
             max_file_size=env.get("ECHO_MAX_FILE_SIZE", "").strip() or "200mb",

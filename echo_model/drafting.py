@@ -106,10 +106,28 @@ class Drafter:
         computed the same way), so no special sampler path is needed. The returned report starts with it.
         """
         ck, prompt = self.prompt(images, sampler=sampler, indication=indication, lang=lang, prefix=prefix)
-        prefix_text = (prefix or "").strip()
         runner = build_sampler(sampler, ck.model, ck.processor, config)
         results = yield from runner.stream(prompt)
-        result = results[0]
+        return self.finish(results[0], sampler=sampler, indication=indication, lang=lang, config=config,
+                           warnings=warnings, prefix=prefix)
+
+    def finish(
+        self,
+        result: GenerationResult,
+        *,
+        sampler: str,
+        indication: str | None = None,
+        lang: str = "en",
+        config: SamplerConfig | None = None,
+        warnings: Sequence[str] = (),
+        prefix: str | None = None,
+    ) -> Draft:
+        """The :class:`Draft` of one sampler result: the kept prefix put back, the report checked, the settings
+        recorded. :meth:`stream` ends with it; a caller that decodes several studies in one batch (the app's
+        shared batches) calls it per row with that row's request."""
+        ck = self.checkpoint(sampler)
+        config = config if config is not None else SamplerConfig()
+        prefix_text = (prefix or "").strip()
         if prefix_text:
             result.text = " ".join(f"{prefix_text} {result.text}".split())
         tok = ck.processor.tokenizer

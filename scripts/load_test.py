@@ -13,8 +13,20 @@ read-only) and every acknowledged save must be there exactly once with its exact
 by its user (0 lost, 0 mixed); drafts must belong to the user who asked for them.
 
 Printed and written to ``<out>/load.json`` (default ``results/reliability``): p50/p95 latency of drafts
-and saves, how many drafts were told "busy" and how fast, saves refused, lost and mixed; the latency
-distribution is plotted to ``<out>/load.png``.
+and saves, throughput (accepted drafts per second of wall time), how many drafts were told "busy" and how
+fast, saves refused, lost and mixed, the CPU seconds the app and the clients used meanwhile, and where an
+accepted draft's time went (medians over the drafts, from
+the timings the app returns with each draft; a phase the app does not report shows ``-``):
+
+* ``image``: storing the uploads (``read_s``) plus encoding the views for the model (``encode_s``);
+* ``queue``: waiting for admission (``gate_s``) plus waiting for a batch to start (``queue_s``);
+* ``forwards``: the sampler's own time (``total_s``: prefill and every forward of the draft's batch);
+* ``store``: saving the finished draft in the database (``store_s``);
+* ``reply``: the rest of the client's latency after the app's end to end and the store (sending the upload,
+  Gradio's queue, streaming every block to the client);
+* ``batch rows``: studies decoded together with the draft (1 = alone).
+
+The latency distribution is plotted to ``<out>/load.png``.
 """
 
 from __future__ import annotations
@@ -42,6 +54,10 @@ __all__ = ["BUSY_TEXT", "LoadReport", "audit_saves", "main", "run_load"]
 #: What a refused draft's message says (app.admission.DraftingBusyError).
 BUSY_TEXT = "drafting queue is full"
 DRAFT_ID_INDEX = 9  # position of the draft id in /generate's outputs (app.handlers.DRAFT_FIELDS)
+TIMING_INDEX = 5  # position of the timings (app.handlers.DRAFT_FIELDS)
+#: Phases of an accepted draft: name -> the app's timing keys summed into it (see the module docstring).
+PHASES: dict[str, tuple[str, ...]] = {"image": ("read_s", "encode_s"), "queue": ("gate_s", "queue_s"),
+                                      "forwards": ("total_s",), "store": ("store_s",)}
 
 
 @dataclass
@@ -66,6 +82,7 @@ class ClientLog:
     generate_errors: list[str] = field(default_factory=list)
     drafts: list[tuple[str, str]] = field(default_factory=list)  # (user, draft id)
     saves: list[Save] = field(default_factory=list)
+    phases: list[dict[str, float]] = field(default_factory=list)  # per accepted draft (draft_phases)
 
 
 @dataclass
@@ -97,6 +114,10 @@ class LoadReport:
     stored_unacknowledged: int
     drafts_of_wrong_owner: int
     machine: str
+    throughput_per_s: float = 0.0
+    breakdown_p50_s: dict[str, float | None] = field(default_factory=dict)
+    app_cpu_s: float | None = None
+    clients_cpu_s: float | None = None
     latencies: dict[str, list[float]] = field(repr=False, default_factory=dict)
 
     @property
@@ -111,6 +132,36 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
+
+
+def draft_phases(timing: dict[str, object], client_s: float) -> dict[str, float]:
+    """Where one accepted draft's time went (:data:`PHASES`, ``reply``, ``batch rows``), from the timings
+    the app returned with it and the latency the client saw; a phase the app does not report is left out."""
+    phases: dict[str, float] = {}
+    for name, keys in PHASES.items():
+        values = [float(timing[k]) for k in keys if isinstance(timing.get(k), (int, float))]
+        if values:
+            phases[name] = sum(values)
+    if isinstance(timing.get("end_to_end_s"), (int, float)):
+        phases["reply"] = client_s - float(timing["end_to_end_s"]) - phases.get("store", 0.0)
+    phases["batch rows"] = float(timing.get("batch_rows", 1))  # type: ignore[arg-type]
+    return phases
+
+
+def _cpu_seconds(pid: int | None = None) -> float | None:
+    """User + system CPU seconds of process ``pid`` (None: this one, all its threads), where /proc tells."""
+    if pid is None:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _client(index: int, *, url: str, user: str, password: str, image: Path, iterations: int, saves: int,
@@ -138,6 +189,9 @@ def _client(index: int, *, url: str, user: str, password: str, image: Path, iter
                 return
             log.generate_s.append(time.perf_counter() - t0)
             draft_id = str(outputs[DRAFT_ID_INDEX])
+            timing = outputs[TIMING_INDEX]
+            if isinstance(timing, dict):
+                log.phases.append(draft_phases(timing, log.generate_s[-1]))
             log.drafts.append((user, draft_id))
         if not draft_id:
             log.generate_errors.append(f"client {index} got no draft before the deadline")
@@ -190,8 +244,12 @@ def audit_saves(db: Path, saves: list[Save], drafts: list[tuple[str, str]]) -> d
 
 
 def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: int = 3, saves: int = 4,
-             queue_size: int = 8, max_new_tokens: int = 32, timeout_s: float = 900.0) -> LoadReport:
-    """Serve the app under ``work_dir``, run the clients, stop the app and audit the database."""
+             queue_size: int = 8, max_new_tokens: int = 32, max_batch: int | None = None,
+             timeout_s: float = 900.0) -> LoadReport:
+    """Serve the app under ``work_dir``, run the clients, stop the app and audit the database.
+
+    ``max_batch``: ``ECHO_MAX_BATCH`` of the app (``None`` = the app's default).
+    """
     from echo_model.imaging.synthetic import phantom_cxr
 
     creds = credentials(min(users, clients))
@@ -203,7 +261,8 @@ def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: i
         phantom_cxr((256, 256), seed=100 + i).save(path)
         images.append(path)
     logs = [ClientLog() for _ in range(clients)]
-    with start_app(work_dir / "server", auth=auth_value(creds), queue_size=queue_size) as app:
+    extra_env = {"ECHO_MAX_BATCH": str(max_batch)} if max_batch is not None else None
+    with start_app(work_dir / "server", auth=auth_value(creds), queue_size=queue_size, extra_env=extra_env) as app:
         from gradio_client import Client, handle_file
 
         warm = Client(app.url, auth=(names[0], creds[names[0]]), verbose=False)  # loads the model: not timed
@@ -218,15 +277,19 @@ def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: i
             for i in range(clients)
         ]
         t0 = time.perf_counter()
+        cpu0 = (_cpu_seconds(app.process.pid), _cpu_seconds())
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=max(1.0, deadline - time.monotonic() + 30))
         wall = time.perf_counter() - t0
+        cpu1 = (_cpu_seconds(app.process.pid), _cpu_seconds())
+        app_cpu, clients_cpu = (round(b - a, 2) if a is not None and b is not None else None for a, b in zip(cpu0, cpu1))
         db = app.data_dir / "echo.sqlite"
     every = ClientLog()
     for log in logs:
-        for name in ("generate_s", "save_s", "busy_s", "save_refusals", "generate_errors", "drafts", "saves"):
+        for name in ("generate_s", "save_s", "busy_s", "save_refusals", "generate_errors", "drafts", "saves",
+                     "phases"):
             getattr(every, name).extend(getattr(log, name))
         every.busy_messages |= log.busy_messages
     audit = audit_saves(db, every.saves, every.drafts)
@@ -242,6 +305,10 @@ def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: i
         save_refusal_messages=sorted(set(every.save_refusals)), **audit,
         machine=f"{platform.machine()} {platform.processor() or platform.system()}, "
                 f"{_cpu_count()} logical CPUs, Python {platform.python_version()}",
+        throughput_per_s=round(len(every.drafts) / wall, 3) if wall > 0 else 0.0,
+        app_cpu_s=app_cpu, clients_cpu_s=clients_cpu,
+        breakdown_p50_s={name: _percentile([p[name] for p in every.phases if name in p], 50)
+                         for name in (*PHASES, "reply", "batch rows")},
         latencies={"generate_s": [round(v, 4) for v in every.generate_s],
                    "save_s": [round(v, 4) for v in every.save_s],
                    "busy_s": [round(v, 4) for v in every.busy_s]},
@@ -286,7 +353,13 @@ def summary(report: LoadReport) -> str:
     return "\n".join([
         (f"clients {report.clients} ({report.users} users), {report.iterations} drafts x "
          f"{report.saves_per_iteration} saves each, drafting line {report.queue_size}, wall {report.wall_s:.1f} s"),
-        f"/generate accepted: {report.drafts}, p50 {_s(report.generate_p50_s)}, p95 {_s(report.generate_p95_s)}",
+        (f"/generate accepted: {report.drafts}, p50 {_s(report.generate_p50_s)}, p95 {_s(report.generate_p95_s)}; "
+         f"throughput {report.throughput_per_s:.2f} drafts/s"),
+        (f"CPU while the clients ran: app {report.app_cpu_s} s, load-test clients {report.clients_cpu_s} s "
+         f"(wall {report.wall_s:.1f} s, {_cpu_count()} CPUs)"),
+        "per draft, median: " + ", ".join(
+            f"{name} {'-' if value is None else (f'{value:g}' if name == 'batch rows' else f'{value:.3f} s')}"
+            for name, value in report.breakdown_p50_s.items()),
         (f"/generate refused busy: {report.busy_refusals}, p95 {_s(report.busy_p95_s)}, max {_s(report.busy_max_s)}; "
          f"message: {report.busy_messages[0] if report.busy_messages else '-'}"),
         (f"/save_edit acknowledged: {report.saves_acknowledged}, refused {report.saves_refused}, "
@@ -306,16 +379,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saves", type=int, default=4, help="saves per draft")
     parser.add_argument("--queue-size", type=int, default=8, help="ECHO_QUEUE_SIZE: drafts allowed to wait")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, help="ECHO_MAX_BATCH: drafts decoded together (default: the app's)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "reliability")
     parser.add_argument("--work-dir", type=Path, help="keep the server's files here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    for name in ("clients", "users", "iterations", "saves", "queue_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
+    for name in ("clients", "users", "iterations", "saves", "queue_size", "max_new_tokens", "max_batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     with tempfile.TemporaryDirectory(prefix="echo-load-") as tmp:
         report = run_load(args.work_dir or Path(tmp), clients=args.clients, users=args.users,
                           iterations=args.iterations, saves=args.saves, queue_size=args.queue_size,
-                          max_new_tokens=args.max_new_tokens)
+                          max_new_tokens=args.max_new_tokens, max_batch=args.max_batch)
     print(summary(report))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "load.json").write_text(json.dumps(asdict(report), indent=1) + "\n", encoding="utf-8")

@@ -211,12 +211,13 @@ def test_full_line_gives_our_busy_message_quickly_and_saves_still_go_through(ser
 def test_load_script_bounded_run_loses_and_mixes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     status = load_test.main(["--clients", "5", "--users", "2", "--iterations", "2", "--saves", "2",
-                             "--queue-size", "1", "--max-new-tokens", "16", "--out", str(out)])
+                             "--queue-size", "1", "--max-new-tokens", "16", "--max-batch", "2", "--out", str(out)])
     report = json.loads((out / "load.json").read_text())
     assert status == 0
     assert report["saves_acknowledged"] == 5 * 2 * 2 and report["drafts"] == 5 * 2
     assert (report["lost"], report["mixed"], report["saves_refused"], report["drafts_of_wrong_owner"]) == (0, 0, 0, 0)
-    assert report["busy_refusals"] > 0, "5 clients released together on a line of 1 must meet a busy refusal"
+    assert report["busy_refusals"] > 0, "5 clients released together on 2 rows and a line of 1 must meet a busy refusal"
+    assert report["breakdown_p50_s"]["forwards"] > 0 and 1 <= report["breakdown_p50_s"]["batch rows"] <= 2
     assert all(load_test.BUSY_TEXT in m for m in report["busy_messages"])
     assert report["busy_max_s"] < 10.0
     assert report["generate_p50_s"] <= report["generate_p95_s"] and report["save_p50_s"] <= report["save_p95_s"]

@@ -89,7 +89,8 @@ class ARSampler(Sampler):
                     if done[i]:
                         r.text, r.seconds = proc.decode(r.token_ids), now
                     yield BlockEvent(sample=i, block=len(r.blocks) - 1, token_ids=chunk[i], confidences=chunk_conf[i],
-                                     text=proc.decode(r.token_ids), seconds=now, done=done[i])
+                                     text=proc.decode(r.token_ids), seconds=now, done=done[i],
+                                     result=r if done[i] else None)
                     chunk[i], chunk_conf[i] = [], []
             if all(done):
                 break

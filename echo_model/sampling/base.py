@@ -73,6 +73,9 @@ class BlockEvent:
         done: True if this is the sample's last block.
         steps: the 1-based denoising step at which each token was committed (block samplers; None for AR,
             where each token is its own forward). Explanations re-create each token's decode state from it.
+        result: on a sample's last event (``done``), its finished :class:`GenerationResult` (what the
+            generator returns for it at the end of the batch); the per-row hook that lets a caller hand one
+            study's draft on while other rows of the batch are still decoding. ``None`` before.
     """
 
     sample: int
@@ -83,6 +86,7 @@ class BlockEvent:
     seconds: float
     done: bool = False
     steps: list[int] | None = None
+    result: GenerationResult | None = None
 
 
 @dataclass

@@ -166,6 +166,7 @@ class BlockDiffusionSampler(Sampler):
                     seconds=now,
                     done=done[i],
                     steps=results[i].block_steps[-1],
+                    result=results[i] if done[i] else None,
                 )
             if all(done):
                 break
