@@ -230,6 +230,46 @@ def prefetch(batches: Sequence[Sequence[StudyFiles]], prepare: Callable[[StudyFi
         thread.join(timeout=5)
 
 
+class _Finisher:
+    """Checks, serialises and writes finished studies on a thread of its own, so the report check and the
+    ``fsync`` of one batch overlap the drafting of the next (the forwards release the GIL)."""
+
+    def __init__(self, writer: LineWriter, row: Callable[[Prepared, GenerationResult | None], dict[str, Any]], *,
+                 bar: Any, on_batch: Callable[[int], None] | None):
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._writer, self._row, self._bar, self._on_batch = writer, row, bar, on_batch
+        self._thread = threading.Thread(target=self._work, name="echo-batch-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, items: list[tuple[Prepared, GenerationResult | None]]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(items)
+
+    def _work(self) -> None:
+        written = 0
+        while (items := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                for prep, result in items:
+                    self._writer.write(self._row(prep, result))
+                written += len(items)
+                self._bar.update(len(items))
+                if self._on_batch is not None:
+                    self._on_batch(written)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the drafting thread
+                self._error = err
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread, and raise its error if it had one."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 def draft_studies(
     studies: Sequence[StudyFiles],
     *,
@@ -265,29 +305,30 @@ def draft_studies(
     summary = BatchSummary()
     start = time.perf_counter()
     bar = tqdm(total=len(studies), unit="study", file=progress, disable=progress is None, dynamic_ncols=True)
-    written = 0
+
+    def row(prep: Prepared, result: GenerationResult | None) -> dict[str, Any]:
+        if result is None:
+            return error_row(prep.key, prep.error or "not drafted")
+        return draft_row(prep, result, model=ck.source, model_revision=ck.spec.revision,
+                         normalized=ck.spec.report_style == "normalized", options=options)
+
+    finisher = _Finisher(writer, row, bar=bar, on_batch=on_batch)
     try:
         for ready, load_seconds in prefetch(batches, prepare):
             summary.load_seconds += load_seconds
-            for prep in ready:
-                if prep.error is not None:
-                    writer.write(error_row(prep.key, prep.error))
-                    summary.errors += 1
             good = [p for p in ready if p.error is None]
+            results: list[GenerationResult] = []
             if good:
                 t0 = time.perf_counter()
                 results = generate_reports(ck, [p.prompt for p in good], sampler=options.sampler, config=options.config)
                 summary.draft_seconds += time.perf_counter() - t0
                 summary.model_calls += max(r.model_calls for r in results)
-                for prep, result in zip(good, results):
-                    writer.write(draft_row(prep, result, model=ck.source, model_revision=ck.spec.revision,
-                                           normalized=ck.spec.report_style == "normalized", options=options))
-                    summary.drafted += 1
-            written += len(ready)
-            bar.update(len(ready))
-            if on_batch is not None:
-                on_batch(written)
+            by_key = {p.key: r for p, r in zip(good, results)}
+            finisher.put([(p, by_key.get(p.key) if p.error is None else None) for p in ready])
+            summary.drafted += len(good)
+            summary.errors += len(ready) - len(good)
     finally:
+        finisher.close()  # every drafted study is written, also on Ctrl-C
         bar.close()
         summary.seconds = time.perf_counter() - start
     return summary

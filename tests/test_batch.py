@@ -226,6 +226,24 @@ def test_resume_after_kill_9_loses_and_doubles_nothing(model_dir, tmp_path):
     assert {r["id"]: r["draft"]["report"] for r in rows} == {r["id"]: r["draft"]["report"] for r in _rows(whole)}
 
 
+@pytest.mark.slow
+def test_ctrl_c_leaves_whole_lines_and_says_how_to_resume(model_dir, tmp_path):
+    root = _studies(tmp_path / "in", 10)
+    out = tmp_path / "drafts.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(_cli(model_dir, root, out, "--batch-size", "1"), env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in err
+    text = out.read_text()
+    assert text.endswith("\n") and 2 <= len(_rows(out)) < 10  # whole lines, all of them JSON
+
+
 def test_resume_cuts_an_unterminated_last_line(tmp_path):
     out = tmp_path / "d.jsonl"
     out.write_bytes(b'{"id": "a", "error": "x"}\n{"id": "b", "fin')
