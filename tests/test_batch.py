@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import free_port, synthetic_cxr
+
 from echo_model.batch import BatchOptions, read_finished, run_batch
 from echo_model.cli import main
 from echo_model.data.records import read_jsonl
@@ -199,24 +199,29 @@ def _cli(model_dir: Path, root: Path, out: Path, *extra: str) -> list[str]:
             "--max-new-tokens", TOKENS, "--device", "cpu", *extra]
 
 
+def _interrupt(cmd: list[str], out: Path, *, after_rows: int, sig: signal.Signals, env: dict) -> subprocess.Popen:
+    """Start the CLI, wait until ``out`` holds ``after_rows`` lines, send ``sig``; the process is left to end."""
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= after_rows:
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    return proc
+
+
 @pytest.mark.slow
 def test_resume_after_kill_9_loses_and_doubles_nothing(model_dir, tmp_path):
     root = _studies(tmp_path / "in", 10)
     out = tmp_path / "drafts.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(_cli(model_dir, root, out, "--batch-size", "1"), env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _interrupt(_cli(model_dir, root, out, "--batch-size", "1"), out, after_rows=3, sig=signal.SIGKILL, env=env).communicate()
     before = len(_rows(out))
     assert 3 <= before < 10  # killed mid-run
     with out.open("ab") as fh:  # and a power cut in the middle of a line
         fh.write(b'{"schema": "echo.study/1", "id": "abc", "find')
-    assert subprocess.run(_cli(model_dir, root, out, "--resume", "--batch-size", "4"), env=env,
+    assert subprocess.run(_cli(model_dir, root, out, "--resume", "--batch-size", "4"), check=False, env=env,
                           capture_output=True).returncode == 0
     rows = _rows(out)
     assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
@@ -231,13 +236,7 @@ def test_ctrl_c_leaves_whole_lines_and_says_how_to_resume(model_dir, tmp_path):
     root = _studies(tmp_path / "in", 10)
     out = tmp_path / "drafts.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(_cli(model_dir, root, out, "--batch-size", "1"), env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc = _interrupt(_cli(model_dir, root, out, "--batch-size", "1"), out, after_rows=2, sig=signal.SIGINT, env=env)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "--resume" in err
     text = out.read_text()
@@ -262,7 +261,7 @@ def test_two_processes_split_the_studies_and_merge_one_file(model_dir, tmp_path)
     run = subprocess.run([launcher, "launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu",
                           "--mixed_precision", "no", "--main_process_port", str(free_port()), "--dynamo_backend", "no",
                           "-m", *_cli(model_dir, root, out, "--batch-size", "2")[2:]],
-                         env=env, capture_output=True, text=True, timeout=600)
+                         check=False, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert not list(tmp_path.glob("two.jsonl.part*"))
     rows = _rows(out)
