@@ -163,16 +163,24 @@ def draft_row(prep: Prepared, result: GenerationResult, *, model: str, model_rev
     return record.to_dict()
 
 
-def describe_error(err: BaseException, *, keep_paths: bool) -> str:
-    """One line on why a study could not be read, naming views, not files (unless ``keep_paths``)."""
+def describe_error(err: BaseException, paths: Sequence[str], *, keep_paths: bool) -> str:
+    """One line on why a study could not be read, naming views ("view 2"), not files (unless ``keep_paths``)."""
     from .imaging import ImageInputError
 
-    if isinstance(err, ImageInputError):
-        return str(err) if keep_paths else f"{err.name}: {err.problem}"
     if isinstance(err, OSError):
         reason = err.strerror or type(err).__name__
-        return f"{err.filename}: {reason}" if keep_paths and err.filename else f"cannot be read ({reason})"
-    return " ".join(str(err).split()) if keep_paths else f"cannot be read ({type(err).__name__})"
+        text = f"{err.filename}: {reason}" if err.filename else f"cannot be read ({reason})"
+    elif isinstance(err, ImageInputError):
+        text = f"{err.name}: {err.problem}"
+    else:
+        text = str(err)
+    text = " ".join(text.split())
+    if not keep_paths:  # whatever a message quotes of a path or file name becomes the view's number
+        for i, path in sorted(enumerate(paths), key=lambda item: -len(item[1])):
+            text = text.replace(path, f"view {i + 1}")
+        for i, path in enumerate(paths):
+            text = text.replace(os.path.basename(path), f"view {i + 1}")
+    return text
 
 
 def prepare_study(study: StudyFiles, key: str, encode: Callable[[list], Any], *, keep_paths: bool) -> Prepared:
@@ -186,7 +194,7 @@ def prepare_study(study: StudyFiles, key: str, encode: Callable[[list], Any], *,
         loaded = load_study(list(study.paths), names=names)
         prompt = encode([im.image for im in loaded])
     except (ValueError, OSError) as err:  # ImageInputError is a ValueError
-        return Prepared(study, key, error=describe_error(err, keep_paths=keep_paths))
+        return Prepared(study, key, error=describe_error(err, study.paths, keep_paths=keep_paths))
     return Prepared(study, key, prompt=prompt, warnings=[f"{im.name}: {w}" for im in loaded for w in im.warnings])
 
 
@@ -451,6 +459,8 @@ def run_batch(
     if started and not resume:
         raise ValueError(f"--out {out}: the file exists; add --resume to continue it, or choose another file")
     found = discover_studies(inputs, one_per_file=one_per_file)
+    if not found.studies and not found.skipped:
+        raise ValueError(f"{' '.join(inputs)}: no PNG, JPEG or DICOM files there")
     if ranks.rank == 0:
         key = load_or_create_key(key_path, create=not started)
         merge_parts(out)  # the shares of an interrupted multi-process run

@@ -152,6 +152,20 @@ def test_usage_errors_are_one_line_with_status_2(argv, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
+def test_a_folder_of_too_many_images_is_an_error_row_and_an_empty_folder_a_usage_error(model_dir, tmp_path, capsys):
+    crowd = tmp_path / "crowd" / "patient_x"
+    crowd.mkdir(parents=True)
+    for i in range(9):
+        synthetic_cxr(i, (64, 64)).save(crowd / f"img{i}.png")
+    out = tmp_path / "d.jsonl"
+    assert main(["--model", str(model_dir), "--batch", str(tmp_path / "crowd"), "--out", str(out)]) == 3
+    (row,) = _rows(out)
+    assert "at most 8 views, got 9" in row["error"] and "patient_x" not in out.read_text()
+    (tmp_path / "empty").mkdir()
+    assert main(["--model", str(model_dir), "--batch", str(tmp_path / "empty"), "--out", str(tmp_path / "e.jsonl")]) == 2
+    assert "no PNG, JPEG or DICOM files there" in capsys.readouterr().err
+
+
 def test_existing_output_needs_resume(model_dir, night, tmp_path, capsys):
     out = tmp_path / "drafts.jsonl"
     out.write_text("")
