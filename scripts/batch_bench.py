@@ -142,6 +142,31 @@ def kill_and_resume(files: list[str], work: Path, *, tokens: int, key: Path, exp
             "differing_reports": sum(1 for k, v in expected.items() if got.get(k) != v)}
 
 
+def cli_comparison(files: list[str], work: Path, *, base: Path, repeats: int, tokens: int) -> dict:
+    """The command line as a user runs it, start-up included: one ``echo-report FILE`` per study from the
+    ``base`` checkout (before ``--batch`` existed) against one ``echo-report --batch FILES`` from this one,
+    alternating, on the same studies."""
+    single = ["-m", "echo_model.cli", "--max-new-tokens", str(tokens), "--device", "cpu", "--json"]
+    old_s, new_s = [], []
+    for rep in range(repeats):
+        for arm in ("old", "new") if rep % 2 == 0 else ("new", "old"):
+            start = time.perf_counter()
+            if arm == "old":
+                for f in files:
+                    subprocess.run([sys.executable, *single, f], cwd=base, env=dict(os.environ, PYTHONPATH=str(base)),
+                                   check=True, capture_output=True)
+            else:
+                out = work / f"cli{rep}.jsonl"
+                subprocess.run([sys.executable, "-m", "echo_model.cli", "--batch", *files, "--one-per-file", "--out",
+                                str(out), "--batch-size", "8", "--max-new-tokens", str(tokens), "--device", "cpu"],
+                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True, capture_output=True)
+            (old_s if arm == "old" else new_s).append(time.perf_counter() - start)
+            print(f"  repeat {rep} {arm}: {(old_s if arm == 'old' else new_s)[-1]:.1f} s for {len(files)} studies",
+                  flush=True)
+    return {"studies": len(files), "old_seconds": old_s, "new_seconds": new_s,
+            "speedup": statistics.median(old_s) / statistics.median(new_s)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data", type=Path, help="the covid_cxr_notes folder (records.jsonl, images/)")
@@ -150,6 +175,9 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see docs/speed.md)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--baseline-repo", type=Path, default=None,
+                    help="a checkout from before --batch: also time one echo-report per study (start-up included) "
+                         "from it against one echo-report --batch, on the first 8 studies")
     args = ap.parse_args()
     import torch
 
@@ -164,6 +192,11 @@ def main() -> int:
         sizes = timed["sizes"]
         killed = kill_and_resume(files, work, tokens=args.max_new_tokens, key=work / "bench.key",
                                  expected=sizes[8]["reports"])
+        cli = None
+        if args.baseline_repo is not None:
+            print("command line, start-up included:")
+            cli = cli_comparison(files[:8], work, base=args.baseline_repo, repeats=args.repeats,
+                                 tokens=args.max_new_tokens)
     med = {b: statistics.median(v["seconds"]) for b, v in sizes.items()}
     rate = {b: len(files) / s for b, s in med.items()}
     same = sizes[1]["reports"] == sizes[8]["reports"]
@@ -178,7 +211,7 @@ def main() -> int:
         "median_prefill_seconds": {b: statistics.median(v["prefill"]) for b, v in sizes.items()},
         "median_decode_seconds": {b: statistics.median(v["decode"]) for b, v in sizes.items()},
         "model_calls": {b: v["calls"][0] for b, v in sizes.items()},
-        "reports_identical": same, "eight_studies": eight, "kill_9": killed,
+        "reports_identical": same, "eight_studies": eight, "kill_9": killed, "command_line": cli,
     }
     print(f"\nstudies/s: batch 1 {rate[1]:.2f}, batch 8 {rate[8]:.2f} -> {result['speedup_b8_over_b1']:.2f}x "
           f"(median of {args.repeats}; wall {med[1]:.1f} s vs {med[8]:.1f} s)")
@@ -193,6 +226,10 @@ def main() -> int:
     print(f"kill -9: {killed['rows_at_kill']} rows at the kill, {killed['rows_after_resume']} after --resume "
           f"(exit {killed['resume_exit']}); lost {killed['lost']}, doubled {killed['doubled']}, "
           f"reports differing from the uninterrupted run {killed['differing_reports']}")
+    if cli is not None:
+        print(f"command line, 8 studies: one echo-report per study (base checkout) "
+              f"{statistics.median(cli['old_seconds']):.1f} s, echo-report --batch "
+              f"{statistics.median(cli['new_seconds']):.1f} s -> {cli['speedup']:.1f}x")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     return 0
