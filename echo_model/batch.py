@@ -23,13 +23,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 
 from .data.records import SCHEMA, DraftInfo, ImageRef, StudyRecord
 from .data.report_text import parse_report
 from .report_check import check_report
 from .sampling import GenerationResult, SamplerConfig
 from .studies import StudyFiles, study_key
+
+if TYPE_CHECKING:
+    from .processing import StudyPrompt
 
 __all__ = ["BatchOptions", "BatchSummary", "LineWriter", "Prepared", "draft_studies", "read_finished"]
 
@@ -59,7 +62,7 @@ class Prepared:
 
     study: StudyFiles
     key: str
-    prompt: Any = None  # StudyPrompt
+    prompt: StudyPrompt | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -183,7 +186,7 @@ def describe_error(err: BaseException, paths: Sequence[str], *, keep_paths: bool
     return text
 
 
-def prepare_study(study: StudyFiles, key: str, encode: Callable[[list], Any], *, keep_paths: bool) -> Prepared:
+def prepare_study(study: StudyFiles, key: str, encode: Callable[[list], StudyPrompt], *, keep_paths: bool) -> Prepared:
     """Read a study's views and encode its prompt; any failure becomes the study's ``error`` (never raised)."""
     from .imaging import load_study
 
@@ -193,7 +196,7 @@ def prepare_study(study: StudyFiles, key: str, encode: Callable[[list], Any], *,
     try:
         loaded = load_study(list(study.paths), names=names)
         prompt = encode([im.image for im in loaded])
-    except (ValueError, OSError) as err:  # ImageInputError is a ValueError
+    except Exception as err:  # noqa: BLE001 - one unreadable study is a row, never the end of the night's run
         return Prepared(study, key, error=describe_error(err, study.paths, keep_paths=keep_paths))
     return Prepared(study, key, prompt=prompt, warnings=[f"{im.name}: {w}" for im in loaded for w in im.warnings])
 
@@ -205,23 +208,26 @@ def prefetch(batches: Sequence[Sequence[StudyFiles]], prepare: Callable[[StudyFi
     out: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def offer(item: object) -> bool:
+        """Queue ``item`` unless the consumer has gone; False when it has."""
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for batch in batches:
                 start = time.perf_counter()
                 ready = [prepare(s) for s in batch]
-                item = (ready, time.perf_counter() - start)
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((ready, time.perf_counter() - start)):
                     return
-            out.put(None)
+            offer(None)
         except BaseException as err:  # noqa: BLE001 - handed to the drafting thread, which re-raises it
-            out.put(err)
+            offer(err)
 
     thread = threading.Thread(target=work, name="echo-batch-loader", daemon=True)
     thread.start()
@@ -243,10 +249,10 @@ class _Finisher:
     ``fsync`` of one batch overlap the drafting of the next (the forwards release the GIL)."""
 
     def __init__(self, writer: LineWriter, row: Callable[[Prepared, GenerationResult | None], dict[str, Any]], *,
-                 bar: Any, on_batch: Callable[[int], None] | None):
+                 bar: Any):
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
-        self._writer, self._row, self._bar, self._on_batch = writer, row, bar, on_batch
+        self._writer, self._row, self._bar = writer, row, bar
         self._thread = threading.Thread(target=self._work, name="echo-batch-writer", daemon=True)
         self._thread.start()
 
@@ -256,17 +262,13 @@ class _Finisher:
         self._queue.put(items)
 
     def _work(self) -> None:
-        written = 0
         while (items := self._queue.get()) is not None:
             if self._error is not None:
                 continue
             try:
                 for prep, result in items:
                     self._writer.write(self._row(prep, result))
-                written += len(items)
                 self._bar.update(len(items))
-                if self._on_batch is not None:
-                    self._on_batch(written)
             except BaseException as err:  # noqa: BLE001 - re-raised in the drafting thread
                 self._error = err
 
@@ -286,7 +288,6 @@ def draft_studies(
     drafter: Any,
     options: BatchOptions,
     progress: IO[str] | None = None,
-    on_batch: Callable[[int], None] | None = None,
 ) -> BatchSummary:
     """Draft ``studies`` in batches and append one row per study to ``writer``.
 
@@ -294,7 +295,6 @@ def draft_studies(
         key: the output's secret key (:func:`echo_model.studies.study_key`).
         drafter: a :class:`echo_model.drafting.Drafter` (its checkpoint for ``options.sampler`` is used).
         progress: where the tqdm bar goes (None = no bar).
-        on_batch: called with the number of rows written after each batch (tests interrupt runs with it).
     """
     from tqdm import tqdm
 
@@ -302,7 +302,7 @@ def draft_studies(
 
     ck = drafter.checkpoint(options.sampler)
 
-    def encode(images: list) -> Any:
+    def encode(images: list) -> StudyPrompt:
         return ck.processor.encode(images, indication=options.indication, lang=options.lang)
 
     def prepare(study: StudyFiles) -> Prepared:
@@ -320,7 +320,7 @@ def draft_studies(
         return draft_row(prep, result, model=ck.source, model_revision=ck.spec.revision,
                          normalized=ck.spec.report_style == "normalized", options=options)
 
-    finisher = _Finisher(writer, row, bar=bar, on_batch=on_batch)
+    finisher = _Finisher(writer, row, bar=bar)
     try:
         for ready, load_seconds in prefetch(batches, prepare):
             summary.load_seconds += load_seconds
@@ -436,7 +436,6 @@ def run_batch(
     one_per_file: bool = False,
     key_file: str | os.PathLike[str] | None = None,
     progress: IO[str] | None = None,
-    on_batch: Callable[[int], None] | None = None,
 ) -> RunReport:
     """Find, draft and write every study of ``inputs`` into ``out`` (see ``echo-report --batch``).
 
@@ -474,7 +473,7 @@ def run_batch(
     target = out if ranks.count == 1 else part_path(out, ranks.rank)
     with LineWriter(target) as writer:
         summary = draft_studies(mine, key=key, writer=writer, drafter=drafter, options=options,
-                                progress=progress if ranks.rank == 0 else None, on_batch=on_batch)
+                                progress=progress if ranks.rank == 0 else None)
     ranks.wait()
     report = RunReport(status=EXIT_OK, found=len(found.studies), already_done=len(found.studies) - len(todo),
                        skipped=dict(found.skipped), summary=summary)

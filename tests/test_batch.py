@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from conftest import free_port, synthetic_cxr
 
-from echo_model.batch import BatchOptions, read_finished, run_batch
+from echo_model.batch import BatchOptions, prepare_study, read_finished, run_batch
 from echo_model.cli import main
 from echo_model.data.records import read_jsonl
 from echo_model.drafting import Drafter
 from echo_model.imaging.synthetic import dicom_bytes, synthetic_dicom_dataset
 from echo_model.sampling import SamplerConfig
-from echo_model.studies import discover_studies, load_or_create_key, study_key
+from echo_model.studies import StudyFiles, discover_studies, load_or_create_key, study_key
 
 ROOT = Path(__file__).parent.parent
 TOKENS = "16"
@@ -164,6 +164,20 @@ def test_a_folder_of_too_many_images_is_an_error_row_and_an_empty_folder_a_usage
     (tmp_path / "empty").mkdir()
     assert main(["--model", str(model_dir), "--batch", str(tmp_path / "empty"), "--out", str(tmp_path / "e.jsonl")]) == 2
     assert "no PNG, JPEG or DICOM files there" in capsys.readouterr().err
+
+
+def test_any_failure_reading_a_study_is_its_error_with_views_for_paths(tmp_path):
+    png = tmp_path / "smith_john" / "frontal.png"
+    png.parent.mkdir()
+    synthetic_cxr(1, (64, 64)).save(png)
+    study = StudyFiles(identity=f"path:{png.parent}", paths=(str(png),), views=("unknown",))
+
+    def encode(images):
+        raise RuntimeError(f"cannot resize {png} (frontal.png)")
+
+    prep = prepare_study(study, "k", encode, keep_paths=False)
+    assert prep.prompt is None and prep.error == "cannot resize view 1 (view 1)"
+    assert prepare_study(study, "k", encode, keep_paths=True).error == f"cannot resize {png} (frontal.png)"
 
 
 def test_existing_output_needs_resume(model_dir, night, tmp_path, capsys):
