@@ -117,10 +117,15 @@ def load_split(path: str, split: str, *, images_dir: str | None = None, limit: i
     that says which splits the data does hold."""
     from collections import Counter
 
-    from echo_model.data import load_dataset
+    from echo_model.data import read_dataset
 
     kwargs: dict[str, Any] = {"images_dir": images_dir} if images_dir else {}
-    records = load_dataset(path, normalize=normalize, **kwargs)
+    loaded = read_dataset(path, normalize=normalize, **kwargs)
+    records = loaded.records
+    for reason, count in sorted(loaded.report.skipped.items()):
+        if "error row" in reason:  # studies an echo-report --batch run could not draft
+            print(f"echo-eval: {path}: {count} {'study' if count == 1 else 'studies'} not drafted (error row) "
+                  "skipped", file=sys.stderr)
     chosen = records if split == "all" else [r for r in records if r.split == split]
     if not chosen:
         present = dict(Counter(r.split for r in records))

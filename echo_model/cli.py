@@ -5,6 +5,13 @@ Examples::
     echo-report frontal.png lateral.dcm
     echo-report --sampler teacher --indication "cough, fever" --json study.dcm
     echo-report --model Midea-AIRC/ECHO_block8 --lang zh frontal.png
+    echo-report --batch /data/night/ --out drafts.jsonl --batch-size 8
+    accelerate launch --num_processes 4 -m echo_model.cli --batch /data/night/ --out drafts.jsonl
+
+``--batch`` drafts every study under the given folders and files into one JSON Lines file
+(:mod:`echo_model.batch`, :mod:`echo_model.studies`): exit status 0 when every study was drafted, 3 when files
+were skipped (non-chest modalities, other files) or studies could not be read (their rows hold an ``error``),
+2 on usage errors.
 
 Without ``--model`` each sampler uses its embedded checkpoint (ar -> AR, teacher and vanilla -> teacher,
 echo -> student). Errors go to stderr as one line, with exit status 2 (bad input: a folder, a missing or
@@ -32,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="echo-report",
         description="Draft a chest X-ray report (not for clinical use). The images are the views of one study.",
     )
-    ap.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files of one study")
+    ap.add_argument("images", nargs="*", metavar="IMAGE", help="PNG, JPEG or DICOM files of one study")
     ap.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the embedded checkpoints)")
     ap.add_argument("--sampler", default="echo", choices=SAMPLERS)
     ap.add_argument("--indication", default=None, help="clinical indication put in the prompt")
@@ -42,8 +49,42 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    batch = ap.add_argument_group("many studies (--batch)")
+    batch.add_argument("--batch", nargs="+", metavar="DIR_OR_FILE", default=None,
+                       help="draft every study under these folders / files into --out (one JSON line per study)")
+    batch.add_argument("--out", default=None, metavar="DRAFTS.jsonl", help="the JSON Lines file --batch writes")
+    batch.add_argument("--batch-size", type=int, default=8, help="studies decoded together (default 8)")
+    batch.add_argument("--resume", action="store_true", help="continue --out: skip the studies already in it")
+    batch.add_argument("--keep-paths", action="store_true",
+                       help="write image paths and StudyInstanceUIDs / folders (default: de-identified rows)")
+    batch.add_argument("--one-per-file", action="store_true", help="each PNG/JPEG file is a study (default: each folder)")
+    batch.add_argument("--key-file", default=None, metavar="KEY",
+                       help="the secret key of the study ids (default: DRAFTS.jsonl.key, made on the first run)")
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return ap
+
+
+#: Options that only --batch takes (name as typed -> argparse dest).
+BATCH_ONLY = {"--out": "out", "--resume": "resume", "--keep-paths": "keep_paths", "--one-per-file": "one_per_file",
+              "--key-file": "key_file"}
+
+
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """The one-line usage error of a parsed command line, or None."""
+    if args.batch is None:
+        if not args.images:
+            return "give the image files of one study, or --batch FOLDER --out DRAFTS.jsonl for many"
+        used = [flag for flag, dest in BATCH_ONLY.items() if getattr(args, dest)]
+        return f"{used[0]} needs --batch" if used else None
+    if args.images:
+        return f"{args.images[0]}: give the inputs of --batch after --batch, not as images of one study"
+    if args.out is None:
+        return "--batch needs --out DRAFTS.jsonl"
+    if args.json:
+        return "--json is for one study; --batch writes JSON lines to --out"
+    if args.batch_size < 1:
+        return f"--batch-size must be >= 1, got {args.batch_size}"
+    return None
 
 
 #: Seconds loading may take before the progress line is shown.
@@ -100,8 +141,49 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
+def run_batch_command(args: argparse.Namespace) -> int:
+    """``echo-report --batch``: draft every study into ``--out``; prints a summary line to stderr."""
+    from .batch import EXIT_USAGE, BatchOptions, process_device, run_batch
+    from .drafting import Drafter
+    from .loading import CheckpointError
+    from .sampling import SamplerConfig
+
+    try:
+        config = SamplerConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+        options = BatchOptions(sampler=args.sampler, batch_size=args.batch_size, indication=args.indication,
+                               lang=args.lang, config=config, keep_paths=args.keep_paths)
+        drafter = Drafter(args.model, device=process_device(args.device))
+        with quiet_loading():
+            drafter.checkpoint(args.sampler)
+        report = run_batch(args.batch, out=args.out, options=options, drafter=drafter, resume=args.resume,
+                           one_per_file=args.one_per_file, key_file=args.key_file, progress=sys.stderr)
+    except CheckpointError as err:
+        print(f"echo-report: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as err:
+        print(f"echo-report: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"echo-report: interrupted; {args.out} holds whole lines only: add --resume to continue it",
+              file=sys.stderr)
+        return 130
+    s = report.summary
+    rate = (s.drafted + s.errors) / s.seconds if s.seconds > 0 else 0.0
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items()))
+    print(f"echo-report: {report.found} studies found, {report.already_done} already in {args.out}, "
+          f"{s.drafted} drafted, {s.errors} not readable (error rows); {rate:.2f} studies/s, "
+          f"{s.model_calls} model calls; files skipped: {skipped or 'none'}", file=sys.stderr)
+    return report.status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = usage_problem(args)
+    if problem is not None:
+        print(f"echo-report: error: {problem}", file=sys.stderr)
+        return 2
+    if args.batch is not None:
+        return run_batch_command(args)
     # Heavy imports after argument parsing, so --help is instant.
     from .drafting import Drafter
     from .imaging import ImageInputError, load_study

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .records import ImageRef, RecordError, StudyRecord, read_jsonl, resolve_image
+from .records import ImageRef, RecordError, StudyRecord, read_jsonl_lines, resolve_image
 
 __all__ = [
     "EVAL_SPLITS",
@@ -200,8 +200,9 @@ def read_records_jsonl(path: str | Path, *, split: str | None = None) -> LoadRes
     report = LoadReport(source="jsonl", path=str(path))
     records: list[StudyRecord] = []
     first_line: dict[str, int] = {}
+    error_rows: list[int] = []
     try:
-        for record, line_no in _with_lines(read_jsonl(path), path):
+        for record, line_no in read_jsonl_lines(path, errors=error_rows):
             report.rows += 1
             if record.id in first_line:
                 raise RecordError(record.id, "id", f"duplicate id (first on line {first_line[record.id]})", line=line_no)
@@ -221,18 +222,13 @@ def read_records_jsonl(path: str | Path, *, split: str | None = None) -> LoadRes
     except RecordError as err:
         raise RecordFileError(path, err) from None
     report.kept = len(records)
+    for _ in error_rows:
+        report.skip("study not drafted (error row)")
     if report.images_missing:
         report.notes.append("records whose image files are missing are kept as they are; check the image paths")
         log.warning("%s: %d image files named by records do not exist", path, report.images_missing)
     log.info(report.summary())
     return LoadResult(records, report)
-
-
-def _with_lines(records: Iterable[StudyRecord], path: Path) -> Iterable[tuple[StudyRecord, int]]:
-    """Pair each record with its line number (``read_jsonl`` skips blank lines, so count them here)."""
-    with path.open(encoding="utf-8") as fh:
-        lines = [n for n, raw in enumerate(fh, start=1) if raw.strip()]
-    yield from zip(records, lines)
 
 
 def load_records_jsonl(path: str | Path, *, split: str | None = None) -> list[StudyRecord]:

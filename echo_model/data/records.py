@@ -21,7 +21,15 @@ paths are relative to the JSONL file's folder unless absolute. Version 1 fields:
 ``correction``     only for radiologist corrections: ``draft_id``, ``model``, ``model_revision``,
                    ``draft_findings``, ``draft_impression``, ``edit_reasons`` (subset of
                    :data:`EDIT_REASONS`), ``comment``, ``editor``, ``signed_at`` (ISO 8601)
+``draft``          optional (absent or ``null``), only for model drafts (``echo-report --batch``): how the
+                   findings and impression were drafted (:class:`DraftInfo`: ``report``, ``sampler``,
+                   ``model``, ``model_revision``, ``views``, ``warnings``, ``figures``, ``settings``,
+                   ``batch_size``, ``study``); a draft may have empty sections (its warnings say so)
 =================  =====================================================================================
+
+**Error rows.** A study that could not be drafted is written as ``{"schema": "echo.study/1", "id": ...,
+"error": "why"}`` with no report. :func:`read_jsonl` skips such rows and counts them (``errors=``), so every
+reader of record files (``echo-eval --data``, the training loaders) goes past them.
 """
 
 from __future__ import annotations
@@ -72,6 +80,35 @@ class Correction:
 
 
 @dataclass(frozen=True)
+class DraftInfo:
+    """How a drafted record was produced (``echo-report --batch``).
+
+    Attributes:
+        report: the report exactly as drafted (the record's findings and impression are its sections).
+        sampler: the sampler's name.
+        model: the checkpoint (folder, hub id or ``embedded:ROLE``).
+        model_revision: the checkpoint's revision.
+        views: the view of each image given to the model, in order (``pa``, ``ap``, ``lateral``, ``unknown``).
+        warnings: input gating and report-check warnings, in words.
+        figures: the run's figures (``RunFigures.to_json``: tokens, forward_passes, model_calls, seconds, ...).
+        settings: decoding settings (max_new_tokens, temperature, seed, lang, ...).
+        batch_size: studies decoded together.
+        study: the StudyInstanceUID or folder the draft is of; only with ``--keep-paths`` (else None).
+    """
+
+    report: str
+    sampler: str
+    model: str
+    model_revision: str
+    views: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    figures: dict[str, Any] = dataclasses.field(default_factory=dict)
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_size: int = 1
+    study: str | None = None
+
+
+@dataclass(frozen=True)
 class StudyRecord:
     id: str
     findings: str
@@ -85,6 +122,7 @@ class StudyRecord:
     correction: Correction | None = None
     schema: str = SCHEMA
     raw_report: str | None = None
+    draft: DraftInfo | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -105,6 +143,11 @@ class StudyRecord:
             data["correction"]["edit_reasons"] = list(self.correction.edit_reasons)
         if self.raw_report is None:  # optional field: files written before it existed stay byte-identical
             del data["raw_report"]
+        if self.draft is None:  # likewise
+            del data["draft"]
+        else:
+            data["draft"]["views"] = list(self.draft.views)
+            data["draft"]["warnings"] = list(self.draft.warnings)
         return data
 
     @classmethod
@@ -123,7 +166,8 @@ class StudyRecord:
             images = tuple(_image(rid, i, line) for i in _list(rid, "images", data.get("images", []), line))
             corr = data.get("correction")
             correction = _correction(rid, corr, line) if corr is not None else None
-            return cls(**{**data, "images": images, "correction": correction})
+            draft = _draft(rid, data["draft"], line) if data.get("draft") is not None else None
+            return cls(**{**data, "images": images, "correction": correction, "draft": draft})
         except RecordError as err:
             if err.line is None and line is not None:
                 raise RecordError(err.record_id, err.field_name, str(err).split(": ", 1)[1], line=line) from None
@@ -162,6 +206,21 @@ def _correction(rid: str, value: Any, line: int | None) -> Correction:
     return Correction(**{**value, "edit_reasons": tuple(_list(rid, "correction.edit_reasons", value.get("edit_reasons", []), line))})
 
 
+def _draft(rid: str, value: Any, line: int | None) -> DraftInfo:
+    if not isinstance(value, dict):
+        raise RecordError(rid, "draft", f"must be an object, got {type(value).__name__}", line=line)
+    names = {f.name for f in dataclasses.fields(DraftInfo)}
+    missing = sorted({"report", "sampler", "model", "model_revision"} - set(value))
+    if missing:
+        raise RecordError(rid, "draft", f"missing {missing}", line=line)
+    extra = sorted(set(value) - names)
+    if extra:
+        raise RecordError(rid, "draft", f"unknown keys {extra}", line=line)
+    views = tuple(_list(rid, "draft.views", value.get("views", []), line))
+    warnings = tuple(_list(rid, "draft.warnings", value.get("warnings", []), line))
+    return DraftInfo(**{**value, "views": views, "warnings": warnings})
+
+
 def validate(rec: StudyRecord) -> None:
     rid = rec.id
     if rec.schema != SCHEMA:
@@ -169,7 +228,7 @@ def validate(rec: StudyRecord) -> None:
     for name in ("findings", "impression", "source", "licence"):
         if not isinstance(getattr(rec, name), str):
             raise RecordError(rid, name, f"must be a string, got {type(getattr(rec, name)).__name__}")
-    if not (rec.findings.strip() or rec.impression.strip()):
+    if not (rec.findings.strip() or rec.impression.strip()) and rec.draft is None:
         raise RecordError(rid, "findings", "findings and impression are both empty")
     if rec.raw_report is not None and not isinstance(rec.raw_report, str):
         raise RecordError(rid, "raw_report", f"must be a string or null, got {type(rec.raw_report).__name__}")
@@ -198,8 +257,22 @@ def validate(rec: StudyRecord) -> None:
             raise RecordError(rid, "correction.signed_at", f"not an ISO 8601 time: {rec.correction.signed_at!r}") from None
 
 
-def read_jsonl(path: str | Path) -> Iterator[StudyRecord]:
-    """Yield the records of a JSONL file; a malformed line raises :class:`RecordError` with its line number."""
+def is_error_row(data: Any) -> bool:
+    """True for the row of a study that could not be drafted (an ``error`` and no report)."""
+    return isinstance(data, dict) and data.get("error") is not None
+
+
+def read_jsonl(path: str | Path, *, errors: list[int] | None = None) -> Iterator[StudyRecord]:
+    """Yield the records of a JSONL file; a malformed line raises :class:`RecordError` with its line number.
+
+    Error rows (:func:`is_error_row`) are skipped; their line numbers are appended to ``errors`` when given.
+    """
+    for record, _ in read_jsonl_lines(path, errors=errors):
+        yield record
+
+
+def read_jsonl_lines(path: str | Path, *, errors: list[int] | None = None) -> Iterator[tuple[StudyRecord, int]]:
+    """:func:`read_jsonl` with each record's line number."""
     path = Path(path)
     with path.open(encoding="utf-8") as fh:
         for n, raw in enumerate(fh, start=1):
@@ -209,7 +282,11 @@ def read_jsonl(path: str | Path) -> Iterator[StudyRecord]:
                 data = json.loads(raw)
             except json.JSONDecodeError as err:
                 raise RecordError("?", "(json)", f"{path.name}: invalid JSON ({err.msg})", line=n) from None
-            yield StudyRecord.from_dict(data, line=n)
+            if is_error_row(data):
+                if errors is not None:
+                    errors.append(n)
+                continue
+            yield StudyRecord.from_dict(data, line=n), n
 
 
 def write_jsonl(records: Iterable[StudyRecord], path: str | Path) -> int:
