@@ -4,7 +4,7 @@ A one-step sampler can emit broken text ("Bilateralound--lloundlllllllll", "Impr
 a draft cut mid-sentence). :func:`check_report` judges a draft *as given* and returns plain-words warnings a
 radiologist understands. It never changes the text: nothing here repairs a draft.
 
-Checks (issue 15):
+Checks:
 
 1. **Sections.** ``Findings:`` and ``Impression:`` (Chinese ``所见：`` and ``结论：``) each exactly once, findings
    first, neither empty.

@@ -1,4 +1,4 @@
-"""Build ``echo_model/data/report_vocabulary.txt``: the words of the training reports (issue 15, report check).
+"""Build ``echo_model/data/report_vocabulary.txt``: the words of the training reports (report check).
 
     python scripts/build_report_vocabulary.py --iu DATA/iu_xray --covid DATA/covid_cxr_notes
 

@@ -1,4 +1,4 @@
-"""The reliability inputs of issue #9: build each one, load it, print what it produced as a Markdown table.
+"""The reliability inputs: build each one, load it, print what it produced as a Markdown table.
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Measure that report normalization loses nothing (issue 15): IU X-ray and covid_cxr_notes.
+"""Measure that report normalization loses nothing: IU X-ray and covid_cxr_notes.
 
     python scripts/normalizer_recall.py --iu DATA/iu_xray --covid DATA/covid_cxr_notes
 

@@ -480,7 +480,7 @@ def test_summary_command(iu_folder: Path, covid_folder: Path, tmp_path: Path, ca
     assert "does not exist" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------- normalization (issue 15)
+# ------------------------------------------------------------------------- normalization
 
 
 def test_iu_reports_are_normalized_by_default_and_keep_the_raw_text(iu_folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""Errors in words, for every event listener of the app (issue 17).
+"""Errors in words, for every event listener of the app.
 
 Every listener of the Blocks (walked from ``demo.fns``) must have a registered failure case below: inputs that
 make it fail and the words the user must see. The test triggers each and checks the ``gr.Error`` message

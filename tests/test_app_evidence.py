@@ -1,4 +1,4 @@
-"""Sentence-level evidence and the findings list of the Draft tab (issue 18).
+"""Sentence-level evidence and the findings list of the Draft tab.
 
 The pure part (:mod:`app.evidence`) on hand-built token pieces; the findings list through the listener the
 Draft tab wires to its editor boxes; the sentence view in the drafting stream of the tiny test model.

@@ -1,4 +1,4 @@
-"""Evidence and overlays in a real browser (issue 18): after Generate the draft shows sentence by sentence beside
+"""Evidence and overlays in a real browser: after Generate the draft shows sentence by sentence beside
 the list of findings it asserts, the list follows what the clinician types, and an explanation comes with its
 colour bar.
 

@@ -1,4 +1,4 @@
-"""Overlays of the Explain tab (issue 18): maps interpolated to the image, a colour bar with its scale, opacity."""
+"""Overlays of the Explain tab: maps interpolated to the image, a colour bar with its scale, opacity."""
 
 from __future__ import annotations
 

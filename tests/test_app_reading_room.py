@@ -1,4 +1,4 @@
-"""The reading room in a real browser (issue 17): every action bound to the study on screen, errors in words,
+"""The reading room in a real browser: every action bound to the study on screen, errors in words,
 a refused file that does not poison the session, warnings a reader cannot miss, and the small things
 (sign twice, progress reset, labels, About).
 

@@ -1,4 +1,4 @@
-"""The draft edited by region (issue 16 item 5): findings one line per region in the editor, stored as typed,
+"""The draft edited by region: findings one line per region in the editor, stored as typed,
 plain again for a re-draft and for the export; and the embedded model's limitation where it drafts.
 
 Unit tests of the layout functions (``echo_model.data.report_text``), then the handlers with the tiny test

@@ -1,4 +1,4 @@
-"""The draft edited by region in a real browser (issue 16 item 5): the embedded model's limitation beside the
+"""The draft edited by region in a real browser: the embedded model's limitation beside the
 draft, the Findings editor one labelled line per region, one line edited, and the saved text equal to the
 editor's byte for byte.
 

@@ -1,5 +1,5 @@
 """The worklist: one row per study (thumbnail, the impression's first line, indication, state, time), the search
-in SQL, and *Next unsigned* / *Previous* (issue 18)."""
+in SQL, and *Next unsigned* / *Previous*."""
 
 from __future__ import annotations
 

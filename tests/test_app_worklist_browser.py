@@ -1,4 +1,4 @@
-"""The worklist in a real browser (issue 18): thumbnails and first lines in the History table, the search, and
+"""The worklist in a real browser: thumbnails and first lines in the History table, the search, and
 *Next unsigned* / *Previous* opening the other study on the Draft tab with its image and the editor bound to it."""
 
 from __future__ import annotations

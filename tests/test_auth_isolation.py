@@ -1,4 +1,4 @@
-"""Auth (issue #9 item 6): with ECHO_AUTH set nobody unauthenticated gets in, each user sees, changes and
+"""Auth: with ECHO_AUTH set nobody unauthenticated gets in, each user sees, changes and
 exports only their own work, edits carry the user, and nothing user-controlled steers an export's file name.
 
 The app is served in-process on loopback with three users and drafts seeded through the store, so no model

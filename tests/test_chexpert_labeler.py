@@ -262,7 +262,7 @@ def test_ce_rejects_mismatched_lengths() -> None:
         ce_scores(PRED, REF[:2])
 
 
-# ------------------------------------------------------------------ normalized phrasing (issue 15)
+# ------------------------------------------------------------------ normalized phrasing
 # The report normalizer (echo_model/data/normalize.py, method.md §3.5) writes one statement per region.
 # The labeler must read those statements: normal statements are negative or no observation, abnormal
 # ones positive for the right observation.

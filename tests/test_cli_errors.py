@@ -1,4 +1,4 @@
-"""``echo-report`` input errors: one line on stderr, exit status 2, no traceback, no model loaded (issue 17)."""
+"""``echo-report`` input errors: one line on stderr, exit status 2, no traceback, no model loaded."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Crash safety (issue #9 item 4): kill -9 during a burst of saves loses no acknowledged save, corrupts nothing."""
+"""Crash safety: kill -9 during a burst of saves loses no acknowledged save, corrupts nothing."""
 
 from __future__ import annotations
 

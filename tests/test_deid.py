@@ -1,4 +1,4 @@
-"""De-identification: nothing identifying leaves the input layer (issue #3 item 5)."""
+"""De-identification: nothing identifying leaves the input layer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Load (issue #9 item 3): drafts are bounded with a quick "busy" of ours; saves are never refused or lost.
+"""Load: drafts are bounded with a quick "busy" of ours; saves are never refused or lost.
 
 The admission gate is tested directly; the app is then served with the gate held full (no model needed)
 to show the refusal and that saves, signatures and exports still go through; finally the load script

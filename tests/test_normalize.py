@@ -1,4 +1,4 @@
-"""Tests of report normalization (method.md §3.5, issue 15) and its CLI.
+"""Tests of report normalization (method.md §3.5) and its CLI.
 
 Every report here is hand-written for the test (no data-set text).
 """

@@ -1,4 +1,4 @@
-"""PHI (issue #9 item 5): an identifier-laden DICOM with an identifying file name goes through the served app
+"""PHI: an identifier-laden DICOM with an identifying file name goes through the served app
 (upload, draft, save, sign, addendum, export, history, audit, a refused upload) and no identifier, in any
 spelling, is left in the database, the data directory, PNG chunks, the export or the DEBUG log."""
 

@@ -60,7 +60,7 @@ def test_results_section_reports_robustness_and_image_dependence():
 
 def test_speed_headline_is_the_natural_length_speedup_per_report():
     """The first speed-up the README states is per report at natural length; the fixed-length one is named
-    throughput (issue 18: the 4.15× at 256 tokens is not the time of a real report)."""
+    throughput (the 4.15× at 256 tokens is not the time of a real report)."""
     import json
 
     section = _renderer().render(ROOT).split("### Speed", 1)[1]

@@ -1,4 +1,4 @@
-"""Tests of the report form check (issue 15). Drafts are hand-written; the check never changes them."""
+"""Tests of the report form check. Drafts are hand-written; the check never changes them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``echo-train --normalize/--no-normalize`` (issue 15): training text is normalized by default (method.md §3.5),
+"""``echo-train --normalize/--no-normalize``: training text is normalized by default (method.md §3.5),
 record files (the app's correction export) never are. Hand-written synthetic reports only."""
 
 from __future__ import annotations

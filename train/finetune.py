@@ -1,4 +1,4 @@
-"""Fine-tune a teacher/student pair on radiologist corrections, behind a no-regression gate (issue #4).
+"""Fine-tune a teacher/student pair on radiologist corrections, behind a no-regression gate.
 
 ``finetune_on_corrections`` takes the app's correction export (``StudyRecord`` with ``.correction``), and:
 

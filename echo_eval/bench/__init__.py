@@ -1,4 +1,4 @@
-"""Speed benchmark of the four samplers and the per-forward cost model (issue #6, items 1 and 2).
+"""Speed benchmark of the four samplers and the per-forward cost model.
 
 Why this module exists: the paper's headline "8x" is a *tokens-per-forward* figure (TPF 8.00 for b = 8);
 wall-clock speed is lower because one ECHO forward carries 2b query tokens (the fused cache:

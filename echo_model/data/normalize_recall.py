@@ -1,4 +1,4 @@
-""""Nothing lost": does a normalized report say everything its source said? (method.md §3.5, issue 15)
+""""Nothing lost": does a normalized report say everything its source said? (method.md §3.5)
 
 Both texts are labelled with :func:`echo_model.labeler.label_report` and compared per CheXpert observation:
 

@@ -3,7 +3,7 @@
 ``LoadedImage`` is the only thing that leaves this layer: an 8-bit grey radiograph, an
 allow-listed metadata dict and human-readable warnings. The allow-list is enforced when the
 object is built, so no code path can smuggle a patient name, an ID, a date or a UID out of a
-DICOM header by accident (de-identification by construction, issue #3 item 5).
+DICOM header by accident (de-identification by construction).
 """
 
 from __future__ import annotations
