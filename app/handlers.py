@@ -16,7 +16,9 @@ import contextlib
 import logging
 import math
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +76,8 @@ WINDOW_FIELDS: tuple[str, ...] = ("viewer", "view_info", "center", "width", "vie
 BLOCK_HEADERS = ["block", "ms", "tokens", "min confidence", "text"]
 HISTORY_HEADERS = ["created (UTC)", "status", "sampler", "model", "signed (UTC)", "views", "study", "draft"]
 DEFAULT_WINDOW = (128.0, 256.0)
+#: Studies whose upload seconds are kept for the Draft summary's "upload to last block".
+UPLOAD_TIMES_KEPT = 4096
 
 # Errors whose message is written for the user, naming the file/object and the problem: ImageInputError and
 # the store's errors are ValueErrors, CheckpointError and NotImplementedError are RuntimeErrors.
@@ -212,10 +216,14 @@ def _status_text(draft: DraftInfo) -> str:
 def _summary(timing: dict[str, Any]) -> str:
     n = timing["blocks"]
     parts = [f"{n} block{'' if n == 1 else 's'}", f"first block {timing['time_to_first_block_s']:.2f} s"]
-    if timing.get("end_to_end_s") is not None:  # drafts stored before it was measured have none
-        parts.append(f"end to end {timing['end_to_end_s']:.2f} s (from Generate to the "
-                     f"{'last' if timing.get('done') else 'latest'} block: reading the images, waiting for and "
-                     "loading the model included)")
+    which = "last" if timing.get("done") else "latest"
+    if timing.get("upload_to_last_block_s") is not None:  # the views were uploaded before Generate was pressed
+        parts.append(f"upload to {which} block {timing['upload_to_last_block_s']:.2f} s (de-identifying and "
+                     f"storing the upload {timing['upload_s']:.2f} s + from Generate {timing['end_to_end_s']:.2f} s: "
+                     "reading the images, waiting for and loading the model included; time spent typing excluded)")
+    elif timing.get("end_to_end_s") is not None:  # drafts stored before it was measured have none
+        parts.append(f"end to end {timing['end_to_end_s']:.2f} s (from Generate to the {which} block: reading the "
+                     "images, waiting for and loading the model included)")
     if timing.get("done"):
         parts += [f"total {timing['total_s']:.2f} s", f"{timing['tokens']} tokens",
                   f"{timing['tokens_per_forward']:.2f} tokens/forward"]
@@ -274,6 +282,10 @@ class Handlers:
         self.drafting = services.drafting
         # Exports hold clinical text: a private temporary folder, pruned after an hour (see prune_exports).
         self.export_root = Path(tempfile.gettempdir()) / "echo-exports"
+        # Seconds the latest upload of each study took to de-identify and store (the front of "upload to last
+        # block"); in memory only, the newest UPLOAD_TIMES_KEPT studies.
+        self._upload_seconds: OrderedDict[str, float] = OrderedDict()
+        self._upload_lock = threading.Lock()
 
     def _user(self, request: gr.Request | None) -> str:
         name = getattr(request, "username", None) if request is not None else None
@@ -285,13 +297,27 @@ class Handlers:
         with user_errors():
             if not files:
                 return (*self._viewer(None, 0), None)
+            started = time.perf_counter()
             study, warnings = ingest_uploads(
                 as_paths(files), store=self.store, owner=self._user(request),
                 upload_cache_dir=self.settings.upload_cache_dir, study_id=study_id or None,
             )
+            self._remember_upload(study.id, time.perf_counter() - started)
             outputs = list(self._viewer(study, len(study.images) - len(as_paths(files))))
             outputs[VIEWER_FIELDS.index("warnings")] = "\n".join(warnings)
             return (*outputs, None)
+
+    def _remember_upload(self, study_id: str, seconds: float) -> None:
+        with self._upload_lock:
+            self._upload_seconds[study_id] = round(seconds, 4)
+            self._upload_seconds.move_to_end(study_id)
+            while len(self._upload_seconds) > UPLOAD_TIMES_KEPT:
+                self._upload_seconds.popitem(last=False)
+
+    def upload_seconds(self, study_id: str) -> float | None:
+        """How long the latest upload of ``study_id`` took to de-identify and store (None: not uploaded here)."""
+        with self._upload_lock:
+            return self._upload_seconds.get(study_id)
 
     def new_study(self) -> tuple[Any, ...]:
         """Forget the current study in this browser tab (nothing is deleted). Outputs: VIEWER_FIELDS."""
@@ -418,6 +444,9 @@ class Handlers:
             read_s = time.perf_counter() - started
             with self.services.gate.admitted(on_wait=waiting_progress(progress), shared=True):
                 phases = {"read_s": round(read_s, 4), "gate_s": round(time.perf_counter() - started - read_s, 4)}
+                uploaded_s = None if files else self.upload_seconds(study.id)
+                if uploaded_s is not None:  # stored by an earlier upload: its seconds are the front of end to end
+                    phases["upload_s"] = uploaded_s
                 progress(None, desc="Loading the model and encoding the images")
                 yield from self._draft_stream(
                     study, user=user, indication=indication, language=language, model=model, sampler=sampler,
@@ -515,6 +544,8 @@ class Handlers:
             }
             if started is not None:
                 timing["end_to_end_s"] = round(time.perf_counter() - started, 4)
+                if "upload_s" in timing:
+                    timing["upload_to_last_block_s"] = round(timing["upload_s"] + timing["end_to_end_s"], 4)
             view = DraftView(
                 report_view=shown + ([] if step.done else [(MASK_GLYPH * step.block_length, "masked")]),
                 language=language, study_id=study.id,

@@ -288,3 +288,43 @@ def test_draft_summary_shows_end_to_end_seconds_beside_the_first_block(tmp_path:
     reopened = h.open_draft(updates[-1][D["draft_id"]])
     assert reopened[D["summary"]] == summary
     h.store.close()
+
+
+def test_upload_then_generate_counts_from_the_upload_not_from_the_press(tmp_path: Path, model_dir: Path,
+                                                                          monkeypatch) -> None:
+    """On the Draft tab the views are stored by the upload, before Generate: the summary then gives upload to last
+    block = the upload's de-identification and storage (here slowed by 0.4 s) + Generate to last block, and
+    leaves out the time between the two (a reader typing the indication)."""
+    import time
+
+    import app.handlers
+
+    settings = AppSettings(models=(str(model_dir),), data_dir=tmp_path / "data", upload_cache_dir=tmp_path / "cache",
+                           max_new_tokens=12)
+    h = Handlers(Services.create(settings))
+    real = app.handlers.ingest_uploads
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app.handlers, "ingest_uploads", slow)
+    image = tmp_path / "frontal.png"
+    synthetic_cxr(1, (120, 100)).save(image)
+    study_id = h.upload([str(image)])[V["study_id"]]
+    assert h.upload_seconds(study_id) >= 0.4
+    time.sleep(0.5)  # typing the indication: not part of the figure
+    updates = list(h.generate(None, "cough", "en", "", "echo", 12, 0.0, 0.85, 0, study_id))
+    last = updates[-1][D["timing"]]
+    assert last["upload_s"] == h.upload_seconds(study_id)
+    assert last["upload_to_last_block_s"] == pytest.approx(last["upload_s"] + last["end_to_end_s"], abs=1e-3)
+    assert last["upload_to_last_block_s"] < last["end_to_end_s"] + 0.4 + 0.5  # the pause is left out
+    summary = updates[-1][D["summary"]]
+    assert f"upload to last block {last['upload_to_last_block_s']:.2f} s" in summary
+    assert f"storing the upload {last['upload_s']:.2f} s" in summary and "typing excluded" in summary
+    assert h.open_draft(updates[-1][D["draft_id"]])[D["summary"]] == summary  # stored with the draft
+    # A study opened from History (no upload in this process) keeps the Generate-based figure.
+    h._upload_seconds.clear()
+    again = list(h.generate(None, "", "en", "", "echo", 12, 0.0, 0.85, 0, study_id))[-1]
+    assert "upload_s" not in again[D["timing"]] and "end to end" in again[D["summary"]]
+    h.store.close()
