@@ -527,15 +527,14 @@ class Handlers:
         first_block_s = 0.0
         for step in steps:
             written += [(p.text, p.confidence) for p in step.pieces]
+            shown += _pieces_view(step.pieces)
+            stored = [[p.text, round(p.confidence, 5)] for p in step.pieces]  # the trace keeps them for reopening
             if step.index >= 0:
-                shown += _pieces_view(step.pieces)
-                trace.append({**step.trace(), "pieces": [[p.text, round(p.confidence, 5)] for p in step.pieces]})
+                trace.append({**step.trace(), "pieces": stored})
                 per_block_ms.append(round(step.block_ms, 2))
                 first_block_s = first_block_s or step.seconds
-            elif step.pieces:
-                shown += _pieces_view(step.pieces)
-                if trace:  # the end of a character held back by the decoder belongs to the last block
-                    trace[-1]["pieces"] += [[p.text, round(p.confidence, 5)] for p in step.pieces]
+            elif trace:  # the end of a character held back by the decoder belongs to the last block
+                trace[-1]["pieces"] += stored
             timing = {
                 "blocks": len(trace), "time_to_first_block_s": round(first_block_s, 4),
                 "per_block_ms": per_block_ms, "elapsed_s": round(step.seconds, 4), "done": step.done,

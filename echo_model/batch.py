@@ -461,7 +461,7 @@ def run_batch(
     if not found.studies and not found.skipped:
         raise ValueError(f"{' '.join(inputs)}: no PNG, JPEG or DICOM files there")
     if ranks.rank == 0:
-        key = load_or_create_key(key_path, create=not started)
+        load_or_create_key(key_path, create=not started)  # made once, here; every rank reads it below
         merge_parts(out)  # the shares of an interrupted multi-process run
         out.touch()
     ranks.wait()
