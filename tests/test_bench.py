@@ -16,14 +16,18 @@ from echo_eval.bench import (
     ArmSettings,
     BenchConfig,
     CostModel,
+    CostPoint,
+    CostProbe,
     check_uniform_settings,
     fit_cost_model,
     format_report,
+    forward_schedule,
     plot_report,
     predicted_seconds,
     quantization_of,
     quantize_checkpoint,
     run_benchmark,
+    schedule_query_lengths,
     speedup_cap,
 )
 from echo_eval.bench_cli import build_parser, config_from_args, main
@@ -156,6 +160,56 @@ def test_predicted_seconds_counts_the_forwards_each_sampler_makes():
                              prefill_seconds=5.0) == pytest.approx(5.0 + 1.4 + 2 * 1.8)
     with pytest.raises(ValueError, match="bogus"):
         predicted_seconds("bogus", model_calls=1, forward_passes=1, block_length=4, cost=cm, prefill_seconds=0)
+
+
+def _probe(medians: dict[int, float], prefill: float = 0.5) -> CostProbe:
+    points = [CostPoint(T, m, m, m) for T, m in medians.items()]
+    fit = fit_cost_model(list(medians), list(medians.values()))
+    return CostProbe(batch=1, cache_length=40, points=points, prefill_seconds=prefill, model=fit)
+
+
+def test_predictions_use_the_medians_at_each_forwards_query_length():
+    # t(1) far below the line through the other points: the fit would overstate AR's forwards
+    probe = _probe({1: 0.010, 4: 0.030, 8: 0.032, 16: 0.040})
+    assert forward_schedule("ar", model_calls=10, forward_passes=10, block_length=4) == {1: 9}
+    assert forward_schedule("echo", model_calls=4, forward_passes=3, block_length=4) == {4: 1, 8: 2}
+    assert forward_schedule("teacher", model_calls=7, forward_passes=4, block_length=4) == {4: 6}
+    assert forward_schedule("echo", model_calls=2, forward_passes=1, block_length=8) == {8: 1}
+    assert predicted_seconds("ar", model_calls=10, forward_passes=10, block_length=4, cost=probe,
+                             prefill_seconds=0.5) == pytest.approx(0.5 + 9 * 0.010)
+    assert predicted_seconds("echo", model_calls=4, forward_passes=3, block_length=4, cost=probe,
+                             prefill_seconds=0.5) == pytest.approx(0.5 + 0.030 + 2 * 0.032)
+    assert probe.model.seconds(1) > 0.010 + 1e-4  # the line does overstate t(1) here
+    with pytest.raises(ValueError, match="T=16 was not probed"):  # b = 8: fused forwards of 16 queries
+        predicted_seconds("echo", model_calls=4, forward_passes=3, block_length=8, cost=_probe({1: 0.01, 8: 0.02}),
+                          prefill_seconds=0.0)
+    assert schedule_query_lengths(("ar", "teacher", "echo"), 8) == (1, 8, 16)
+
+
+def test_report_predicts_each_arm_from_the_probe_medians(data, checkpoint_b8):
+    b = checkpoint_b8.model.block_length
+    for batch in ("1", "2"):
+        probe = data["cost_models"][batch]
+        medians = {p["query_tokens"]: p["median"] for p in probe["points"]}
+        assert {1, b, 2 * b} <= set(medians)  # the schedule's lengths are probed even when not asked for
+        pred = data["predictions"][batch]
+        fixed = {r["arm"]: r for r in data["results"] if r["mode"] == "fixed" and r["batch"] == int(batch)}
+        for arm, v in pred["arms"].items():
+            expected = probe["prefill_seconds"] + sum(n * medians[int(T)] for T, n in v["forwards"].items())
+            assert v["predicted_seconds"] == pytest.approx(expected, rel=1e-4)
+            assert v["measured_seconds"] == pytest.approx(fixed[arm]["median_seconds"], rel=1e-4)
+            assert v["overhead"] == pytest.approx(v["measured_seconds"] / v["predicted_seconds"] - 1, abs=1e-3)
+        echo = pred["arms"]["echo"]["forwards"]
+        assert echo[str(b)] == 1 and echo[str(2 * b)] == fixed["echo"]["forward_passes"] - 1
+        assert pred["arms"]["ar"]["forwards"] == {"1": fixed["ar"]["tokens"] - 1}
+        ratio = (fixed["ar"]["median_seconds"] / pred["arms"]["ar"]["predicted_seconds"]) / (
+            fixed["echo"]["median_seconds"] / pred["arms"]["echo"]["predicted_seconds"])
+        # equal token counts in fixed mode: the ratio of rates is the ratio of seconds
+        assert pred["measured_over_predicted_speedup"] == pytest.approx(ratio, rel=1e-2)
+    assert data["overheads"] == {a: v["overhead"] for a, v in data["predictions"]["1"]["arms"].items()}
+    assert data["predicted_speedup_ar_over_echo"] == data["predictions"]["1"]["predicted_speedup_ar_over_echo"]
+    text = format_report(data)
+    assert "overhead" in text and "reported, not targets" in text and "of predicted" in text
 
 
 # ------------------------------------------------------------------------------------------ settings

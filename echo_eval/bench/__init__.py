@@ -10,9 +10,13 @@ the wall-clock speedup ECHO can reach over AR on this machine:
 
     cap_b = b * t(1) / t(2b) = b (a + c) / (a + 2 b c)
 
-(AR: one forward of 1 query token per token; ECHO: one forward of 2b query tokens per b tokens). A
-measured speedup well below the cap means time goes somewhere other than the forwards (Python per block,
-mask building, cache copies, sampling), which ``echo-bench --profile`` helps locate.
+(AR: one forward of 1 query token per token; ECHO: one forward of 2b query tokens per b tokens). The fit
+and the cap are reported figures: the line overstates t(1) and the cap ignores the prefill both arms pay.
+What a run should cost is predicted from the probe's *medians* at the query lengths each of its forwards
+actually had (AR: t(1) per token; ECHO: t(b) for the first block, t(2b) per further block) plus the measured
+prefill; a measured time above that prediction (the arm's overhead) means time goes somewhere other than
+the forwards (Python per block, mask building, cache copies, sampling), which ``echo-bench --profile``
+helps locate.
 
 Everything here is importable and testable; :mod:`echo_eval.bench_cli` is the command line. Nothing heavy
 happens at import time.
@@ -40,7 +44,9 @@ __all__ = [
     "FULL_OVERRIDES",
     "MODES",
     "QUANTIZATIONS",
+    "TARGET_ECHO_OVER_PREDICTED",
     "TARGET_FRACTION_OF_CAP",
+    "TARGET_FRACTION_OF_PREDICTED",
     "Arm",
     "ArmResult",
     "ArmSettings",
@@ -49,6 +55,7 @@ __all__ = [
     "CostModel",
     "CostPoint",
     "CostProbe",
+    "ForwardCost",
     "RunSample",
     "Spread",
     "check_uniform_settings",
@@ -56,6 +63,7 @@ __all__ = [
     "encode_studies",
     "fit_cost_model",
     "format_report",
+    "forward_schedule",
     "load_arms",
     "measure_cell",
     "model_settings",
@@ -66,5 +74,6 @@ __all__ = [
     "quantization_of",
     "quantize_checkpoint",
     "run_benchmark",
+    "schedule_query_lengths",
     "speedup_cap",
 ]

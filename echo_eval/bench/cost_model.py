@@ -1,11 +1,12 @@
-"""The per-forward cost model ``t(T) = a + c*T`` and the speedup cap it implies (see :mod:`echo_eval.bench`)."""
+"""What a forward costs: the probe's measured medians per query length T (what predictions use), the fitted
+line ``t(T) = a + c*T`` and the speedup cap it implies (reported figures; see :mod:`echo_eval.bench`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -95,6 +96,18 @@ class CostProbe:
     points: list[CostPoint]
     prefill_seconds: float
     model: CostModel
+
+    def seconds(self, query_tokens: int) -> float:
+        """The measured median of one forward with ``query_tokens`` queries (no fit, no interpolation).
+
+        Raises:
+            ValueError: when that length was not probed (the message lists the probed ones).
+        """
+        for p in self.points:
+            if p.query_tokens == query_tokens:
+                return p.median
+        raise ValueError(f"query length T={query_tokens} was not probed; probed: "
+                         f"{[p.query_tokens for p in self.points]}")
 
     def to_json(self, block_lengths: Sequence[int] = (8, 16)) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -187,17 +200,49 @@ def probe_forward_costs(
                      model=fit)
 
 
-def predicted_seconds(arm: str, *, model_calls: float, forward_passes: float, block_length: int,
-                      cost: CostModel, prefill_seconds: float) -> float:
-    """Seconds a run should take if only the forwards cost time (prefill measured, the rest from the fit).
+class ForwardCost(Protocol):
+    """Anything that gives the seconds of one forward with T query tokens: a :class:`CostProbe` (its measured
+    medians, what predictions use) or a :class:`CostModel` (the fitted line, a reported figure)."""
 
-    Why: the gap between this and the measured time is the sampler's own overhead (Python, masks,
-    sampling, cache bookkeeping) — the part a faster sampler can remove.
+    def seconds(self, query_tokens: int) -> float: ...
+
+
+def forward_schedule(arm: str, *, model_calls: float, forward_passes: float, block_length: int) -> dict[int, float]:
+    """Query length T -> how many forwards of T queries a run made after its prefill (from its own counts).
+
+    * ``ar``: the prefill yields token 1, then one 1-token forward per further token;
+    * ``echo`` / ``vanilla``: the first block is one read-only forward of b queries, every further block one
+      fused forward of ``[previous | current]`` = 2b queries;
+    * ``teacher``: b-query forwards, the denoising steps plus one cache write per finished block.
     """
     spec = sampler_spec(arm)
     first, later = spec.query_tokens(block_length)
-    if spec.one_step:  # first block: b queries, read-only; then [prev | cur] = 2b queries
-        return prefill_seconds + cost.seconds(first) + max(forward_passes - 1, 0) * cost.seconds(later)
-    # ar: the prefill yields token 1, then one 1-token forward per token; teacher: b-query forwards, the
-    # denoising steps plus one cache write per finished block
-    return prefill_seconds + max(model_calls - 1, 0) * cost.seconds(later)
+    if spec.one_step:
+        counts = [(first, min(forward_passes, 1)), (later, max(forward_passes - 1, 0))]
+    else:
+        counts = [(later, max(model_calls - 1, 0))]
+    out: dict[int, float] = {}
+    for T, n in counts:
+        if n > 0:
+            out[T] = out.get(T, 0) + n
+    return out
+
+
+def schedule_query_lengths(arms: Sequence[str], block_length: int) -> tuple[int, ...]:
+    """Every query length the forwards of ``arms`` can have with block length b (what the probe must time)."""
+    return tuple(sorted({T for a in arms for T in sampler_spec(a).query_tokens(block_length)}))
+
+
+def predicted_seconds(arm: str, *, model_calls: float, forward_passes: float, block_length: int,
+                      cost: ForwardCost, prefill_seconds: float) -> float:
+    """Seconds a run should take if only the forwards cost time: the measured prefill plus, for each forward
+    of :func:`forward_schedule`, ``cost.seconds(T)`` at its query length T.
+
+    Why: the gap between this and the measured time is the sampler's own overhead (Python, masks,
+    sampling, cache bookkeeping) — the part a faster sampler can remove. With a :class:`CostProbe` as
+    ``cost`` the prediction uses the measured medians at exactly those lengths (the prediction); with a
+    :class:`CostModel` the fitted line (a reported figure: the line overstates t(1)).
+    """
+    schedule = forward_schedule(arm, model_calls=model_calls, forward_passes=forward_passes,
+                                block_length=block_length)
+    return prefill_seconds + sum(n * cost.seconds(T) for T, n in schedule.items())
