@@ -14,11 +14,9 @@ See docs/speed.md for the method. Exit status 2 on bad arguments or inputs, 1 on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from echo_model import __version__
@@ -109,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Heavy imports after argument parsing, so --help is instant.
     from echo_model.imaging.synthetic import phantom_cxr
 
-    from .bench import format_report, load_arms, plot_report, profile_arm, run_benchmark
+    from .bench import format_report, load_arms, profile_arm, run_benchmark, save_outputs
     from echo_model.loading import CheckpointError
 
     try:
@@ -147,14 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = report.to_json()
     print(format_report(data))
     print(f"\n({data['wall_seconds']:.1f} s in all)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot_report(data, args.plot)
-        print(f"wrote {args.plot}")
+    for path in save_outputs(data, json_path=args.json, plot_path=args.plot):
+        print(f"wrote {path}")
     return 0
 
 

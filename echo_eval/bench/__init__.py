@@ -74,6 +74,7 @@ __all__ = [
     "quantization_of",
     "quantize_checkpoint",
     "run_benchmark",
+    "save_outputs",
     "schedule_query_lengths",
     "speedup_cap",
 ]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -392,6 +393,22 @@ def _prediction_lines(report: dict[str, Any]) -> list[str]:
                      f"{targets['measured_over_predicted_speedup_min']:.0%} of predicted (now "
                      f"{report['measured_over_predicted_speedup']:.0%}): {'met' if report['meets_target'] else 'NOT met'}")
     return lines
+
+
+def save_outputs(data: dict[str, Any], *, json_path: str | Path | None, plot_path: str | Path | None,
+                 plot: Callable[[dict[str, Any], str | Path], None] | None = None) -> list[str]:
+    """Write ``data`` as JSON to ``json_path`` and its chart to ``plot_path`` (``plot``, default
+    :func:`plot_report`), creating their folders; returns the paths written."""
+    written: list[str] = []
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(data, indent=2) + "\n")
+        written.append(str(json_path))
+    if plot_path:
+        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
+        (plot or plot_report)(data, plot_path)
+        written.append(str(plot_path))
+    return written
 
 
 def plot_report(report: dict[str, Any], path: str | Path) -> None:
