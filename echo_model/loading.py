@@ -8,6 +8,11 @@ Loading rules (issue "inputs, loading"):
 * Device and dtype: bf16 on a GPU, fp32 on the CPU (these CPUs have no fast bf16). Before loading on the CPU
   the memory the weights need is estimated from the files and compared with what the machine has free.
 * Only stock classes: the official checkpoints are Qwen2.5-VL weights; ``trust_remote_code`` is never used.
+* Stored weights must be floating point (F32, BF16, F16, F64; the official ones are F32); a quantised file
+  (int8, fp8, packed 4-bit) is refused by name, since the stock class would read it as garbage.
+* A ``mask_token_id`` in the config must be the tokenizer's ``<|MASK|>`` and a row of the embedding.
+
+docs/checkpoints.md states what this assumes about the official files.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from .checkpoint import EchoCheckpoint
 from .modeling import EchoModel
 from .processing import EchoProcessor
-from .spec import CONFIG_KEY, ROLES, EchoSpec, read_spec
+from .spec import CONFIG_KEY, MASK_TOKEN, ROLES, EchoSpec, read_spec
 
 EMBEDDED_FAMILY = "echo-b8"
 #: What the embedded family cannot know, in one plain sentence (shown by the app, the README and the model cards).
@@ -41,6 +46,8 @@ REAL_CHECKPOINT_HINT = (
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Bytes per parameter as stored, by safetensors dtype tag.
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
+# Stored dtypes the loader casts to its compute dtype; anything else is a quantised checkpoint.
+_FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16"})
 
 
 class CheckpointError(RuntimeError):
@@ -82,12 +89,12 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def weight_parameters(folder: Path) -> int:
-    """Number of parameters stored in a folder's safetensors files, read from their headers only."""
-    total = 0
+def stored_tensors(folder: Path) -> dict[str, tuple[str, int]]:
+    """Tensor name -> (safetensors dtype tag, element count) of a folder's weights, from the headers only."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{folder} holds no *.safetensors weights")
+    out: dict[str, tuple[str, int]] = {}
     for f in files:
         with f.open("rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
@@ -97,8 +104,41 @@ def weight_parameters(folder: Path) -> int:
                 count = 1
                 for d in info["shape"]:
                     count *= d
-                total += count
-    return total
+                out[name] = (info["dtype"], count)
+    return out
+
+
+def weight_parameters(folder: Path) -> int:
+    """Number of parameters stored in a folder's safetensors files, read from their headers only."""
+    return sum(count for _, count in stored_tensors(folder).values())
+
+
+def check_stored_dtypes(folder: Path) -> None:
+    """Refuse weights stored in a non-float dtype (a quantised checkpoint); the stock class casts only floats."""
+    bad = {name: dtype for name, (dtype, _) in stored_tensors(folder).items() if dtype not in _FLOAT_TAGS}
+    if bad:
+        first = min(bad)
+        raise CheckpointError(
+            f"{folder.name}: {len(bad)} tensors are stored as {sorted(set(bad.values()))} (e.g. {first}: {bad[first]}); "
+            f"the loader reads float weights ({', '.join(sorted(_FLOAT_TAGS))}) and casts them, quantised checkpoints "
+            f"are not supported"
+        )
+
+
+def check_mask_token(folder: Path, config, processor: EchoProcessor, vocab_rows: int) -> None:
+    """The config's ``mask_token_id`` (the key the official code reads) must be the tokenizer's ``<|MASK|>``, and
+    the mask id must be a row of the embedding; otherwise every masked position would be fed a wrong token."""
+    configured = getattr(config, "mask_token_id", None)
+    tok = processor.tokenizer
+    token_id = tok.convert_tokens_to_ids(MASK_TOKEN)
+    if token_id is not None and token_id == tok.unk_token_id:
+        token_id = None
+    if configured is not None and token_id is not None and int(configured) != int(token_id):
+        raise CheckpointError(f"{folder.name}: config mask_token_id is {configured} but the tokenizer's {MASK_TOKEN} "
+                              f"is {token_id}; the checkpoint's config and tokenizer do not belong together")
+    if not 0 <= processor.mask_token_id < vocab_rows:
+        raise CheckpointError(f"{folder.name}: mask token id {processor.mask_token_id} is outside the embedding's "
+                              f"{vocab_rows} rows")
 
 
 def check_memory(folder: Path, policy: DevicePolicy, *, available: int | None = None) -> None:
@@ -177,6 +217,7 @@ def load_checkpoint(
         raise CheckpointError(f"{folder}: no config.json; is the embedded checkpoint missing from assets/?")
     policy = device_policy(device)
     check_memory(folder, policy, available=available_memory)
+    check_stored_dtypes(folder)
     try:
         hf, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             str(folder), dtype=policy.dtype, output_loading_info=True
@@ -190,7 +231,11 @@ def load_checkpoint(
         raise CheckpointError(f"{folder}: weights do not match the architecture ({detail})")
     hf = hf.to(policy.device).eval()
     spec = _spec_for(hf.config, folder)
-    processor = EchoProcessor.from_pretrained(folder, spec)
+    try:
+        processor = EchoProcessor.from_pretrained(folder, spec)
+    except ValueError as err:  # no mask token anywhere
+        raise CheckpointError(f"{folder.name}: {err}") from None
+    check_mask_token(folder, hf.config, processor, hf.get_input_embeddings().num_embeddings)
     spec = spec.replace(mask_token_id=processor.mask_token_id)
     processor = EchoProcessor(processor.tokenizer, processor.image_processor, spec)
     return EchoCheckpoint(EchoModel(hf, spec), processor, source=str(model or f"embedded:{role}"))

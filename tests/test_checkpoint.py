@@ -88,22 +88,48 @@ def test_uncached_hub_id_fails_with_advice(monkeypatch):
         load_checkpoint("Midea-AIRC/ECHO_block8")
 
 
+def _official_layout(saved, folder, **config_changes):
+    folder = _copy(saved, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    mask_id = cfg.pop("echo")["mask_token_id"]
+    cfg.update({"mask_token_id": mask_id, **config_changes})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder, mask_id
+
+
 def test_official_layout_reconstruction(saved, tmp_path):
     """UNVERIFIED RECONSTRUCTION of the official ECHO_block4 folder (the real one cannot be downloaded here):
     a stock Qwen2.5-VL config with a top-level ``mask_token_id``, no ``echo`` key, an ``auto_map`` to the
     authors' remote code (which we ignore), and b only in the folder name."""
-    folder = _copy(saved, tmp_path / "ECHO_block4")
-    cfg = json.loads((folder / "config.json").read_text())
-    mask_id = cfg["echo"]["mask_token_id"]
-    del cfg["echo"]
-    cfg["mask_token_id"] = mask_id
-    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_echo.ECHOForConditionalGeneration"}
-    (folder / "config.json").write_text(json.dumps(cfg))
+    folder, mask_id = _official_layout(
+        saved, tmp_path / "ECHO_block4", auto_map={"AutoModelForCausalLM": "modeling_echo.ECHOForConditionalGeneration"})
     ck = load_checkpoint(str(folder), device="cpu")
     assert ck.spec.block_length == 4
     assert ck.spec.mask_token_id == mask_id
     assert ck.spec.languages == ("en", "zh")
     assert "Review this chest X-ray" in ck.processor.prompt_text(0)
+
+
+def test_config_mask_token_id_must_be_the_tokenizers_mask(saved, tmp_path, checkpoint):
+    mask_id = checkpoint.processor.mask_token_id
+    folder, _ = _official_layout(saved, tmp_path / "ECHO_block4", mask_token_id=mask_id + 1)
+    with pytest.raises(CheckpointError, match=rf"config mask_token_id is {mask_id + 1} but the tokenizer's <\|MASK\|> is {mask_id}"):
+        load_checkpoint(str(folder), device="cpu")
+
+
+def test_quantised_weights_are_refused_by_dtype(saved, tmp_path):
+    folder = _copy(saved, tmp_path / "int8")
+    tensors = load_file(str(folder / "model.safetensors"))
+    name = next(k for k in tensors if k.endswith("mlp.up_proj.weight"))
+    tensors[name] = tensors[name].to(torch.int8)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=rf"1 tensors are stored as \['I8'\] \(e.g. {name}: I8\)"):
+        load_checkpoint(str(folder), device="cpu")
+    # the stored float dtype itself is free: bf16 files load and are cast to the device's dtype
+    for key in tensors:
+        tensors[key] = tensors[key].to(torch.bfloat16)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert load_checkpoint(str(folder), device="cpu").model.dtype == torch.float32
 
 
 def test_spec_validation():
