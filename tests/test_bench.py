@@ -6,6 +6,7 @@ Timings are never asserted (they depend on the machine and its load); only behav
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 
 import numpy as np
@@ -188,17 +189,22 @@ def test_predictions_use_the_medians_at_each_forwards_query_length():
 
 def test_report_predicts_each_arm_from_the_probe_medians(data, checkpoint_b8):
     b = checkpoint_b8.model.block_length
-    for batch in ("1", "2"):
+    for (mode, key), batch in itertools.product((("fixed", "predictions"), ("natural", "predictions_natural")),
+                                                ("1", "2")):
         probe = data["cost_models"][batch]
         medians = {p["query_tokens"]: p["median"] for p in probe["points"]}
         assert {1, b, 2 * b} <= set(medians)  # the schedule's lengths are probed even when not asked for
-        pred = data["predictions"][batch]
-        fixed = {r["arm"]: r for r in data["results"] if r["mode"] == "fixed" and r["batch"] == int(batch)}
+        pred = data[key][batch]
+        cells = {r["arm"]: r for r in data["results"] if r["mode"] == mode and r["batch"] == int(batch)}
+        assert set(pred["arms"]) == set(cells)
         for arm, v in pred["arms"].items():
             expected = probe["prefill_seconds"] + sum(n * medians[int(T)] for T, n in v["forwards"].items())
             assert v["predicted_seconds"] == pytest.approx(expected, rel=1e-4)
-            assert v["measured_seconds"] == pytest.approx(fixed[arm]["median_seconds"], rel=1e-4)
+            assert v["measured_seconds"] == pytest.approx(cells[arm]["median_seconds"], rel=1e-4)
             assert v["overhead"] == pytest.approx(v["measured_seconds"] / v["predicted_seconds"] - 1, abs=1e-3)
+        if mode == "natural":
+            continue
+        fixed = cells
         echo = pred["arms"]["echo"]["forwards"]
         assert echo[str(b)] == 1 and echo[str(2 * b)] == fixed["echo"]["forward_passes"] - 1
         assert pred["arms"]["ar"]["forwards"] == {"1": fixed["ar"]["tokens"] - 1}
@@ -210,6 +216,7 @@ def test_report_predicts_each_arm_from_the_probe_medians(data, checkpoint_b8):
     assert data["predicted_speedup_ar_over_echo"] == data["predictions"]["1"]["predicted_speedup_ar_over_echo"]
     text = format_report(data)
     assert "overhead" in text and "reported, not targets" in text and "of predicted" in text
+    assert "natural length, batch 2:" in text
 
 
 # ------------------------------------------------------------------------------------------ settings

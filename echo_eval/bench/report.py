@@ -76,11 +76,11 @@ class BenchReport:
     def probe(self, batch: int) -> CostProbe | None:
         return next((p for p in self.cost_probes if p.batch == batch), None)
 
-    def predicted_run_seconds(self, arm: str, *, batch: int, fit: bool = False) -> float | None:
-        """Seconds ``arm`` should take in fixed mode for the forwards it actually made: the measured prefill
-        plus the probe's median at each forward's query length (``fit=True``: the fitted line instead, a
+    def predicted_run_seconds(self, arm: str, *, batch: int, fit: bool = False, mode: str = "fixed") -> float | None:
+        """Seconds ``arm`` should take in ``mode`` for the forwards it actually made (median counts): the measured
+        prefill plus the probe's median at each forward's query length (``fit=True``: the fitted line instead, a
         reported figure)."""
-        cell, probe = self.cell(arm, "fixed", batch), self.probe(batch)
+        cell, probe = self.cell(arm, mode, batch), self.probe(batch)
         if cell is None or probe is None:
             return None
         s = cell.summary()
@@ -88,22 +88,23 @@ class BenchReport:
         return predicted_seconds(arm, model_calls=s["model_calls"], forward_passes=s["forward_passes"],
                                  block_length=self.block_length, cost=cost, prefill_seconds=probe.prefill_seconds)
 
-    def predicted(self, arm: str, *, batch: int, fit: bool = False) -> float | None:
-        """Predicted tokens/s of ``arm`` in fixed mode (see :meth:`predicted_run_seconds`)."""
-        secs = self.predicted_run_seconds(arm, batch=batch, fit=fit)
-        cell = self.cell(arm, "fixed", batch)
+    def predicted(self, arm: str, *, batch: int, fit: bool = False, mode: str = "fixed") -> float | None:
+        """Predicted tokens/s of ``arm`` in ``mode`` (see :meth:`predicted_run_seconds`)."""
+        secs = self.predicted_run_seconds(arm, batch=batch, fit=fit, mode=mode)
+        cell = self.cell(arm, mode, batch)
         if secs is None or cell is None:
             return None
         return cell.summary()["tokens"] / secs if secs > 0 else None
 
-    def predictions(self, batch: int) -> dict[str, Any] | None:
-        """Per arm of the fixed-length cell at ``batch``: its forward schedule, predicted and measured seconds,
-        overhead (measured / predicted - 1); and the predicted ``echo`` / ``ar`` ratio beside the measured one."""
+    def predictions(self, batch: int, mode: str = "fixed") -> dict[str, Any] | None:
+        """Per arm of the ``mode`` cell at ``batch``: its forward schedule, predicted and measured seconds,
+        overhead (measured / predicted - 1); and the predicted ``echo`` / ``ar`` ratio beside the measured one
+        (both in tokens / seconds, so natural-length arms with different report lengths compare too)."""
         if self.probe(batch) is None:
             return None
         arms: dict[str, Any] = {}
         for arm in self.config.arms:
-            cell, predicted = self.cell(arm, "fixed", batch), self.predicted_run_seconds(arm, batch=batch)
+            cell, predicted = self.cell(arm, mode, batch), self.predicted_run_seconds(arm, batch=batch, mode=mode)
             if cell is None or predicted is None:
                 continue
             s = cell.summary()
@@ -115,17 +116,18 @@ class BenchReport:
                 "predicted_seconds": _r(predicted, 6),
                 "measured_seconds": _r(measured, 6),
                 "overhead": _r(measured / predicted - 1) if predicted > 0 else None,
-                "predicted_seconds_fit": _r(self.predicted_run_seconds(arm, batch=batch, fit=True), 6),
+                "predicted_seconds_fit": _r(self.predicted_run_seconds(arm, batch=batch, fit=True, mode=mode), 6),
             }
-        pred_ar, pred_echo = self.predicted("ar", batch=batch), self.predicted("echo", batch=batch)
+        pred_ar, pred_echo = self.predicted("ar", batch=batch, mode=mode), self.predicted("echo", batch=batch, mode=mode)
         predicted_ratio = pred_echo / pred_ar if pred_ar and pred_echo else None
         # measured the same way as predicted (tokens / median seconds), so the ratio's gap is the overheads'
-        rates = {a: self.cell(a, "fixed", batch).summary() for a in ("ar", "echo") if a in arms}
+        rates = {a: self.cell(a, mode, batch).summary() for a in ("ar", "echo") if a in arms}
         measured_ratio = None
         if len(rates) == 2 and min(r["median_seconds"] for r in rates.values()) > 0:
             measured_ratio = ((rates["echo"]["tokens"] / rates["echo"]["median_seconds"])
                               / (rates["ar"]["tokens"] / rates["ar"]["median_seconds"]))
-        fit_ar, fit_echo = self.predicted("ar", batch=batch, fit=True), self.predicted("echo", batch=batch, fit=True)
+        fit_ar = self.predicted("ar", batch=batch, fit=True, mode=mode)
+        fit_echo = self.predicted("echo", batch=batch, fit=True, mode=mode)
         return {
             "arms": arms,
             "predicted_speedup_ar_over_echo": _r(predicted_ratio),
@@ -186,6 +188,8 @@ class BenchReport:
             "meets_cap_fraction": (measured / cap >= TARGET_FRACTION_OF_CAP) if measured is not None and cap else None,
             "prediction_basis": "probe medians at each forward's query length + measured prefill",
             "predictions": {str(bt): self.predictions(bt) for bt in self.config.batches if self.probe(bt)},
+            "predictions_natural": {str(bt): self.predictions(bt, "natural") for bt in self.config.batches
+                                    if self.probe(bt)} if "natural" in self.config.modes else None,
             "overheads": {a: v["overhead"] for a, v in head.get("arms", {}).items()},
             "measured_over_predicted_speedup": vs_predicted,
             "echo_measured_over_predicted": _r(echo_ratio),
@@ -370,11 +374,13 @@ def _prediction_lines(report: dict[str, Any]) -> list[str]:
     """Per batch: each arm's predicted vs measured seconds and overhead, and the predicted vs measured ratio."""
     lines: list[str] = []
     targets = report.get("targets") or {}
-    for batch, pred in (report.get("predictions") or {}).items():
+    cells = [("fixed", b, p) for b, p in (report.get("predictions") or {}).items()]
+    cells += [("natural", b, p) for b, p in (report.get("predictions_natural") or {}).items()]
+    for mode, batch, pred in cells:
         if not pred:
             continue
         lines.append(f"  predicted from the measured forwards (prefill + probe medians at each forward's query "
-                     f"length), fixed length, batch {batch}:")
+                     f"length), {mode} length, batch {batch}:")
         for arm, v in pred["arms"].items():
             fwd = " + ".join(f"{n:g} x t({T})" for T, n in v["forwards"].items())
             over = v["overhead"]
