@@ -29,6 +29,7 @@ from .auth import AuthError, make_checker, parse_credentials
 from .draft_ui import SAMPLER_CHOICES, build_draft_tab
 from .explain_ui import build_explain_tab
 from .handlers import Handlers
+from .health import health_routes
 from .history_ui import build_history_tab, build_worklist_nav
 from .race_ui import build_race_tab
 from .service import ModelInfo, Services, app_version
@@ -213,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.auth and (options.get("server_name") or "127.0.0.1") not in ("127.0.0.1", "localhost"):
         log.warning("listening on %s without ECHO_AUTH: anyone who can reach this port can read the reports",
                     options["server_name"])
-    demo = build_demo(settings)
+    services = Services.create(settings)
+    demo = build_demo(settings, services=services)
+    options["app_kwargs"] = {"routes": health_routes(services)}  # GET /healthz for a load balancer, no login
     from .batching import tune_for_drafting  # torch threads and the GIL switch interval of the served process
 
     tune_for_drafting(settings.device, settings.cpu_threads)

@@ -348,6 +348,11 @@ class DraftingService:
                     self._drafters[label] = Drafter(source, device=self.settings.device)
             return self._drafters[label]
 
+    def loaded_models(self) -> list[str]:
+        """Model-menu labels whose Drafter this process has built (each loads on its first use)."""
+        with self._lock:
+            return sorted(self._drafters)
+
     def _local_folder(self, label: str) -> Path | None:
         """The model's folder if it is on this machine already (never downloads)."""
         from echo_model.loading import embedded_path

@@ -1,0 +1,102 @@
+"""``GET /healthz``: a load balancer's probe, served without login, 200 when ready and 503 with the reason."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine
+
+from app.health import HEALTH_PATH, health_routes
+from app.main import build_demo, launch_options
+from app.service import Services
+from app.settings import AppSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from app_process import free_port
+from crash_test import seed_drafts
+
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
+PHI_TEXT = "DOE^JOHN 1961-04-02"
+
+
+def serve(settings: AppSettings) -> tuple[str, Services, object]:
+    """The app as ``echo-app`` serves it: the demo and its health route on one server."""
+    services = Services.create(settings)
+    demo = build_demo(settings, services=services)
+    options = {**launch_options(settings), "app_kwargs": {"routes": health_routes(services)}}
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **options)
+    return url.rstrip("/"), services, demo
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("health")
+    settings = AppSettings(data_dir=root / "data", auth="alice:pw-a", queue_size=3, max_batch=2,
+                           server_name="127.0.0.1", server_port=free_port(), upload_cache_dir=root / "cache")
+    url, services, demo = serve(settings)
+    ((_, draft_id),) = seed_drafts(settings.data_dir, ["alice"])
+    services.store.save_edit(draft_id, "alice", findings=f"Patient {PHI_TEXT}: lungs clear.", impression="Normal.")
+    try:
+        yield url, services
+    finally:
+        demo.close()  # type: ignore[attr-defined]
+
+
+def test_ready_replica_answers_200_without_login_and_shows_no_patient_data(served) -> None:
+    url, services = served
+    assert httpx.get(f"{url}/config").status_code == 401  # the app itself needs a login
+    response = httpx.get(f"{url}{HEALTH_PATH}")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ready"] is True and body["reasons"] == []
+    assert (body["database"], body["database_kind"]) == ("reachable", "sqlite")
+    assert body["models_loaded"] == [] and body["models_configured"] == ["embedded"]  # loads on the first draft
+    assert body["admission"] == {"counts": "per replica", "drafting": 0, "waiting": 0, "capacity": 2,
+                                 "max_waiting": 3}
+    assert body["replica"]
+    for secret in (PHI_TEXT, "alice", "pw-a", str(services.settings.data_dir)):
+        assert secret not in response.text
+    assert response.headers["cache-control"] == "no-store"
+    assert httpx.head(f"{url}{HEALTH_PATH}").status_code == 200
+
+
+def test_admission_counts_are_this_replicas_gate(served) -> None:
+    url, services = served
+    with services.gate.admitted(shared=True):
+        body = httpx.get(f"{url}{HEALTH_PATH}").json()
+    assert body["admission"]["drafting"] == 1
+    assert httpx.get(f"{url}{HEALTH_PATH}").json()["admission"]["drafting"] == 0
+
+
+def test_unreachable_database_answers_503_with_the_reason(served, tmp_path: Path) -> None:
+    url, services = served
+    dead = create_engine(f"sqlite:///{tmp_path / 'no-such-folder' / 'echo.sqlite'}")  # cannot be opened
+    patch = pytest.MonkeyPatch()
+    patch.setattr(services.store, "engine", dead)
+    try:
+        response = httpx.get(f"{url}{HEALTH_PATH}")
+    finally:
+        patch.undo()
+        dead.dispose()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["ready"] is False and body["database"] == "unreachable"
+    assert body["reasons"] == ["database unreachable (OperationalError)"]
+    assert str(tmp_path) not in response.text
+    assert httpx.get(f"{url}{HEALTH_PATH}").status_code == 200  # back once the database is
+
+
+def test_schema_other_than_the_release_expects_answers_503(served) -> None:
+    url, services = served
+    patch = pytest.MonkeyPatch()
+    patch.setattr(services.store, "expected_revision", lambda: "f00dfeed", raising=False)
+    try:
+        response = httpx.get(f"{url}{HEALTH_PATH}")
+    finally:
+        patch.undo()
+    assert response.status_code == 503
+    (reason,) = response.json()["reasons"]
+    assert reason.startswith("schema mismatch") and "f00dfeed" in reason and "echo-app db upgrade" in reason
