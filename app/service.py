@@ -596,6 +596,8 @@ class Services:
 
     @classmethod
     def create(cls, settings: AppSettings, **kwargs: Any) -> Services:
-        store = Store(settings.data_dir, single_connection=settings.single_connection)
+        store = Store(settings.data_dir, single_connection=settings.single_connection, url=settings.database_url,
+                      image_dir=settings.image_dir, pool_size=settings.db_pool_size,
+                      max_overflow=settings.db_max_overflow)
         return cls(settings=settings, drafting=DraftingService(settings, **kwargs), store=store)
 
