@@ -6,9 +6,9 @@ says "send users here" (200) or "take me out of rotation" (503). Gradio's pages 
 
 What it checks, and what makes it 503:
 
-* the database answers a ``SELECT 1`` (``database unreachable`` otherwise);
-* the schema revision the database carries is the one this release expects (``schema mismatch``
-  otherwise), where the store reports revisions.
+* the database answers (``database unreachable`` otherwise): the probe reads its schema revision;
+* that revision is the one this release expects (``schema mismatch`` otherwise, e.g. a database upgraded
+  for a newer release while this replica still runs the old one).
 
 What it reports but does not fail on: whether a model is loaded (models load on the first draft, so a
 freshly started replica is ready before its first draft), and the admission counts. Admission is counted
@@ -21,13 +21,10 @@ revisions and the replica id (``ECHO_REPLICA_ID``, default ``<host name>:<proces
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import inspect, text
 
 if TYPE_CHECKING:
     from fastapi.routing import APIRoute
@@ -38,8 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["HEALTH_PATH", "Health", "check_health", "health_routes", "replica_id", "schema_revisions"]
 
 HEALTH_PATH = "/healthz"
-#: Table in which Alembic records the revision a database is at.
-_REVISION_TABLE = "alembic_version"
 
 
 def replica_id() -> str:
@@ -82,51 +77,27 @@ class Health:
         return asdict(self)
 
 
-def _store_lock(store: Store) -> contextlib.AbstractContextManager[Any]:
-    # A store on one shared SQLite connection serialises every use of it with its lock; returning a pooled
-    # connection rolls it back, so the probe must not run inside another request's transaction.
-    return getattr(store, "_lock", None) or contextlib.nullcontext()
-
-
-def schema_revisions(store: Store) -> tuple[str | None, str | None]:
-    """(expected, found) schema revisions; ``None`` where the store or database does not record one.
-
-    ``expected``: what this release's migrations lead to (``Store.expected_revision()`` where the store
-    has migrations); ``found``: the revision recorded in the database's ``alembic_version`` table.
-    """
-    expected_of = getattr(store, "expected_revision", None)
-    expected = expected_of() if callable(expected_of) else None
-    with _store_lock(store), store.engine.connect() as conn:
-        if not inspect(conn).has_table(_REVISION_TABLE):
-            return expected, None
-        found = conn.execute(text(f"SELECT version_num FROM {_REVISION_TABLE}")).scalars().all()
-    return expected, ",".join(sorted(found)) or None
-
-
-def _ping(store: Store) -> None:
-    with _store_lock(store), store.engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+def schema_revisions(store: Store) -> tuple[str, str | None]:
+    """(expected, found): the revision this release's migrations lead to, and the one the database records
+    (``None``: none recorded). Reaches the database, so it raises when the database cannot be reached."""
+    return store.expected_revision, store.schema_revision()
 
 
 def check_health(services: Services) -> Health:
     """Probe the database and read this replica's state; never raises for a database that is down."""
     store = services.store
     reasons: list[str] = []
-    expected = found = None
+    expected: str | None = None
+    found: str | None = None
     try:
-        _ping(store)
+        expected, found = schema_revisions(store)
         database = "reachable"
     except Exception as err:  # noqa: BLE001  (any driver error means "not reachable"; its text may hold the URL)
         database = "unreachable"
         reasons.append(f"database unreachable ({type(err).__name__})")
-    if database == "reachable":
-        try:
-            expected, found = schema_revisions(store)
-        except Exception as err:  # noqa: BLE001
-            reasons.append(f"schema revision unreadable ({type(err).__name__})")
-        if expected is not None and found != expected:
-            reasons.append(f"schema mismatch: database at {found or 'no revision'}, this release expects "
-                           f"{expected}; run `echo-app db upgrade`")
+    if database == "reachable" and found != expected:
+        reasons.append(f"schema mismatch: database at {found or 'no revision'}, this release expects {expected}; "
+                       "run `echo-app db upgrade` with this release, or run the release the database is at")
     gate = services.gate
     return Health(
         ready=not reasons, reasons=reasons, replica=replica_id(), database=database,

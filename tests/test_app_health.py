@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -53,6 +55,7 @@ def test_ready_replica_answers_200_without_login_and_shows_no_patient_data(serve
     body = response.json()
     assert body["ready"] is True and body["reasons"] == []
     assert (body["database"], body["database_kind"]) == ("reachable", "sqlite")
+    assert body["schema_found"] == body["schema_expected"] == services.store.expected_revision
     assert body["models_loaded"] == [] and body["models_configured"] == ["embedded"]  # loads on the first draft
     assert body["admission"] == {"counts": "per replica", "drafting": 0, "waiting": 0, "capacity": 2,
                                  "max_waiting": 3}
@@ -91,12 +94,51 @@ def test_unreachable_database_answers_503_with_the_reason(served, tmp_path: Path
 
 def test_schema_other_than_the_release_expects_answers_503(served) -> None:
     url, services = served
-    patch = pytest.MonkeyPatch()
-    patch.setattr(services.store, "expected_revision", lambda: "f00dfeed", raising=False)
+    db = services.settings.data_dir / "echo.sqlite"
+    expected = services.store.expected_revision
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # as if an older release's store were opened
+        conn.execute("UPDATE alembic_version SET version_num = '0001'")
     try:
         response = httpx.get(f"{url}{HEALTH_PATH}")
     finally:
-        patch.undo()
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("UPDATE alembic_version SET version_num = ?", (expected,))
     assert response.status_code == 503
-    (reason,) = response.json()["reasons"]
-    assert reason.startswith("schema mismatch") and "f00dfeed" in reason and "echo-app db upgrade" in reason
+    body = response.json()
+    assert (body["schema_expected"], body["schema_found"]) == (expected, "0001")
+    (reason,) = body["reasons"]
+    assert reason.startswith(f"schema mismatch: database at 0001, this release expects {expected}")
+    assert "echo-app db upgrade" in reason
+    assert httpx.get(f"{url}{HEALTH_PATH}").status_code == 200
+
+
+def test_postgresql_replica_answers_503_once_the_database_stops(tmp_path: Path) -> None:
+    from conftest import pg_unavailable
+    from pg_cluster import ClusterUnavailable, start_cluster
+
+    from app.schema import upgrade
+
+    try:
+        cluster = start_cluster()  # its own cluster: this test stops it
+    except ClusterUnavailable as err:
+        pg_unavailable(str(err))
+    demo = None
+    try:
+        upgrade(cluster.url)  # `echo-app db upgrade`, before any replica starts
+        settings = AppSettings(data_dir=tmp_path / "data", database_url=cluster.url, server_name="127.0.0.1",
+                               server_port=free_port(), upload_cache_dir=tmp_path / "cache")
+        url, services, demo = serve(settings)
+        body = httpx.get(f"{url}{HEALTH_PATH}").json()
+        assert body["ready"] is True and body["database_kind"] == "postgresql"
+        assert body["schema_found"] == body["schema_expected"] == services.store.expected_revision
+        cluster.stop()
+        response = httpx.get(f"{url}{HEALTH_PATH}", timeout=30)
+        assert response.status_code == 503
+        assert response.json()["database"] == "unreachable"
+        (reason,) = response.json()["reasons"]
+        assert reason.startswith("database unreachable")
+        assert cluster.password not in response.text and f"127.0.0.1:{cluster.port}" not in response.text
+    finally:
+        if demo is not None:
+            demo.close()  # type: ignore[attr-defined]
+        cluster.stop()
