@@ -28,6 +28,7 @@ from app.store import Store
 from echo_model.imaging.synthetic import phantom_cxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import crash_test
 import load_test  # noqa: E402
 from app_process import free_port  # noqa: E402
 from crash_test import seed_drafts  # noqa: E402
@@ -229,11 +230,22 @@ def test_audit_counts_lost_mixed_and_foreign_drafts(tmp_path: Path) -> None:
     store = Store(tmp_path, single_connection=False)
     store.save_edit(draft_a, alice, findings="Load test client 0 [x]", impression="i")
     store.save_edit(draft_b, bob, findings="Load test client 1 [y]", impression="i")
+    for _ in range(2):  # one acknowledged save stored twice
+        store.save_edit(draft_a, alice, findings="Load test client 2 [z]", impression="i")
     store.close()
     saves = [
         load_test.Save(alice, draft_a, "Load test client 0 [x]", "i"),  # stored as acknowledged
         load_test.Save(alice, draft_a, "Load test client 9 [never stored]", "i"),  # lost
         load_test.Save(alice, draft_b, "Load test client 1 [y]", "i"),  # stored on another draft, by bob: mixed
+        load_test.Save(alice, draft_a, "Load test client 2 [z]", "i"),  # duplicated
     ]
     counts = load_test.audit_saves(tmp_path / "echo.sqlite", saves, [(alice, draft_a), (alice, draft_b)])
-    assert counts == {"lost": 1, "mixed": 1, "stored_unacknowledged": 0, "drafts_of_wrong_owner": 1}
+    assert counts == {"lost": 1, "mixed": 1, "duplicated": 1, "stored_unacknowledged": 0, "drafts_of_wrong_owner": 1}
+
+
+@pytest.mark.parametrize("script", [load_test, crash_test])
+def test_several_replicas_need_a_server_database(script, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--replicas", "2"])
+    assert stop.value.code == 2
+    assert "--replicas 2 needs --database-url" in capsys.readouterr().err
