@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's app, not an installed one
 from app_process import ROOT, AppProcess, auth_value, credentials, start_app, upgrade_database
 from load_test import Save, audit_saves, query_database
 

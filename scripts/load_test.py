@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's app, not an installed one
 from app_process import ROOT, AppProcess, auth_value, credentials, start_app, upgrade_database
 
 __all__ = ["BUSY_TEXT", "LoadReport", "audit_saves", "main", "read_back_signed", "run_load", "start_replicas"]
@@ -240,7 +241,8 @@ def _sign(client: object, index: int, *, user: str, draft_id: str, log: ClientLo
     signed = Save(user=user, draft_id=draft_id, findings=f"Signed by load test client {index}: lungs clear. [{tag}]",
                   impression=f"No acute disease, signed ({tag}).")
     try:
-        status = client.predict(draft_id, signed.findings, signed.impression, [], "",  # type: ignore[attr-defined]
+        # Signed as the reader does after reading the draft's warnings (a seeded test model's drafts have some).
+        status = client.predict(draft_id, signed.findings, signed.impression, [], "", None, True,  # type: ignore[attr-defined]
                                 api_name="/sign")[0]
     except Exception as err:  # noqa: BLE001
         log.save_refusals.append(f"sign: {type(err).__name__}: {err}")

@@ -249,3 +249,17 @@ def test_several_replicas_need_a_server_database(script, capsys) -> None:
         script.main(["--replicas", "2"])
     assert stop.value.code == 2
     assert "--replicas 2 needs --database-url" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two child-process servers on a PostgreSQL cluster: about 40-80 s on 2 CPUs
+def test_two_replicas_on_postgresql_lose_mix_and_duplicate_nothing(tmp_path: Path, pg_url: str) -> None:
+    out = tmp_path / "out"
+    status = load_test.main(["--replicas", "2", "--database-url", pg_url, "--clients", "4", "--users", "2",
+                             "--iterations", "1", "--saves", "2", "--max-new-tokens", "16", "--out", str(out)])
+    report = json.loads((out / "load.json").read_text())
+    assert status == 0
+    assert (report["replicas"], report["database"]) == (2, "postgresql")
+    assert report["saves_acknowledged"] == 4 * 2 and report["drafts"] == 4
+    assert (report["lost"], report["mixed"], report["duplicated"], report["saves_refused"]) == (0, 0, 0, 0)
+    assert report["signed"] == 4  # every client signed its draft, through its own replica
+    assert (report["signed_missing"], report["exports_differing"]) == (0, 0)
