@@ -32,6 +32,7 @@ not deep inside a request.
 ``GRADIO_SERVER_NAME``         interface to listen on (Gradio's default 127.0.0.1)
 ``GRADIO_SERVER_PORT``         port (Gradio's default: first free from 7860)
 ``SPACE_ID``                   set by Hugging Face Spaces; enables the persistence check
+``ECHO_REPLICA_ID``            this process's name in ``GET /healthz`` (default ``<host>:<pid>``; read there)
 =============================  ==========================================================================
 """
 
