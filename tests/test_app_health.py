@@ -142,3 +142,14 @@ def test_postgresql_replica_answers_503_once_the_database_stops(tmp_path: Path) 
         if demo is not None:
             demo.close()  # type: ignore[attr-defined]
         cluster.stop()
+
+
+@pytest.mark.slow  # a child-process server: about 10-20 s on 2 CPUs
+def test_echo_app_serves_healthz_beside_the_app(tmp_path: Path) -> None:
+    from app_process import start_app
+
+    with start_app(tmp_path / "server", auth="alice:pw-a", replica_id="draft-1") as app:
+        response = httpx.get(f"{app.url}{HEALTH_PATH}", timeout=30)
+        assert httpx.get(f"{app.url}/config", timeout=30).status_code == 401
+    assert response.status_code == 200
+    assert response.json()["replica"] == "draft-1" and response.json()["ready"] is True
