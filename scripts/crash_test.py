@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's app, not an installed one
 from app_process import ROOT, AppProcess, auth_value, credentials, start_app, upgrade_database
-from load_test import Save, audit_saves, query_database
+from load_test import Save, audit_mismatches, audit_saves, query_database
 
 __all__ = ["CrashReport", "main", "run_crash", "seed_drafts"]
 
@@ -183,15 +183,6 @@ def _integrity(db: Path) -> tuple[str, int]:
 def _stored(db: Path | str, saves: list[Save]) -> int:
     texts = {row[0] for row in query_database(db, "SELECT findings FROM edit")}
     return sum(1 for s in saves if s.findings in texts)
-
-
-def audit_mismatches(db: Path | str) -> int:
-    """Edits without exactly one audit row (``audit.edit_id``), plus audit rows naming an edit that is not there."""
-    unmatched = query_database(db, "SELECT COUNT(*) FROM (SELECT e.id FROM edit e LEFT JOIN audit a ON a.edit_id = e.id "
-                                   "GROUP BY e.id HAVING COUNT(a.id) <> 1) AS x")
-    orphans = query_database(db, "SELECT COUNT(*) FROM audit a LEFT JOIN edit e ON e.id = a.edit_id "
-                                 "WHERE a.edit_id IS NOT NULL AND e.id IS NULL")
-    return int(unmatched[0][0]) + int(orphans[0][0])  # type: ignore[call-overload]
 
 
 def run_crash(work_dir: Path, *, rounds: int = 3, threads: int = 8, kill_after: int = 200, restart: bool = True,

@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's app, not an installed one
 from app_process import ROOT, AppProcess, auth_value, credentials, start_app, upgrade_database
 
-__all__ = ["BUSY_TEXT", "LoadReport", "audit_saves", "main", "read_back_signed", "run_load", "start_replicas"]
+__all__ = ["BUSY_TEXT", "LoadReport", "audit_mismatches", "audit_saves", "main", "read_back_signed", "run_load", "start_replicas"]
 
 #: What a refused draft's message says (app.admission.DraftingBusyError).
 BUSY_TEXT = "drafting queue is full"
@@ -137,12 +137,14 @@ class LoadReport:
     signed: int = 0
     signed_missing: int = 0
     exports_differing: int = 0
+    audit_mismatches: int = 0
     latencies: dict[str, list[float]] = field(repr=False, default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.mixed or self.duplicated or self.saves_refused or self.drafts_of_wrong_owner
-                    or self.generate_errors or self.signed_missing or self.exports_differing)
+                    or self.generate_errors or self.signed_missing or self.exports_differing
+                    or self.audit_mismatches)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -299,6 +301,15 @@ def audit_saves(db: Path | str, saves: list[Save], drafts: list[tuple[str, str]]
             "drafts_of_wrong_owner": wrong_owner}
 
 
+def audit_mismatches(db: Path | str) -> int:
+    """Edits without exactly one audit row (``audit.edit_id``), plus audit rows naming an edit that is not there."""
+    unmatched = query_database(db, "SELECT COUNT(*) FROM (SELECT e.id FROM edit e LEFT JOIN audit a ON a.edit_id = e.id "
+                                   "GROUP BY e.id HAVING COUNT(a.id) <> 1) AS x")
+    orphans = query_database(db, "SELECT COUNT(*) FROM audit a LEFT JOIN edit e ON e.id = a.edit_id "
+                                 "WHERE a.edit_id IS NOT NULL AND e.id IS NULL")
+    return int(unmatched[0][0]) + int(orphans[0][0])  # type: ignore[call-overload]
+
+
 def read_back_signed(apps: list[AppProcess], creds: dict[str, str], signed: list[Save]) -> dict[str, int]:
     """Export every signing user's reports from every replica and compare.
 
@@ -416,7 +427,7 @@ def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: i
         throughput_per_s=round(len(every.drafts) / wall, 3) if wall > 0 else 0.0,
         app_cpu_s=app_cpu, clients_cpu_s=clients_cpu, replicas=replicas,
         database="sqlite" if database_url is None else database_url.split(":", 1)[0].split("+", 1)[0],
-        signed=len(every.signed), **read_back,
+        signed=len(every.signed), **read_back, audit_mismatches=audit_mismatches(db),
         breakdown_p50_s={name: _percentile([p[name] for p in every.phases if name in p], 50)
                          for name in (*PHASES, "reply", "batch rows")},
         latencies={"generate_s": [round(v, 4) for v in every.generate_s],
@@ -482,7 +493,8 @@ def summary(report: LoadReport) -> str:
         (f"/save_edit acknowledged: {report.saves_acknowledged}, refused {report.saves_refused}, "
          f"p50 {_s(report.save_p50_s)}, p95 {_s(report.save_p95_s)}"),
         (f"database: lost {report.lost}, mixed {report.mixed}, duplicated {report.duplicated}, stored unacknowledged "
-         f"{report.stored_unacknowledged}, drafts of the wrong owner {report.drafts_of_wrong_owner}; "
+         f"{report.stored_unacknowledged}, drafts of the wrong owner {report.drafts_of_wrong_owner}, "
+         f"edits without exactly one audit row {report.audit_mismatches}; "
          f"other draft errors {len(report.generate_errors)}"),
         (f"signed {report.signed}, read back from every replica: signed missing {report.signed_missing}, "
          f"exports differing {report.exports_differing}") if report.replicas > 1 else "",

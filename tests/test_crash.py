@@ -14,6 +14,7 @@ from app.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import crash_test  # noqa: E402
+import load_test
 
 
 @pytest.mark.slow  # a child-process server: about 20-40 s on 2 CPUs
@@ -67,9 +68,9 @@ def test_audit_join_counts_edits_without_exactly_one_audit_row(tmp_path: Path) -
     store.save_edit(draft_id, user, findings="two", impression="i")
     store.close()
     db = tmp_path / "echo.sqlite"
-    assert crash_test.audit_mismatches(db) == 0
+    assert load_test.audit_mismatches(db) == 0
     with sqlite3.connect(db) as conn:  # an audit row of an edit that is not there, as a broken writer would leave
         conn.execute("INSERT INTO audit (at, actor, action, study_id, draft_id, detail, edit_id) "
                      "SELECT at, actor, action, study_id, draft_id, detail, 999999 FROM audit WHERE edit_id IS NOT NULL "
                      "LIMIT 1")
-    assert crash_test.audit_mismatches(db) == 1
+    assert load_test.audit_mismatches(db) == 1
