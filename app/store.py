@@ -37,11 +37,11 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -118,6 +118,7 @@ class StaleVersionError(StoreError):
 
 
 UTC = timezone.utc
+_T = TypeVar("_T")
 
 
 def _utcnow() -> datetime:
@@ -828,31 +829,37 @@ class Store:
         ``expected_version`` (the number of saved versions the caller's text is based on) is checked in the
         same transaction; ``None`` skips the check (API callers that do not track versions).
         """
-        with self._concurrent_edit(draft_id, expected_version), self._transaction() as s:
+        def write(s: Session) -> EditInfo:
             draft, row = self._add_checked_edit(s, draft_id, actor, "edit", expected_version, findings=findings,
                                                 impression=impression, reasons=reasons, comment=comment)
             self._audit(s, actor, "edit.save", study_id=draft.study_id, draft_id=draft_id, edit_id=row.id,
                         detail={"edit": row.id, "reasons": list(row.reasons)})
             return self._edit_info(row)
 
+        return self._numbered_write(draft_id, expected_version, write)
+
     def sign(self, draft_id: str, actor: str, *, findings: str, impression: str,
              reasons: Sequence[str] = (), comment: str = "", expected_version: int | None = None) -> DraftInfo:
         """Store the final text and freeze the draft; later changes are addenda (version check as ``save_edit``)."""
         if not (findings.strip() or impression.strip()):
             raise StoreError(f"cannot sign draft {draft_id!r}: findings and impression are both empty")
-        with self._concurrent_edit(draft_id, expected_version), self._transaction() as s:
+
+        def write(s: Session) -> None:
             draft, row = self._add_checked_edit(s, draft_id, actor, "sign", expected_version, findings=findings,
                                                 impression=impression, reasons=reasons, comment=comment)
             draft.signed_at, draft.signed_by = row.created_at, actor
             self._audit(s, actor, "report.sign", study_id=draft.study_id, draft_id=draft_id, edit_id=row.id,
                         detail={"edit": row.id, "reasons": list(row.reasons),
                                 "seconds_since_draft": round(row.seconds_since_draft, 3)})
+
+        self._numbered_write(draft_id, expected_version, write)
         return self.get_draft(draft_id, actor)
 
     def add_addendum(self, draft_id: str, actor: str, text_: str) -> EditInfo:
         if not text_.strip():
             raise StoreError("an addendum needs some text")
-        with self._concurrent_edit(draft_id, None), self._transaction() as s:
+
+        def write(s: Session) -> EditInfo:
             draft = self._owned_draft(s, draft_id, actor, for_update=True)
             if draft.signed_at is None:
                 raise StoreError(f"draft {draft_id!r} is not signed yet: edit the report instead of adding an addendum")
@@ -863,23 +870,34 @@ class Store:
                         detail={"edit": row.id})
             return self._edit_info(row)
 
-    @contextlib.contextmanager
-    def _concurrent_edit(self, draft_id: str, expected_version: int | None) -> Iterator[None]:
-        """Turn the unique-number constraint's refusal (another process committed the same version or addendum
-        number first) into a :class:`StaleVersionError` or :class:`StoreError`; nothing is merged."""
-        try:
-            yield
-        except IntegrityError as err:
-            if "uq_edit_draft_version" in str(err.orig):
-                held = "the version it was opened at" if expected_version is None else f"version {expected_version}"
-                raise StaleVersionError(
-                    f"draft {draft_id!r} was saved elsewhere at the same moment (another tab, window or app "
-                    f"process): this editor holds {held}, which is no longer the latest; open the draft again "
-                    "before saving") from None
-            if "uq_edit_draft_addendum" in str(err.orig):
-                raise StoreError(f"another addendum to draft {draft_id!r} was added at the same moment: "
-                                 "add this one again") from None
-            raise
+        return self._numbered_write(draft_id, None, write)
+
+    #: Tries of a write without a version basis (an addendum, a save without ``expected_version``) whose number
+    #: another writer took first.
+    NUMBER_RETRIES = 8
+
+    def _numbered_write(self, draft_id: str, expected_version: int | None, write: Callable[[Session], _T]) -> _T:
+        """Run ``write`` (which appends a numbered edit) in a transaction. When another writer committed the same
+        version number first (the unique constraint refuses it), a save based on a version is refused with
+        :class:`StaleVersionError`, never merged; a write without one (an addendum, an unversioned API save)
+        is tried again with the next number."""
+        for _ in range(self.NUMBER_RETRIES):
+            try:
+                with self._transaction() as s:
+                    return write(s)
+            except IntegrityError as err:
+                message = str(err.orig)
+                # PostgreSQL names the index, SQLite its columns.
+                version = "uq_edit_draft_version" in message or "edit.draft_id, edit.version" in message
+                addendum = "uq_edit_draft_addendum" in message or "edit.draft_id, edit.addendum" in message
+                if not (version or addendum):
+                    raise
+                if version and expected_version is not None:
+                    raise StaleVersionError(
+                        f"draft {draft_id!r} was saved elsewhere at the same moment (another tab, window or app "
+                        f"process): this editor holds version {expected_version}, which is no longer the latest; "
+                        "open the draft again before saving") from None
+        raise StoreError(f"draft {draft_id!r} is being changed by many writers at once; save again")
 
     # ------------------------------------------------------------------ queries
     def history(self, owner: str, *, limit: int = 500) -> list[HistoryRow]:

@@ -210,3 +210,54 @@ def test_a_save_based_on_another_version_is_refused(store: Store) -> None:
         "tab 1", "tab 1 again", "no version: no check"]
     with pytest.raises(StoreError, match="-1"):
         store.save_edit(draft_id, "alice", findings="x", impression="", expected_version=-1)
+
+
+def test_concurrent_saves_on_one_sqlite_file_are_numbered_once_each(store: Store, tmp_path: Path) -> None:
+    """Two stores on one file (two processes): saves of version 0 commit once; unversioned saves and addenda
+    all commit, each with its own number."""
+    import threading
+
+    from app.store import StaleVersionError
+
+    other = Store(tmp_path / "data", single_connection=False)
+    _, draft_id = _draft(store)
+    outcomes: list[str] = []
+
+    def run(target, **kwargs) -> None:
+        start = threading.Barrier(6)
+
+        def one(i: int) -> None:
+            start.wait()
+            try:
+                target((store, other)[i % 2], i, **kwargs)
+                outcomes.append("ok")
+            except StaleVersionError:
+                outcomes.append("stale")
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def save(s: Store, i: int, *, version: int | None) -> None:
+        s.save_edit(draft_id, "alice", findings=f"tab {i}", impression="", expected_version=version)
+
+    try:
+        run(save, version=0)
+        assert sorted(outcomes) == ["ok"] + ["stale"] * 5
+        outcomes.clear()
+        run(save, version=None)
+        store.sign(draft_id, "alice", findings="f", impression="i")
+        run(lambda s, i: s.add_addendum(draft_id, "alice", f"addendum {i}"))
+        assert outcomes == ["ok"] * 12
+        draft = other.get_draft(draft_id, "alice")
+        assert len(draft.versions) == 8 and len(draft.addenda) == 6
+    finally:
+        other.close()
+    con = sqlite3.connect(tmp_path / "data" / "echo.sqlite")
+    try:
+        numbers = con.execute("SELECT version, addendum FROM edit ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert [v for v, _ in numbers if v] == list(range(1, 9)) and [a for _, a in numbers if a] == list(range(1, 7))

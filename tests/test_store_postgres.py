@@ -6,6 +6,8 @@ connection pool and data folder, and they share nothing but the database.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import zipfile
 from pathlib import Path
@@ -178,6 +180,33 @@ def test_export_from_either_replica_is_byte_identical(replicas, tmp_path):
                              for n in zf.namelist() if not n.endswith("README.txt")})
     assert contents[0] == contents[1]
     assert contents[0][RECORDS_FILE].count(b"\n") == 2 and len(contents[0]) == 3  # records + 2 images
+
+
+def test_pg_dump_and_pg_restore_bring_back_reports_images_and_the_guards(replicas, pg_cluster, pg_url, tmp_path):
+    """Backup and restore of a server store: images live in the database, so one dump holds everything."""
+    first, _ = replicas
+    study_id, draft_id = _draft(first, seed=7)
+    first.sign(draft_id, "alice", findings="f.", impression="i.", expected_version=0)
+    first.add_addendum(draft_id, "alice", "later")
+    client = {"-h": "127.0.0.1", "-p": str(pg_cluster.port), "-U": "echo"}
+    args = [part for pair in client.items() for part in pair]
+    env = {**os.environ, "PGPASSWORD": pg_cluster.password}
+    dump = tmp_path / "echo.dump"
+    subprocess.run([pg_cluster.bin_dir / "pg_dump", *args, "-Fc", "-f", dump, make_url(pg_url).database],
+                   check=True, env=env, capture_output=True)
+    restored_url = pg_cluster.create_database(f"restored_{len(pg_cluster.databases)}")
+    subprocess.run([pg_cluster.bin_dir / "pg_restore", *args, "--no-owner", "-d", make_url(restored_url).database,
+                    dump], check=True, env=env, capture_output=True)
+    restored = Store(tmp_path / "restored-replica", url=restored_url)
+    try:
+        assert restored.get_draft(draft_id, "alice") == first.get_draft(draft_id, "alice")
+        assert restored.audit_trail(draft_id=draft_id) == first.audit_trail(draft_id=draft_id)
+        image = restored.get_study(study_id, "alice").images[0]
+        assert image.path.read_bytes() == _image(7).png
+        with _connect(restored_url) as conn, pytest.raises(psycopg.errors.IntegrityError):
+            conn.execute("UPDATE edit SET findings = 'tampered'")
+    finally:
+        restored.close()
 
 
 def test_every_committed_change_has_exactly_one_audit_row(replicas):
