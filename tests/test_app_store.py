@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import synthetic_cxr
+from conftest import run_at_once, synthetic_cxr
 from PIL import Image
 
 from app.store import (
@@ -215,8 +215,6 @@ def test_a_save_based_on_another_version_is_refused(store: Store) -> None:
 def test_concurrent_saves_on_one_sqlite_file_are_numbered_once_each(store: Store, tmp_path: Path) -> None:
     """Two stores on one file (two processes): saves of version 0 commit once; unversioned saves and addenda
     all commit, each with its own number."""
-    import threading
-
     from app.store import StaleVersionError
 
     other = Store(tmp_path / "data", single_connection=False)
@@ -224,21 +222,14 @@ def test_concurrent_saves_on_one_sqlite_file_are_numbered_once_each(store: Store
     outcomes: list[str] = []
 
     def run(target, **kwargs) -> None:
-        start = threading.Barrier(6)
-
         def one(i: int) -> None:
-            start.wait()
             try:
                 target((store, other)[i % 2], i, **kwargs)
                 outcomes.append("ok")
             except StaleVersionError:
                 outcomes.append("stale")
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_at_once(6, one)
 
     def save(s: Store, i: int, *, version: int | None) -> None:
         s.save_edit(draft_id, "alice", findings=f"tab {i}", impression="", expected_version=version)

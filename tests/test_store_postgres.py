@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import run_at_once
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from test_app_store import _draft, _image
@@ -86,11 +87,9 @@ def test_round_trip_search_and_images_are_shared_through_the_database(replicas):
 def test_two_replicas_saving_the_same_version_commit_once(replicas):
     """Eight saves of version 0 at once, spread over both replicas: one commits, seven are refused."""
     _, draft_id = _draft(replicas[0])
-    start = threading.Barrier(8)
     outcomes: list[str] = []
 
     def save(i: int) -> None:
-        start.wait()
         try:
             replicas[i % 2].save_edit(draft_id, "alice", findings=f"tab {i}", impression="", expected_version=0)
             outcomes.append("saved")
@@ -98,11 +97,7 @@ def test_two_replicas_saving_the_same_version_commit_once(replicas):
             assert "version 0" in str(err)
             outcomes.append("stale")
 
-    threads = [threading.Thread(target=save, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_at_once(8, save)
     assert sorted(outcomes) == ["saved"] + ["stale"] * 7
     assert len(replicas[1].get_draft(draft_id, "alice").versions) == 1
 
@@ -125,17 +120,13 @@ def test_without_the_row_lock_the_unique_version_still_refuses_the_second_save(r
     monkeypatch.setattr(Store, "_check_version", staticmethod(check_then_wait))
     errors: list[Exception] = []
 
-    def save(store: Store, label: str) -> None:
+    def save(i: int) -> None:
         try:
-            store.save_edit(draft_id, "alice", findings=label, impression="", expected_version=0)
+            replicas[i].save_edit(draft_id, "alice", findings=f"replica {i}", impression="", expected_version=0)
         except StoreError as err:
             errors.append(err)
 
-    threads = [threading.Thread(target=save, args=(store, f"replica {i}")) for i, store in enumerate(replicas)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_at_once(2, save)
     assert len(errors) == 1 and isinstance(errors[0], StaleVersionError)
     assert "saved elsewhere at the same moment" in str(errors[0])
     assert len(replicas[0].get_draft(draft_id, "alice").versions) == 1
