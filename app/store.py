@@ -561,6 +561,21 @@ class Store:
         except BaseException:
             self.engine.dispose()
             raise
+        if self.image_mode == "database":
+            self._prune_image_cache()
+
+    def _prune_image_cache(self) -> int:
+        """Delete cached PNGs whose image is no longer in the database (a study deleted by another process)."""
+        files = list(self.images_dir.glob("*.png"))  # <hash>.png and <hash>.16.png
+        if not files:
+            return 0
+        with self._transaction() as s:
+            hashes = list({p.name.split(".")[0] for p in files})
+            kept = set(s.scalars(select(ImageBlob.hash).where(ImageBlob.hash.in_(hashes))))
+        stale = [p for p in files if p.name.split(".")[0] not in kept]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     @property
     def url_redacted(self) -> str:
@@ -1017,7 +1032,7 @@ class Store:
                 if blob is not None:
                     s.delete(blob)
             self._audit(s, actor, "study.delete", study_id=study_id, detail=dict(counts))
-        for h in orphans:  # database mode: this process's cache (other processes drop theirs when they open)
+        for h in orphans:  # database mode: this process's cache (other processes drop theirs when they next open)
             self._image_file(h).unlink(missing_ok=True)
             self.original_path(h).unlink(missing_ok=True)
         counts["files"] = len(orphans)

@@ -221,3 +221,14 @@ def test_the_password_of_the_database_url_never_shows(tmp_path):
     with pytest.raises(SettingsError) as bad:
         AppSettings.from_env({"ECHO_DATABASE_URL": "postgresql+psycopg://echo:s3cret-pw@host:notaport/echo"})
     assert "ECHO_DATABASE_URL" in str(bad.value) and "s3cret-pw" not in str(bad.value)
+
+
+def test_database_settings_come_from_the_environment(tmp_path):
+    env = {"ECHO_DATA_DIR": str(tmp_path), "ECHO_IMAGE_DIR": str(tmp_path / "shared"), "ECHO_DB_POOL_SIZE": "3",
+           "ECHO_DB_MAX_OVERFLOW": "0"}
+    settings = AppSettings.from_env(env)
+    assert (settings.image_dir, settings.db_pool_size, settings.db_max_overflow) == (tmp_path / "shared", 3, 0)
+    assert settings.database_url is None
+    assert settings.database_url_redacted == f"sqlite:///{tmp_path / 'echo.sqlite'}"
+    with pytest.raises(SettingsError, match="ECHO_DB_POOL_SIZE must be >= 1, got 0"):
+        AppSettings.from_env({**env, "ECHO_DB_POOL_SIZE": "0"})

@@ -136,6 +136,7 @@ def test_the_database_refuses_to_rewrite_signed_edits_and_audit_rows(replicas, p
     store = replicas[0]
     study_id, draft_id = _draft(store)
     store.sign(draft_id, "alice", findings="f", impression="i")
+    image = replicas[1].get_study(study_id, "alice").images[0].path  # cached by the other replica
     refused = (
         "UPDATE draft SET findings = 'tampered'", "DELETE FROM draft", "UPDATE edit SET findings = 'tampered'",
         "DELETE FROM edit", "UPDATE audit SET actor = 'mallory'", "DELETE FROM audit", "TRUNCATE audit",
@@ -154,6 +155,12 @@ def test_the_database_refuses_to_rewrite_signed_edits_and_audit_rows(replicas, p
     counts = store.delete_study(study_id, "alice")
     assert counts["drafts"] == 1 and counts["edits"] == 1 and store.count("edit") == 0
     assert store.count("image_data") == 0
+    # The other replica's cached copy of the deleted pixels goes when it next starts.
+    other_copy = replicas[1].images_dir / image.name
+    assert other_copy.exists()
+    replicas[1].close()
+    replicas[1] = Store(replicas[1].data_dir, url=pg_url)
+    assert not other_copy.exists()
     assert [e.action for e in store.audit_trail(study_id=study_id)][-1] == "study.delete"
 
 
@@ -231,3 +238,17 @@ def assert_one_audit_row_per_change(store: Store) -> None:
         bad = {name: conn.execute(text(sql)).fetchall() for name, sql in checks.items()}
         edits = conn.execute(text("SELECT count(*) FROM edit")).scalar()
     assert bad == {name: [] for name in checks} and edits > 0
+
+
+def test_a_shared_image_folder_instead_of_the_database(pg_url, tmp_path):
+    upgrade(pg_url)
+    shared = tmp_path / "shared-images"
+    stores = [Store(tmp_path / f"replica{i}", url=pg_url, image_dir=shared) for i in (1, 2)]
+    try:
+        study_id, _ = _draft(stores[0], seed=9)
+        image = stores[1].get_study(study_id, "alice").images[0]
+        assert stores[1].image_mode == "files" and image.path.parent == shared
+        assert image.path.read_bytes() == _image(9).png and stores[1].count("image_data") == 0
+    finally:
+        for store in stores:
+            store.close()
