@@ -16,8 +16,8 @@ Rules the schema enforces, not just the code:
 * foreign keys are ON (``PRAGMA foreign_keys``): deleting a study deletes its image links, drafts and
   edits (``ON DELETE CASCADE``); the audit references studies by plain id so it survives deletion;
 * a signed draft is immutable and only addenda may be added to it; edits and the audit are append-only
-  (SQLite triggers raise ``ABORT``; PostgreSQL triggers raise too, and also refuse deleting an edit or a
-  signed draft other than by deleting its study), so even a bug in this module cannot rewrite signed text;
+  (SQLite triggers raise ``ABORT``, PostgreSQL triggers raise; both refuse deleting an edit or a signed
+  draft other than by deleting its study), so even a bug in this module cannot rewrite signed text;
 * saved versions and addenda are numbered per draft under unique constraints, so two processes cannot
   both save version N; each edit has exactly one audit event (``audit.edit_id``);
 * no raw upload, file name or DICOM header is stored: images arrive as de-identified PNG bytes plus an

@@ -100,7 +100,7 @@ def test_database_itself_refuses_to_rewrite_signed_or_append_only_rows(store: St
     con = sqlite3.connect(tmp_path / "data" / "echo.sqlite")
     try:
         for sql in ("UPDATE draft SET findings = 'tampered'", "UPDATE edit SET findings = 'tampered'",
-                    "DELETE FROM audit", "UPDATE audit SET actor = 'mallory'"):
+                    "DELETE FROM audit", "UPDATE audit SET actor = 'mallory'", "DELETE FROM edit", "DELETE FROM draft"):
             with pytest.raises(sqlite3.IntegrityError):
                 con.execute(sql)
         with pytest.raises(sqlite3.IntegrityError, match="addenda only"):

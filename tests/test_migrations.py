@@ -80,8 +80,10 @@ def test_a_store_of_an_earlier_release_upgrades_in_place_with_every_row_intact(r
     con = sqlite3.connect(db)
     try:
         numbered = con.execute("SELECT draft_id, kind, version, addendum FROM edit ORDER BY id").fetchall()
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            con.execute("UPDATE edit SET findings = 'tampered'")
+        for sql in ("UPDATE edit SET findings = 'tampered'", "DELETE FROM edit", "DELETE FROM draft",
+                    "DELETE FROM audit"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only|immutable"):
+                con.execute(sql)
     finally:
         con.close()
     signed_draft = numbered[0][0]
