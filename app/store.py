@@ -541,6 +541,9 @@ class Store:
         self.images_dir = (Path(image_dir).expanduser() if image_dir is not None
                            else self.data_dir / ("images" if self.image_mode == "files" else "image-cache"))
         self.images_dir.mkdir(parents=True, exist_ok=True)
+        if self.sqlite and self.url.database in (None, "", ":memory:"):
+            raise StoreError(f"{self.url_redacted} is an in-memory database, lost when the app stops: name a file "
+                             "(sqlite:////path/echo.sqlite) or leave ECHO_DATABASE_URL unset")
         db_file = Path(self.url.database) if self.sqlite and self.url.database else None
         self.single_connection = bool(self.sqlite and (
             needs_single_connection(db_file.parent if db_file else self.data_dir)

@@ -23,7 +23,7 @@ from test_store_postgres import assert_one_audit_row_per_change
 from app.db_cli import run_db_command
 from app.schema import SCHEMA_REVISION, SchemaError, known_revisions, schema_state, upgrade
 from app.settings import AppSettings, SettingsError
-from app.store import Base, Store
+from app.store import Base, Store, StoreError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stores"
 RELEASES = ("c729f15", "fb4ab8e")
@@ -234,3 +234,8 @@ def test_database_settings_come_from_the_environment(tmp_path):
     assert settings.database_url_redacted == f"sqlite:///{tmp_path / 'echo.sqlite'}"
     with pytest.raises(SettingsError, match="ECHO_DB_POOL_SIZE must be >= 1, got 0"):
         AppSettings.from_env({**env, "ECHO_DB_POOL_SIZE": "0"})
+
+
+def test_an_in_memory_database_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="in-memory database"):
+        Store(tmp_path, url="sqlite://")
