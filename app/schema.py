@@ -84,10 +84,10 @@ class SchemaState:
 
     def describe(self) -> str:
         if self.empty:
-            return "empty (no ECHO tables)"
+            return "empty (no ECHO tables yet)"
         if self.legacy:
-            return "no revision (a store written before migrations, upgradable)"
-        return f"revision {self.revision}"
+            return "without a schema revision (written before migrations)"
+        return f"at schema revision {self.revision}"
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,8 @@ def upgrade(url: str | URL, *, backup: bool = True) -> UpgradeResult:
     finally:
         engine.dispose()
     if before.revision != after.revision:
-        log.info("database %s upgraded from %s to revision %s", redact_url(url), before.describe(), after.revision)
+        log.info("database %s upgraded (was %s) to schema revision %s", redact_url(url), before.describe(),
+                 after.revision)
     return UpgradeResult(url=redact_url(url), before=before, after=after, backup=copy)
 
 

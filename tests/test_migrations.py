@@ -72,7 +72,8 @@ def test_a_store_of_an_earlier_release_upgrades_in_place_with_every_row_intact(r
     assert run_db_command("current", env={"ECHO_DATA_DIR": str(data)}) == 1
     assert run_db_command("upgrade", env={"ECHO_DATA_DIR": str(data)}) == 0
     out = capsys.readouterr().out
-    assert "no revision" in out and f"-> revision {SCHEMA_REVISION}" in out and ".bak" in out
+    assert "was without a schema revision" in out and f"now at schema revision {SCHEMA_REVISION}" in out
+    assert ".bak" in out
     backups = list(data.glob("echo.sqlite.before-migrations-*.bak"))
     assert len(backups) == 1 and _rows(backups[0], columns) == before
 
@@ -148,7 +149,7 @@ def test_a_store_not_upgraded_is_refused_when_migration_on_open_is_off(tmp_path)
     with pytest.raises(SchemaError) as err:
         Store(data, migrate=False)
     assert "echo-app db upgrade" in str(err.value) and SCHEMA_REVISION in str(err.value)
-    assert "no revision" in str(err.value)
+    assert "without a schema revision (written before migrations)" in str(err.value)
 
 
 def _schema_diff(url: str) -> list:
