@@ -22,7 +22,6 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -116,8 +115,11 @@ def known_revisions() -> tuple[str, ...]:
 
 
 def read_state(conn: Connection) -> SchemaState:
-    revision = MigrationContext.configure(conn).get_current_revision()
-    return SchemaState(revision=revision, tables="study" in inspect(conn).get_table_names())
+    tables = set(inspect(conn).get_table_names())
+    revision = None
+    if "alembic_version" in tables:  # what MigrationContext.get_current_revision reads, without its log lines
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return SchemaState(revision=revision, tables="study" in tables)
 
 
 def _engine(url: URL) -> Engine:

@@ -240,3 +240,20 @@ def test_database_settings_come_from_the_environment(tmp_path):
 def test_an_in_memory_database_is_refused(tmp_path):
     with pytest.raises(StoreError, match="in-memory database"):
         Store(tmp_path, url="sqlite://")
+
+
+def test_a_failed_upgrade_leaves_the_store_as_it_was(tmp_path, capsys):
+    """All revisions run in one transaction: a store the migration cannot take (here an edit recorded twice in
+    the audit, which the new unique index refuses) keeps its old schema and rows, and the command says why."""
+    data = _legacy_copy("fb4ab8e", tmp_path)
+    con = sqlite3.connect(data / "echo.sqlite")
+    edit_id, draft_id = con.execute("SELECT id, draft_id FROM edit ORDER BY id LIMIT 1").fetchone()
+    con.execute("INSERT INTO audit (at, actor, action, study_id, draft_id, detail) VALUES "
+                "('2026-01-01 00:00:00', 'alice', 'edit.save', NULL, ?, ?)", (draft_id, f'{{"edit": {edit_id}}}'))
+    con.commit()
+    con.close()
+    columns, before = _columns(data / "echo.sqlite"), _rows(data / "echo.sqlite")
+    assert run_db_command("upgrade", env={"ECHO_DATA_DIR": str(data)}) == 2
+    assert "UNIQUE constraint failed" in capsys.readouterr().err
+    assert _columns(data / "echo.sqlite") == columns and _rows(data / "echo.sqlite") == before
+    assert schema_state(f"sqlite:///{data / 'echo.sqlite'}").legacy
