@@ -53,7 +53,8 @@ def run_db_command(action: str, *, env: Mapping[str, str] | None = None, out: An
     try:
         if action == "current":
             state = schema_state(url)
-            print(f"database: {shown}\nschema: {state.describe()}\nthis release needs: revision {SCHEMA_REVISION}",
+            print(f"database: {shown}\nstate: {state.describe()}\nthis release needs: schema revision "
+                  f"{SCHEMA_REVISION}",
                   file=out)
             if state.revision != SCHEMA_REVISION:
                 print(f"run `{UPGRADE_COMMAND}` before starting the app", file=out)
@@ -70,7 +71,8 @@ def run_db_command(action: str, *, env: Mapping[str, str] | None = None, out: An
     if result.before.revision == result.after.revision:
         print(f"database {shown} is already at schema revision {result.after.revision}; nothing to do", file=out)
     else:
-        print(f"database {shown} upgraded: {result.before.describe()} -> revision {result.after.revision}", file=out)
+        print(f"database {shown} upgraded: was {result.before.describe()}, now at schema revision "
+              f"{result.after.revision}", file=out)
     if result.backup is not None:
         print(f"copy of the store before the upgrade: {result.backup}", file=out)
     return 0

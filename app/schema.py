@@ -22,7 +22,6 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -84,10 +83,10 @@ class SchemaState:
 
     def describe(self) -> str:
         if self.empty:
-            return "empty (no ECHO tables)"
+            return "empty (no ECHO tables yet)"
         if self.legacy:
-            return "no revision (a store written before migrations, upgradable)"
-        return f"revision {self.revision}"
+            return "without a schema revision (written before migrations)"
+        return f"at schema revision {self.revision}"
 
 
 @dataclass(frozen=True)
@@ -116,8 +115,11 @@ def known_revisions() -> tuple[str, ...]:
 
 
 def read_state(conn: Connection) -> SchemaState:
-    revision = MigrationContext.configure(conn).get_current_revision()
-    return SchemaState(revision=revision, tables="study" in inspect(conn).get_table_names())
+    tables = set(inspect(conn).get_table_names())
+    revision = None
+    if "alembic_version" in tables:  # what MigrationContext.get_current_revision reads, without its log lines
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return SchemaState(revision=revision, tables="study" in tables)
 
 
 def _engine(url: URL) -> Engine:
@@ -198,7 +200,8 @@ def upgrade(url: str | URL, *, backup: bool = True) -> UpgradeResult:
     finally:
         engine.dispose()
     if before.revision != after.revision:
-        log.info("database %s upgraded from %s to revision %s", redact_url(url), before.describe(), after.revision)
+        log.info("database %s upgraded (was %s) to schema revision %s", redact_url(url), before.describe(),
+                 after.revision)
     return UpgradeResult(url=redact_url(url), before=before, after=after, backup=copy)
 
 

@@ -16,8 +16,8 @@ Rules the schema enforces, not just the code:
 * foreign keys are ON (``PRAGMA foreign_keys``): deleting a study deletes its image links, drafts and
   edits (``ON DELETE CASCADE``); the audit references studies by plain id so it survives deletion;
 * a signed draft is immutable and only addenda may be added to it; edits and the audit are append-only
-  (SQLite triggers raise ``ABORT``; PostgreSQL triggers raise too, and also refuse deleting an edit or a
-  signed draft other than by deleting its study), so even a bug in this module cannot rewrite signed text;
+  (SQLite triggers raise ``ABORT``, PostgreSQL triggers raise; both refuse deleting an edit or a signed
+  draft other than by deleting its study), so even a bug in this module cannot rewrite signed text;
 * saved versions and addenda are numbered per draft under unique constraints, so two processes cannot
   both save version N; each edit has exactly one audit event (``audit.edit_id``);
 * no raw upload, file name or DICOM header is stored: images arrive as de-identified PNG bytes plus an
@@ -37,11 +37,11 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -118,6 +118,7 @@ class StaleVersionError(StoreError):
 
 
 UTC = timezone.utc
+_T = TypeVar("_T")
 
 
 def _utcnow() -> datetime:
@@ -540,6 +541,9 @@ class Store:
         self.images_dir = (Path(image_dir).expanduser() if image_dir is not None
                            else self.data_dir / ("images" if self.image_mode == "files" else "image-cache"))
         self.images_dir.mkdir(parents=True, exist_ok=True)
+        if self.sqlite and self.url.database in (None, "", ":memory:"):
+            raise StoreError(f"{self.url_redacted} is an in-memory database, lost when the app stops: name a file "
+                             "(sqlite:////path/echo.sqlite) or leave ECHO_DATABASE_URL unset")
         db_file = Path(self.url.database) if self.sqlite and self.url.database else None
         self.single_connection = bool(self.sqlite and (
             needs_single_connection(db_file.parent if db_file else self.data_dir)
@@ -560,6 +564,21 @@ class Store:
         except BaseException:
             self.engine.dispose()
             raise
+        if self.image_mode == "database":
+            self._prune_image_cache()
+
+    def _prune_image_cache(self) -> int:
+        """Delete cached PNGs whose image is no longer in the database (a study deleted by another process)."""
+        files = list(self.images_dir.glob("*.png"))  # <hash>.png and <hash>.16.png
+        if not files:
+            return 0
+        with self._transaction() as s:
+            hashes = list({p.name.split(".")[0] for p in files})
+            kept = set(s.scalars(select(ImageBlob.hash).where(ImageBlob.hash.in_(hashes))))
+        stale = [p for p in files if p.name.split(".")[0] not in kept]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     @property
     def url_redacted(self) -> str:
@@ -828,31 +847,37 @@ class Store:
         ``expected_version`` (the number of saved versions the caller's text is based on) is checked in the
         same transaction; ``None`` skips the check (API callers that do not track versions).
         """
-        with self._concurrent_edit(draft_id, expected_version), self._transaction() as s:
+        def write(s: Session) -> EditInfo:
             draft, row = self._add_checked_edit(s, draft_id, actor, "edit", expected_version, findings=findings,
                                                 impression=impression, reasons=reasons, comment=comment)
             self._audit(s, actor, "edit.save", study_id=draft.study_id, draft_id=draft_id, edit_id=row.id,
                         detail={"edit": row.id, "reasons": list(row.reasons)})
             return self._edit_info(row)
 
+        return self._numbered_write(draft_id, expected_version, write)
+
     def sign(self, draft_id: str, actor: str, *, findings: str, impression: str,
              reasons: Sequence[str] = (), comment: str = "", expected_version: int | None = None) -> DraftInfo:
         """Store the final text and freeze the draft; later changes are addenda (version check as ``save_edit``)."""
         if not (findings.strip() or impression.strip()):
             raise StoreError(f"cannot sign draft {draft_id!r}: findings and impression are both empty")
-        with self._concurrent_edit(draft_id, expected_version), self._transaction() as s:
+
+        def write(s: Session) -> None:
             draft, row = self._add_checked_edit(s, draft_id, actor, "sign", expected_version, findings=findings,
                                                 impression=impression, reasons=reasons, comment=comment)
             draft.signed_at, draft.signed_by = row.created_at, actor
             self._audit(s, actor, "report.sign", study_id=draft.study_id, draft_id=draft_id, edit_id=row.id,
                         detail={"edit": row.id, "reasons": list(row.reasons),
                                 "seconds_since_draft": round(row.seconds_since_draft, 3)})
+
+        self._numbered_write(draft_id, expected_version, write)
         return self.get_draft(draft_id, actor)
 
     def add_addendum(self, draft_id: str, actor: str, text_: str) -> EditInfo:
         if not text_.strip():
             raise StoreError("an addendum needs some text")
-        with self._concurrent_edit(draft_id, None), self._transaction() as s:
+
+        def write(s: Session) -> EditInfo:
             draft = self._owned_draft(s, draft_id, actor, for_update=True)
             if draft.signed_at is None:
                 raise StoreError(f"draft {draft_id!r} is not signed yet: edit the report instead of adding an addendum")
@@ -863,23 +888,34 @@ class Store:
                         detail={"edit": row.id})
             return self._edit_info(row)
 
-    @contextlib.contextmanager
-    def _concurrent_edit(self, draft_id: str, expected_version: int | None) -> Iterator[None]:
-        """Turn the unique-number constraint's refusal (another process committed the same version or addendum
-        number first) into a :class:`StaleVersionError` or :class:`StoreError`; nothing is merged."""
-        try:
-            yield
-        except IntegrityError as err:
-            if "uq_edit_draft_version" in str(err.orig):
-                held = "the version it was opened at" if expected_version is None else f"version {expected_version}"
-                raise StaleVersionError(
-                    f"draft {draft_id!r} was saved elsewhere at the same moment (another tab, window or app "
-                    f"process): this editor holds {held}, which is no longer the latest; open the draft again "
-                    "before saving") from None
-            if "uq_edit_draft_addendum" in str(err.orig):
-                raise StoreError(f"another addendum to draft {draft_id!r} was added at the same moment: "
-                                 "add this one again") from None
-            raise
+        return self._numbered_write(draft_id, None, write)
+
+    #: Tries of a write without a version basis (an addendum, a save without ``expected_version``) whose number
+    #: another writer took first.
+    NUMBER_RETRIES = 8
+
+    def _numbered_write(self, draft_id: str, expected_version: int | None, write: Callable[[Session], _T]) -> _T:
+        """Run ``write`` (which appends a numbered edit) in a transaction. When another writer committed the same
+        version number first (the unique constraint refuses it), a save based on a version is refused with
+        :class:`StaleVersionError`, never merged; a write without one (an addendum, an unversioned API save)
+        is tried again with the next number."""
+        for _ in range(self.NUMBER_RETRIES):
+            try:
+                with self._transaction() as s:
+                    return write(s)
+            except IntegrityError as err:
+                message = str(err.orig)
+                # PostgreSQL names the index, SQLite its columns.
+                version = "uq_edit_draft_version" in message or "edit.draft_id, edit.version" in message
+                addendum = "uq_edit_draft_addendum" in message or "edit.draft_id, edit.addendum" in message
+                if not (version or addendum):
+                    raise
+                if version and expected_version is not None:
+                    raise StaleVersionError(
+                        f"draft {draft_id!r} was saved elsewhere at the same moment (another tab, window or app "
+                        f"process): this editor holds version {expected_version}, which is no longer the latest; "
+                        "open the draft again before saving") from None
+        raise StoreError(f"draft {draft_id!r} is being changed by many writers at once; save again")
 
     # ------------------------------------------------------------------ queries
     def history(self, owner: str, *, limit: int = 500) -> list[HistoryRow]:
@@ -999,7 +1035,7 @@ class Store:
                 if blob is not None:
                     s.delete(blob)
             self._audit(s, actor, "study.delete", study_id=study_id, detail=dict(counts))
-        for h in orphans:  # database mode: this process's cache (other processes drop theirs when they open)
+        for h in orphans:  # database mode: this process's cache (other processes drop theirs when they next open)
             self._image_file(h).unlink(missing_ok=True)
             self.original_path(h).unlink(missing_ok=True)
         counts["files"] = len(orphans)

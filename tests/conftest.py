@@ -122,3 +122,20 @@ def pg_cluster():
 def pg_url(pg_cluster) -> str:
     """The SQLAlchemy URL of a fresh, empty database of the session's cluster (one per test)."""
     return pg_cluster.create_database(f"t{len(pg_cluster.databases)}_{os.getpid()}")
+
+
+def run_at_once(count: int, fn) -> None:
+    """Call ``fn(0)`` ... ``fn(count - 1)`` in threads released together by a barrier, and wait for all."""
+    import threading
+
+    start = threading.Barrier(count)
+
+    def one(i: int) -> None:
+        start.wait()
+        fn(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -12,7 +12,8 @@ refusing to rewrite signed reports, edits and the audit trail.
 * PostgreSQL: ``explanation.key`` becomes ``TEXT`` (SQLite never enforced the length), and triggers
   refuse UPDATE/DELETE/TRUNCATE of audit rows, UPDATE of edits and of signed drafts, a direct DELETE of
   an edit or a signed draft (deleting the whole study still cascades), and a non-addendum edit of a
-  signed draft. SQLite keeps the triggers of ``0001``.
+  signed draft. SQLite keeps the triggers of ``0001`` and gets the two DELETE guards (there a cascade is
+  told apart by its parent row being gone already).
 
 Revision ID: 0002
 Revises: 0001
@@ -75,6 +76,14 @@ PG_TRIGGERS = (
       f"EXECUTE FUNCTION echo_refuse('{table} rows are removed one study at a time, never truncated')"
       for table in ("study", "draft", "edit", "audit")),
 )
+SQLITE_DELETE_GUARDS = (
+    """CREATE TRIGGER IF NOT EXISTS edit_no_direct_delete BEFORE DELETE ON edit
+       WHEN EXISTS (SELECT 1 FROM draft WHERE id = OLD.draft_id)
+       BEGIN SELECT RAISE(ABORT, 'edits are append-only (only deleting the study removes them)'); END""",
+    """CREATE TRIGGER IF NOT EXISTS signed_draft_no_direct_delete BEFORE DELETE ON draft
+       WHEN OLD.signed_at IS NOT NULL AND EXISTS (SELECT 1 FROM study WHERE id = OLD.study_id)
+       BEGIN SELECT RAISE(ABORT, 'a signed report is immutable (only deleting the study removes it)'); END""",
+)
 #: SQLite triggers that refuse the backfill's UPDATEs: dropped for it and created again (same transaction).
 SQLITE_UPDATE_GUARDS = {
     "edit_append_only": """CREATE TRIGGER edit_append_only BEFORE UPDATE ON edit
@@ -129,7 +138,7 @@ def upgrade() -> None:
     if events:
         bind.execute(sa.text("UPDATE audit SET edit_id = :edit_id WHERE id = :id"), events)
     if sqlite:
-        for ddl in SQLITE_UPDATE_GUARDS.values():
+        for ddl in (*SQLITE_UPDATE_GUARDS.values(), *SQLITE_DELETE_GUARDS):
             op.execute(ddl)
     op.create_index("uq_edit_draft_version", "edit", ["draft_id", "version"], unique=True)
     op.create_index("uq_edit_draft_addendum", "edit", ["draft_id", "addendum"], unique=True)
