@@ -11,6 +11,12 @@ that says what is busy and what still works.
 The gate is shared by every event that drafts on the device (``Services.gate``); events that use it
 are wired with ``concurrency_limit=None`` so that Gradio hands them over at once and the line is kept
 here (first come, first served), where its length is known.
+
+The gate counts **per replica**: each ``echo-app`` process admits drafts for its own device and knows
+nothing of the others. With N replicas behind a load balancer the site drafts up to N times
+``ECHO_GENERATION_CONCURRENCY * ECHO_MAX_BATCH`` studies at once and each replica keeps its own line of
+``ECHO_QUEUE_SIZE``; a draft refused as busy on one replica may find room on another (the balancer's
+choice). ``GET /healthz`` reports this replica's counts (:mod:`app.health`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 Usage::
 
     echo-app [--host HOST] [--port PORT]
+    echo-app db upgrade|current       the database schema (see app.db_cli)
 
 Configuration comes from the environment (see :mod:`app.settings` and docs/app.md): ``ECHO_MODEL``,
 ``ECHO_DATA_DIR``, ``ECHO_AUTH``, ``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT`` ...
@@ -29,8 +30,10 @@ from .auth import AuthError, make_checker, parse_credentials
 from .draft_ui import SAMPLER_CHOICES, build_draft_tab
 from .explain_ui import build_explain_tab
 from .handlers import Handlers
+from .health import health_routes
 from .history_ui import build_history_tab, build_worklist_nav
 from .race_ui import build_race_tab
+from .schema import SchemaError
 from .service import ModelInfo, Services, app_version
 from .settings import EMBEDDED, AppSettings, SettingsError
 
@@ -198,8 +201,13 @@ def main(argv: list[str] | None = None) -> int:
                "(see docs/app.md).")
     parser.add_argument("--host", help="interface to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: GRADIO_SERVER_PORT or the first free from 7860)")
+    from .db_cli import add_db_parser, run_db_command
+
+    add_db_parser(parser.add_subparsers(dest="command", title="commands"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "db":
+        return run_db_command(args.action)
     try:
         settings = AppSettings.from_env()
         options = launch_options(settings)
@@ -213,7 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.auth and (options.get("server_name") or "127.0.0.1") not in ("127.0.0.1", "localhost"):
         log.warning("listening on %s without ECHO_AUTH: anyone who can reach this port can read the reports",
                     options["server_name"])
-    demo = build_demo(settings)
+    log.info("database %s", settings.database_url_redacted)
+    try:
+        services = Services.create(settings)
+        demo = build_demo(settings, services=services)
+    except SchemaError as err:  # a replica on a database at another schema revision: no traceback, no start
+        print(f"echo-app: error: {err}", file=sys.stderr)
+        return 2
+    options["app_kwargs"] = {"routes": health_routes(services)}  # GET /healthz for a load balancer, no login
     from .batching import tune_for_drafting  # torch threads and the GIL switch interval of the served process
 
     tune_for_drafting(settings.device, settings.cpu_threads)

@@ -110,6 +110,22 @@ def _delete_upload(path: Path, cache_dir: Path) -> None:
             pass  # not empty: other files of the same upload batch
 
 
+def _check_uploads_here(uploads: Sequence[Path]) -> None:
+    """Refuse, in words, an upload this process does not have.
+
+    Why: Gradio keeps uploads in the upload cache of the process that received them. Behind a load balancer
+    without sticky sessions the upload can reach one app server (replica) and the event that uses it
+    another, which then names a file it never had.
+    """
+    for upload in uploads:
+        if not upload.is_file():
+            raise FileNotFoundError(
+                f"the uploaded file {upload.name!r} is not on this app server: the upload reached another server "
+                "of this site (or was cleared from the upload cache). Reload the page and upload the views again; "
+                "if it happens again, the load balancer must keep each browser on one server (sticky sessions)."
+            )
+
+
 def ingest_uploads(
     paths: Sequence[str | Path],
     *,
@@ -135,6 +151,7 @@ def ingest_uploads(
             except NotFoundError:  # deleted meanwhile: start a new study
                 candidate = None
             existing = candidate if candidate is not None and not candidate.draft_ids else None
+        _check_uploads_here(uploads)
         start = len(existing.images) if existing else 0
         labels = [f"view {start + i + 1}" for i in range(len(uploads))]
         try:
@@ -347,6 +364,11 @@ class DraftingService:
 
                     self._drafters[label] = Drafter(source, device=self.settings.device)
             return self._drafters[label]
+
+    def loaded_models(self) -> list[str]:
+        """Model-menu labels whose Drafter this process has built (each loads on its first use)."""
+        with self._lock:
+            return sorted(self._drafters)
 
     def _local_folder(self, label: str) -> Path | None:
         """The model's folder if it is on this machine already (never downloads)."""
@@ -574,6 +596,8 @@ class Services:
 
     @classmethod
     def create(cls, settings: AppSettings, **kwargs: Any) -> Services:
-        store = Store(settings.data_dir, single_connection=settings.single_connection)
+        store = Store(settings.data_dir, single_connection=settings.single_connection, url=settings.database_url,
+                      image_dir=settings.image_dir, pool_size=settings.db_pool_size,
+                      max_overflow=settings.db_max_overflow)
         return cls(settings=settings, drafting=DraftingService(settings, **kwargs), store=store)
 

@@ -11,6 +11,13 @@ not deep inside a request.
 ``ECHO_AUTH``                  ``user1:pass1,user2:pass2`` or a path to a file of ``user:pass`` lines
 ``ECHO_DB_SINGLE_CONNECTION``  ``1`` forces one SQLite connection without WAL, ``0`` forbids it; unset =
                                automatic (on for network/FUSE file systems)
+``ECHO_DATABASE_URL``          SQLAlchemy URL of the database (default: ``echo.sqlite`` in ECHO_DATA_DIR), e.g.
+                               ``postgresql+psycopg://echo:PASSWORD@db.example/echo`` for several app
+                               processes; the password is never logged or shown
+``ECHO_IMAGE_DIR``             a folder of de-identified PNGs every app process reads and writes (default:
+                               ``images/`` in ECHO_DATA_DIR with SQLite, the database itself with a server)
+``ECHO_DB_POOL_SIZE``          connections each app process keeps to a server database (default 5)
+``ECHO_DB_MAX_OVERFLOW``       extra connections it may open at peaks (default 10)
 ``ECHO_DEVICE``                ``cpu``, ``cuda``, ``cuda:1`` ...; unset = CUDA when available
 ``ECHO_MAX_NEW_TOKENS``        default generation budget shown in the UI (default 512)
 ``ECHO_QUEUE_SIZE``            most drafts waiting for the device; more are refused as busy (default 16)
@@ -25,6 +32,7 @@ not deep inside a request.
 ``GRADIO_SERVER_NAME``         interface to listen on (Gradio's default 127.0.0.1)
 ``GRADIO_SERVER_PORT``         port (Gradio's default: first free from 7860)
 ``SPACE_ID``                   set by Hugging Face Spaces; enables the persistence check
+``ECHO_REPLICA_ID``            this process's name in ``GET /healthz`` (default ``<host>:<pid>``; read there)
 =============================  ==========================================================================
 """
 
@@ -72,6 +80,22 @@ def _tristate(env: Mapping[str, str], name: str) -> bool | None:
     raise SettingsError(f"{name} must be 1/0 (or true/false), got {raw!r}")
 
 
+def _database_url(env: Mapping[str, str]) -> str | None:
+    """``ECHO_DATABASE_URL`` checked for form (a message without the password when it is not a URL)."""
+    raw = env.get("ECHO_DATABASE_URL", "").strip()
+    if not raw:
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(raw)
+    except Exception:  # noqa: BLE001 - ArgumentError or ValueError, whose text may repeat the password
+        scheme = raw.split(":", 1)[0] if "://" in raw else "?"
+        raise SettingsError(f"ECHO_DATABASE_URL is not a database URL (scheme {scheme!r}); expected e.g. "
+                            "postgresql+psycopg://USER:PASSWORD@HOST:5432/echo") from None
+    return raw
+
+
 def _default_upload_cache() -> Path:
     """Gradio's upload cache (``GRADIO_TEMP_DIR`` or ``<tmp>/gradio``), the only place we delete files from."""
     env = os.environ.get("GRADIO_TEMP_DIR")
@@ -107,6 +131,10 @@ class AppSettings:
         space_id: the Hugging Face Space id when running on Spaces.
         local_user: the name recorded as author when no login is configured.
         upload_cache_dir: Gradio's upload cache; uploads inside it are deleted once de-identified.
+        database_url: ``ECHO_DATABASE_URL`` (``None`` = the SQLite file in ``data_dir``); left out of ``repr``
+            (it may hold a password: use ``database_url_redacted``).
+        image_dir: ``ECHO_IMAGE_DIR``, a shared folder of PNGs (``None``: see :class:`app.store.Store`).
+        db_pool_size / db_max_overflow: connection pool of each process to a server database.
     """
 
     models: tuple[str, ...] = (EMBEDDED,)
@@ -128,6 +156,10 @@ class AppSettings:
     space_id: str | None = None
     local_user: str = "local"
     upload_cache_dir: Path = field(default_factory=_default_upload_cache)
+    database_url: str | None = field(default=None, repr=False)
+    image_dir: Path | None = None
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
 
     def __post_init__(self) -> None:
         if not self.models or any(not m.strip() for m in self.models):
@@ -165,7 +197,18 @@ class AppSettings:
             server_port=_int(env, "GRADIO_SERVER_PORT", 0, minimum=0) if port else None,
             space_id=env.get("SPACE_ID", "").strip() or None,
             upload_cache_dir=Path(env["GRADIO_TEMP_DIR"]) if env.get("GRADIO_TEMP_DIR") else _default_upload_cache(),
+            database_url=_database_url(env),
+            image_dir=Path(env["ECHO_IMAGE_DIR"].strip()).expanduser() if env.get("ECHO_IMAGE_DIR", "").strip() else None,
+            db_pool_size=_int(env, "ECHO_DB_POOL_SIZE", 5),
+            db_max_overflow=_int(env, "ECHO_DB_MAX_OVERFLOW", 10, minimum=0),
         )
+
+    @property
+    def database_url_redacted(self) -> str:
+        """The database URL as logs and messages show it (password replaced by ``***``)."""
+        from .schema import database_url, redact_url
+
+        return redact_url(database_url(self.data_dir, self.database_url))
 
     @property
     def default_model(self) -> str:

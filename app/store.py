@@ -1,25 +1,34 @@
-"""Persistent store of studies, drafts, edits and the audit trail (SQLite through SQLAlchemy 2).
+"""Persistent store of studies, drafts, edits and the audit trail (SQLAlchemy 2: SQLite by default, or any
+database URL, PostgreSQL through psycopg 3 tested).
 
-Layout under the data directory::
+Layout under the data directory (the default, one process)::
 
-    echo.sqlite          tables study, image, study_image, draft, edit, audit
+    echo.sqlite          tables study, image, image_data, study_image, draft, edit, audit, explanation
     images/<sha256>.png  de-identified pixels (IHDR/IDAT/IEND only), named by their pixel hash
     images/<sha256>.16.png  the original values of a deeper-than-8-bit view (16-bit grey, IHDR/IDAT/IEND only)
+
+With a server database (``url``) several app processes share one store: the PNG bytes live in the
+``image_data`` table (each process keeps a local copy under ``image-cache/`` to serve them), or in a
+shared folder (``image_dir``) every process mounts. The schema is versioned by Alembic (:mod:`app.schema`).
 
 Rules the schema enforces, not just the code:
 
 * foreign keys are ON (``PRAGMA foreign_keys``): deleting a study deletes its image links, drafts and
   edits (``ON DELETE CASCADE``); the audit references studies by plain id so it survives deletion;
 * a signed draft is immutable and only addenda may be added to it; edits and the audit are append-only
-  (SQLite triggers raise ``ABORT``), so even a bug in this module cannot rewrite signed text;
+  (SQLite triggers raise ``ABORT``, PostgreSQL triggers raise; both refuse deleting an edit or a signed
+  draft other than by deleting its study), so even a bug in this module cannot rewrite signed text;
+* saved versions and addenda are numbered per draft under unique constraints, so two processes cannot
+  both save version N; each edit has exactly one audit event (``audit.edit_id``);
 * no raw upload, file name or DICOM header is stored: images arrive as de-identified PNG bytes plus an
   allow-listed metadata dict.
 
-Concurrency: on a local disk the database runs in WAL mode with a connection pool (readers never
+Concurrency (SQLite): on a local disk the database runs in WAL mode with a connection pool (readers never
 block the writer). On network or FUSE file systems (NFS, SMB, Spaces bucket mounts) SQLite's locks
 are unreliable and WAL is unsupported, so the store uses one connection, ``locking_mode=EXCLUSIVE``
 and a rollback journal, and serialises sessions with a lock (``ECHO_DB_SINGLE_CONNECTION`` forces
-either mode).
+either mode). A server database gets a connection pool of ``pool_size`` + ``max_overflow``
+connections per process, and writes to a draft lock its row (``SELECT ... FOR UPDATE``).
 """
 
 from __future__ import annotations
@@ -28,38 +37,54 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     or_,
     select,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
 from echo_model.data.records import EDIT_REASONS
 
+from .schema import (
+    SCHEMA_REVISION,
+    SchemaError,
+    check_schema,
+    database_url,
+    is_sqlite,
+    read_state,
+    redact_url,
+    schema_state,
+    upgrade,
+)
+
 __all__ = [
     "AccessError", "AuditInfo", "DraftInfo", "EditInfo", "ExplanationInfo", "HistoryRow", "ImageInfo", "NewDraft", "NewImage",
-    "NotFoundError", "SignedReportError", "StaleVersionError", "Store", "StoreError", "StudyInfo", "WorklistEntry",
-    "like_pattern", "needs_single_connection",
+    "NotFoundError", "SchemaError", "SignedReportError", "StaleVersionError", "Store", "StoreError", "StudyInfo",
+    "WorklistEntry", "like_pattern", "needs_single_connection",
 ]
 
 DB_NAME = "echo.sqlite"
@@ -93,6 +118,7 @@ class StaleVersionError(StoreError):
 
 
 UTC = timezone.utc
+_T = TypeVar("_T")
 
 
 def _utcnow() -> datetime:
@@ -135,7 +161,7 @@ class Study(Base):
 
 
 class ImageBlob(Base):
-    """One de-identified PNG on disk, shared by every study that holds the same pixels."""
+    """One de-identified PNG (on disk, or in ``image_data``), shared by every study that holds the same pixels."""
 
     __tablename__ = "image"
 
@@ -143,6 +169,16 @@ class ImageBlob(Base):
     width: Mapped[int]
     height: Mapped[int]
     created_at: Mapped[datetime]
+
+
+class ImageData(Base):
+    """The bytes of an ``image`` row when the store keeps images in the database (deleted with it)."""
+
+    __tablename__ = "image_data"
+
+    hash: Mapped[str] = mapped_column(ForeignKey("image.hash", ondelete="CASCADE"), primary_key=True)
+    png: Mapped[bytes] = mapped_column(LargeBinary)
+    original_png: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class StudyImage(Base):
@@ -198,7 +234,7 @@ class ExplanationRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     draft_id: Mapped[str] = mapped_column(ForeignKey("draft.id", ondelete="CASCADE"), index=True)
-    key: Mapped[str] = mapped_column(String(128))  # target + method + settings
+    key: Mapped[str] = mapped_column(Text)  # target + method + settings
     created_at: Mapped[datetime]
     method: Mapped[str] = mapped_column(String(32))
     label: Mapped[str] = mapped_column(Text)
@@ -209,9 +245,17 @@ class ExplanationRow(Base):
 
 
 class EditRow(Base):
-    """One saved version of the radiologist's text: ``edit``, the ``sign``ed version, or an ``addendum``."""
+    """One saved version of the radiologist's text: ``edit``, the ``sign``ed version, or an ``addendum``.
+
+    ``version`` numbers the saved versions of a draft (1, 2, ...; the signature is the last), ``addendum``
+    its addenda; each is unique per draft.
+    """
 
     __tablename__ = "edit"
+    __table_args__ = (
+        Index("uq_edit_draft_version", "draft_id", "version", unique=True),
+        Index("uq_edit_draft_addendum", "draft_id", "addendum", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     draft_id: Mapped[str] = mapped_column(ForeignKey("draft.id", ondelete="CASCADE"), index=True)
@@ -223,6 +267,8 @@ class EditRow(Base):
     reasons: Mapped[list[Any]]
     comment: Mapped[str] = mapped_column(Text)
     seconds_since_draft: Mapped[float] = mapped_column(Float)
+    version: Mapped[int | None]
+    addendum: Mapped[int | None]
     draft: Mapped[DraftRow] = relationship(back_populates="edits")
 
 
@@ -230,6 +276,7 @@ class AuditRow(Base):
     """Who did what when. Never holds report text, indications, file names or pixels."""
 
     __tablename__ = "audit"
+    __table_args__ = (Index("uq_audit_draft_edit", "draft_id", "edit_id", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime]
@@ -238,23 +285,7 @@ class AuditRow(Base):
     study_id: Mapped[str | None] = mapped_column(String(32), index=True)
     draft_id: Mapped[str | None] = mapped_column(String(32))
     detail: Mapped[dict[str, Any]]
-
-
-# Defence in depth: the database itself refuses to rewrite signed or append-only rows.
-_TRIGGERS = (
-    """CREATE TRIGGER IF NOT EXISTS edit_append_only BEFORE UPDATE ON edit
-       BEGIN SELECT RAISE(ABORT, 'edits are append-only'); END""",
-    """CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-       BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
-    """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-       BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
-    """CREATE TRIGGER IF NOT EXISTS signed_draft_immutable BEFORE UPDATE ON draft
-       WHEN OLD.signed_at IS NOT NULL
-       BEGIN SELECT RAISE(ABORT, 'a signed report is immutable'); END""",
-    """CREATE TRIGGER IF NOT EXISTS signed_draft_addenda_only BEFORE INSERT ON edit
-       WHEN NEW.kind != 'addendum' AND (SELECT signed_at FROM draft WHERE id = NEW.draft_id) IS NOT NULL
-       BEGIN SELECT RAISE(ABORT, 'a signed report takes addenda only'); END""",
-)
+    edit_id: Mapped[int | None]  # the edit an edit.save / report.sign / addendum.add event records
 
 
 # ---------------------------------------------------------------------------------------- value objects
@@ -485,37 +516,93 @@ class Store:
     """All persistence of the app. Methods return frozen value objects, never live ORM rows.
 
     Args:
-        data_dir: created if missing.
-        single_connection: True = one connection, exclusive locking, no WAL; False = WAL + pool;
+        data_dir: created if missing; holds the SQLite file (default database), the images folder (files
+            mode) or the local image cache (database mode).
+        single_connection: SQLite only. True = one connection, exclusive locking, no WAL; False = WAL + pool;
             None = decide with :func:`needs_single_connection`.
+        url: a SQLAlchemy database URL (``ECHO_DATABASE_URL``); None = ``sqlite:///<data_dir>/echo.sqlite``.
+        image_dir: a folder every app process reads and writes (``ECHO_IMAGE_DIR``); None = ``data_dir/images``
+            with SQLite, the database itself (``image_data``) with a server database.
+        pool_size / max_overflow: connections per process to a server database (SQLite keeps 8 + 8).
+        migrate: bring an older schema to :data:`~app.schema.SCHEMA_REVISION` on open. None = on SQLite only
+            (one process owns the file; a non-empty store is backed up first); a server database must be
+            upgraded with ``echo-app db upgrade`` before the app starts, and a mismatch raises
+            :class:`~app.schema.SchemaError` naming both revisions.
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, single_connection: bool | None = None):
+    def __init__(self, data_dir: str | os.PathLike[str], *, single_connection: bool | None = None,
+                 url: str | URL | None = None, image_dir: str | os.PathLike[str] | None = None,
+                 pool_size: int = 5, max_overflow: int = 10, migrate: bool | None = None):
         self.data_dir = Path(data_dir).expanduser()
-        self.images_dir = self.data_dir / "images"
+        self.url = database_url(self.data_dir, url)
+        self.sqlite = is_sqlite(self.url)
+        #: ``files``: PNGs in ``images_dir``; ``database``: PNGs in ``image_data``, cached in ``images_dir``.
+        self.image_mode = "files" if (self.sqlite or image_dir is not None) else "database"
+        self.images_dir = (Path(image_dir).expanduser() if image_dir is not None
+                           else self.data_dir / ("images" if self.image_mode == "files" else "image-cache"))
         self.images_dir.mkdir(parents=True, exist_ok=True)
-        self.single_connection = (
-            needs_single_connection(self.data_dir) if single_connection is None else single_connection
-        )
-        self.engine = self._make_engine(self.data_dir / DB_NAME, single=self.single_connection)
+        if self.sqlite and self.url.database in (None, "", ":memory:"):
+            raise StoreError(f"{self.url_redacted} is an in-memory database, lost when the app stops: name a file "
+                             "(sqlite:////path/echo.sqlite) or leave ECHO_DATABASE_URL unset")
+        db_file = Path(self.url.database) if self.sqlite and self.url.database else None
+        self.single_connection = bool(self.sqlite and (
+            needs_single_connection(db_file.parent if db_file else self.data_dir)
+             if single_connection is None else single_connection))
+        if (self.sqlite if migrate is None else migrate) and schema_state(self.url).revision != SCHEMA_REVISION:
+            upgrade(self.url)  # before this store's own connections: SQLite's exclusive mode would block it
+        self.engine = (self._make_engine(self.url, single=self.single_connection) if self.sqlite
+                       else create_engine(self.url, pool_size=pool_size, max_overflow=max_overflow,
+                                          pool_pre_ping=True, pool_recycle=1800))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # One shared connection cannot run two transactions at once; a pool of WAL connections can.
         self._lock: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if self.single_connection else contextlib.nullcontext()
         )
-        Base.metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            for ddl in _TRIGGERS:
-                conn.execute(text(ddl))
+        try:
+            with self._lock, self.engine.connect() as conn:
+                check_schema(conn, self.url)
+        except BaseException:
+            self.engine.dispose()
+            raise
+        if self.image_mode == "database":
+            self._prune_image_cache()
+
+    def _prune_image_cache(self) -> int:
+        """Delete cached PNGs whose image is no longer in the database (a study deleted by another process)."""
+        files = list(self.images_dir.glob("*.png"))  # <hash>.png and <hash>.16.png
+        if not files:
+            return 0
+        with self._transaction() as s:
+            hashes = list({p.name.split(".")[0] for p in files})
+            kept = set(s.scalars(select(ImageBlob.hash).where(ImageBlob.hash.in_(hashes))))
+        stale = [p for p in files if p.name.split(".")[0] not in kept]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
+    @property
+    def url_redacted(self) -> str:
+        """The database URL with its password hidden (what logs and messages show)."""
+        return redact_url(self.url)
+
+    def schema_revision(self) -> str | None:
+        """The database's schema revision now (health checks: it reaches the database)."""
+        with self._lock, self.engine.connect() as conn:
+            return read_state(conn).revision
+
+    @property
+    def expected_revision(self) -> str:
+        return SCHEMA_REVISION
 
     @property
     def journal_mode(self) -> str:
+        if not self.sqlite:
+            return "server"
         with self._lock, self.engine.connect() as conn:
             return str(conn.execute(text("PRAGMA journal_mode")).scalar())
 
     @staticmethod
-    def _make_engine(db: Path, *, single: bool) -> Engine:
-        url = f"sqlite:///{db}"
+    def _make_engine(url: URL, *, single: bool) -> Engine:
         args = {"check_same_thread": False, "timeout": 30}
         engine = (
             create_engine(url, poolclass=StaticPool, connect_args=args)
@@ -550,24 +637,49 @@ class Store:
 
     # ------------------------------------------------------------------ images and studies
     def image_path(self, content_hash: str) -> Path:
+        """The local file of a view's PNG (database mode: fetched into the cache first if missing)."""
+        path = self._image_file(content_hash)
+        if self.image_mode == "database" and not path.exists():
+            with self._transaction() as s:
+                self._cache_from_database(s, content_hash)
+        return path
+
+    def _image_file(self, content_hash: str) -> Path:
         if len(content_hash) != 64 or any(c not in "0123456789abcdef" for c in content_hash):
             raise StoreError(f"not a content hash: {content_hash!r}")
         return self.images_dir / f"{content_hash}.png"
 
     def original_path(self, content_hash: str) -> Path:
         """Where the 16-bit originals of ``content_hash`` live (whether or not they were kept)."""
-        return self.image_path(content_hash).with_suffix(".16.png")
+        return self._image_file(content_hash).with_suffix(".16.png")
+
+    @staticmethod
+    def _write_file(path: Path, data: bytes) -> None:
+        if path.exists():
+            return
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
 
     def _write_png(self, image: NewImage) -> None:
-        files = [(self.image_path(image.content_hash), image.png)]
+        self._write_file(self._image_file(image.content_hash), image.png)
         if image.original_png is not None:
-            files.append((self.original_path(image.content_hash), image.original_png))
-        for path, data in files:
-            if path.exists():
-                continue
-            tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            self._write_file(self.original_path(image.content_hash), image.original_png)
+
+    def _cache_from_database(self, s: Session, content_hash: str) -> None:
+        """Copy a view's bytes from ``image_data`` into this process's cache (no-op when already there)."""
+        row = s.get(ImageData, content_hash)
+        if row is None:
+            return
+        self._write_file(self._image_file(content_hash), row.png)
+        if row.original_png is not None:
+            self._write_file(self.original_path(content_hash), row.original_png)
+
+    def _local_image(self, s: Session, content_hash: str) -> Path:
+        path = self._image_file(content_hash)
+        if self.image_mode == "database" and not path.exists():
+            self._cache_from_database(s, content_hash)
+        return path
 
     def create_study(self, owner: str, images: Sequence[NewImage]) -> StudyInfo:
         """A new study holding ``images`` (in order), owned by ``owner``."""
@@ -595,6 +707,8 @@ class Store:
             self._write_png(img)
             if s.get(ImageBlob, img.content_hash) is None:
                 s.add(ImageBlob(hash=img.content_hash, width=img.width, height=img.height, created_at=_utcnow()))
+                if self.image_mode == "database":
+                    s.add(ImageData(hash=img.content_hash, png=img.png, original_png=img.original_png))
                 s.flush()
             s.add(StudyImage(
                 study_id=study_id, image_hash=img.content_hash, position=start + offset, view=img.view,
@@ -608,7 +722,7 @@ class Store:
             return StudyInfo(
                 id=study.id, owner=study.owner, created_at=study.created_at,
                 images=tuple(
-                    ImageInfo(content_hash=i.image_hash, path=self.image_path(i.image_hash), position=i.position,
+                    ImageInfo(content_hash=i.image_hash, path=self._local_image(s, i.image_hash), position=i.position,
                               view=i.view, label=i.label, metadata=dict(i.image_metadata),
                               warnings=tuple(i.warnings), cxr_likeness=i.cxr_likeness,
                               original_path=self._kept_original(i.image_hash))
@@ -666,8 +780,10 @@ class Store:
         with self._transaction() as s:
             return self._draft_info(self._owned_draft(s, draft_id, actor))
 
-    def _owned_draft(self, s: Session, draft_id: str, actor: str) -> DraftRow:
-        draft = s.get(DraftRow, draft_id) if draft_id else None
+    def _owned_draft(self, s: Session, draft_id: str, actor: str, *, for_update: bool = False) -> DraftRow:
+        """The actor's draft; ``for_update`` locks its row until the transaction ends (server databases: writers
+        to one draft take turns, so the version check below sees every committed save)."""
+        draft = s.get(DraftRow, draft_id, with_for_update=for_update and not self.sqlite) if draft_id else None
         if draft is None:
             raise NotFoundError(f"draft {draft_id!r} does not exist (generate a report first, or it was deleted)")
         if draft.study.owner != actor:
@@ -683,10 +799,13 @@ class Store:
 
     def _add_edit(self, s: Session, draft: DraftRow, actor: str, kind: str, *, findings: str, impression: str,
                   reasons: Sequence[str], comment: str) -> EditRow:
+        addendum = kind == "addendum"
+        number = 1 + sum(1 for e in draft.edits if (e.kind == "addendum") == addendum)
         row = EditRow(
             draft_id=draft.id, kind=kind, author=actor, created_at=_utcnow(), findings=findings,
             impression=impression, reasons=list(self._check_reasons(reasons)), comment=comment,
             seconds_since_draft=(_utcnow() - draft.created_at).total_seconds(),
+            version=None if addendum else number, addendum=number if addendum else None,
         )
         s.add(row)
         s.flush()
@@ -716,7 +835,7 @@ class Store:
     def _add_checked_edit(self, s: Session, draft_id: str, actor: str, kind: str, expected_version: int | None,
                           **text: Any) -> tuple[Any, Any]:
         """An edit of an owned, unsigned draft whose stored version is the caller's (one transaction)."""
-        draft = self._owned_draft(s, draft_id, actor)
+        draft = self._owned_draft(s, draft_id, actor, for_update=True)
         self._refuse_if_signed(draft)
         self._check_version(draft, expected_version)
         return draft, self._add_edit(s, draft, actor, kind, **text)
@@ -728,39 +847,75 @@ class Store:
         ``expected_version`` (the number of saved versions the caller's text is based on) is checked in the
         same transaction; ``None`` skips the check (API callers that do not track versions).
         """
-        with self._transaction() as s:
+        def write(s: Session) -> EditInfo:
             draft, row = self._add_checked_edit(s, draft_id, actor, "edit", expected_version, findings=findings,
                                                 impression=impression, reasons=reasons, comment=comment)
-            self._audit(s, actor, "edit.save", study_id=draft.study_id, draft_id=draft_id,
+            self._audit(s, actor, "edit.save", study_id=draft.study_id, draft_id=draft_id, edit_id=row.id,
                         detail={"edit": row.id, "reasons": list(row.reasons)})
             return self._edit_info(row)
+
+        return self._numbered_write(draft_id, expected_version, write)
 
     def sign(self, draft_id: str, actor: str, *, findings: str, impression: str,
              reasons: Sequence[str] = (), comment: str = "", expected_version: int | None = None) -> DraftInfo:
         """Store the final text and freeze the draft; later changes are addenda (version check as ``save_edit``)."""
         if not (findings.strip() or impression.strip()):
             raise StoreError(f"cannot sign draft {draft_id!r}: findings and impression are both empty")
-        with self._transaction() as s:
+
+        def write(s: Session) -> None:
             draft, row = self._add_checked_edit(s, draft_id, actor, "sign", expected_version, findings=findings,
                                                 impression=impression, reasons=reasons, comment=comment)
             draft.signed_at, draft.signed_by = row.created_at, actor
-            self._audit(s, actor, "report.sign", study_id=draft.study_id, draft_id=draft_id,
+            self._audit(s, actor, "report.sign", study_id=draft.study_id, draft_id=draft_id, edit_id=row.id,
                         detail={"edit": row.id, "reasons": list(row.reasons),
                                 "seconds_since_draft": round(row.seconds_since_draft, 3)})
+
+        self._numbered_write(draft_id, expected_version, write)
         return self.get_draft(draft_id, actor)
 
     def add_addendum(self, draft_id: str, actor: str, text_: str) -> EditInfo:
         if not text_.strip():
             raise StoreError("an addendum needs some text")
-        with self._transaction() as s:
-            draft = self._owned_draft(s, draft_id, actor)
+
+        def write(s: Session) -> EditInfo:
+            draft = self._owned_draft(s, draft_id, actor, for_update=True)
             if draft.signed_at is None:
                 raise StoreError(f"draft {draft_id!r} is not signed yet: edit the report instead of adding an addendum")
             findings, impression = self._draft_info(draft).current
             row = self._add_edit(s, draft, actor, "addendum", findings=findings, impression=impression,
                                  reasons=(), comment=text_)
-            self._audit(s, actor, "addendum.add", study_id=draft.study_id, draft_id=draft_id, detail={"edit": row.id})
+            self._audit(s, actor, "addendum.add", study_id=draft.study_id, draft_id=draft_id, edit_id=row.id,
+                        detail={"edit": row.id})
             return self._edit_info(row)
+
+        return self._numbered_write(draft_id, None, write)
+
+    #: Tries of a write without a version basis (an addendum, a save without ``expected_version``) whose number
+    #: another writer took first.
+    NUMBER_RETRIES = 8
+
+    def _numbered_write(self, draft_id: str, expected_version: int | None, write: Callable[[Session], _T]) -> _T:
+        """Run ``write`` (which appends a numbered edit) in a transaction. When another writer committed the same
+        version number first (the unique constraint refuses it), a save based on a version is refused with
+        :class:`StaleVersionError`, never merged; a write without one (an addendum, an unversioned API save)
+        is tried again with the next number."""
+        for _ in range(self.NUMBER_RETRIES):
+            try:
+                with self._transaction() as s:
+                    return write(s)
+            except IntegrityError as err:
+                message = str(err.orig)
+                # PostgreSQL names the index, SQLite its columns.
+                version = "uq_edit_draft_version" in message or "edit.draft_id, edit.version" in message
+                addendum = "uq_edit_draft_addendum" in message or "edit.draft_id, edit.addendum" in message
+                if not (version or addendum):
+                    raise
+                if version and expected_version is not None:
+                    raise StaleVersionError(
+                        f"draft {draft_id!r} was saved elsewhere at the same moment (another tab, window or app "
+                        f"process): this editor holds version {expected_version}, which is no longer the latest; "
+                        "open the draft again before saving") from None
+        raise StoreError(f"draft {draft_id!r} is being changed by many writers at once; save again")
 
     # ------------------------------------------------------------------ queries
     def history(self, owner: str, *, limit: int = 500) -> list[HistoryRow]:
@@ -793,8 +948,8 @@ class Store:
             if query:
                 pattern = like_pattern(query)
 
-                def like(column: Any) -> Any:
-                    return column.like(pattern, escape=LIKE_ESCAPE)
+                def like(column: Any) -> Any:  # SQLite's LIKE ignores ASCII case; PostgreSQL's needs ILIKE
+                    return (column.like if self.sqlite else column.ilike)(pattern, escape=LIKE_ESCAPE)
 
                 edit_match = select(EditRow.id).where(
                     EditRow.draft_id == DraftRow.id,
@@ -803,16 +958,16 @@ class Store:
                 draft_match = select(DraftRow.id).where(
                     DraftRow.study_id == Study.id,
                     or_(like(DraftRow.id), like(DraftRow.report), like(DraftRow.findings), like(DraftRow.impression),
-                        like(func.json_extract(DraftRow.settings, "$.indication")), edit_match),
+                        like(DraftRow.settings["indication"].as_string()), edit_match),
                 ).exists()
                 select_studies = select_studies.where(or_(like(Study.id), draft_match))
             studies = s.scalars(select_studies.order_by(Study.created_at.desc(), Study.id).limit(limit)).all()
-            return [self._worklist_entry(study) for study in studies]
+            return [self._worklist_entry(s, study) for study in studies]
 
-    def _worklist_entry(self, study: Study) -> WorklistEntry:
+    def _worklist_entry(self, s: Session, study: Study) -> WorklistEntry:
         signed = [d for d in study.drafts if d.signed_at is not None]
         shown = (signed or list(study.drafts) or [None])[-1]
-        first = self.image_path(study.images[0].image_hash) if study.images else None
+        first = self._local_image(s, study.images[0].image_hash) if study.images else None
         common = {"study_id": study.id, "created_at": study.created_at, "views": len(study.images),
                   "drafts": len(study.drafts), "first_image": first}
         if shown is None:
@@ -869,8 +1024,10 @@ class Store:
                 "drafts": len(study.drafts),
                 "edits": sum(len(d.edits) for d in study.drafts),
             }
-            s.delete(study)
-            s.flush()
+            # In SQL, not through the loaded rows: the database cascades to image links, drafts, edits and
+            # explanations (PostgreSQL refuses a direct DELETE of an edit or a signed draft, not this cascade).
+            s.execute(delete(Study).where(Study.id == study_id), execution_options={"synchronize_session": False})
+            s.expunge_all()
             still_used = set(s.scalars(select(StudyImage.image_hash).where(StudyImage.image_hash.in_(hashes))))
             orphans = hashes - still_used
             for h in orphans:
@@ -878,8 +1035,8 @@ class Store:
                 if blob is not None:
                     s.delete(blob)
             self._audit(s, actor, "study.delete", study_id=study_id, detail=dict(counts))
-        for h in orphans:
-            self.image_path(h).unlink(missing_ok=True)
+        for h in orphans:  # database mode: this process's cache (other processes drop theirs when they next open)
+            self._image_file(h).unlink(missing_ok=True)
             self.original_path(h).unlink(missing_ok=True)
         counts["files"] = len(orphans)
         return counts
@@ -913,7 +1070,7 @@ class Store:
 
     def count(self, table: str) -> int:
         """Rows in one table (tests and health checks)."""
-        models = (Study, ImageBlob, StudyImage, DraftRow, EditRow, AuditRow, ExplanationRow)
+        models = (Study, ImageBlob, ImageData, StudyImage, DraftRow, EditRow, AuditRow, ExplanationRow)
         model = {m.__tablename__: m for m in models}.get(table)
         if model is None:
             raise StoreError(f"unknown table {table!r}")
@@ -923,9 +1080,9 @@ class Store:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _audit(s: Session, actor: str, action: str, *, study_id: str | None = None, draft_id: str | None = None,
-               detail: dict[str, Any] | None = None) -> None:
+               detail: dict[str, Any] | None = None, edit_id: int | None = None) -> None:
         s.add(AuditRow(at=_utcnow(), actor=actor, action=action, study_id=study_id, draft_id=draft_id,
-                       detail=dict(detail or {})))
+                       detail=dict(detail or {}), edit_id=edit_id))
 
     @staticmethod
     def _edit_info(row: EditRow) -> EditInfo:

@@ -27,7 +27,7 @@ from types import TracebackType
 
 import httpx
 
-__all__ = ["ROOT", "AppProcess", "auth_value", "credentials", "free_port", "start_app"]
+__all__ = ["ROOT", "AppProcess", "auth_value", "credentials", "free_port", "start_app", "upgrade_database"]
 
 ROOT = Path(__file__).resolve().parents[1]
 # The child configures logging itself (level from argv) before echo-app's own basicConfig, which is then a no-op.
@@ -119,8 +119,13 @@ def start_app(
     log_level: str = "INFO",
     extra_env: Mapping[str, str] | None = None,
     ready_timeout_s: float = 180.0,
+    database_url: str | None = None,
+    replica_id: str | None = None,
 ) -> AppProcess:
     """Start ``echo-app`` on a free loopback port with its files under ``work_dir``; return once it answers.
+
+    ``database_url``: ``ECHO_DATABASE_URL`` (``None`` = the SQLite file under ``work_dir/data``); several
+    processes given one server database are replicas of one site. ``replica_id``: ``ECHO_REPLICA_ID``.
 
     Raises:
         ValueError: an unknown ``log_level``.
@@ -146,6 +151,10 @@ def start_app(
     })
     if auth:
         env["ECHO_AUTH"] = auth
+    if database_url:
+        env["ECHO_DATABASE_URL"] = database_url
+    if replica_id:
+        env["ECHO_REPLICA_ID"] = replica_id
     env.update(extra_env or {})
     log = (work_dir / "app.log").open("ab")
     process = subprocess.Popen(
@@ -165,6 +174,27 @@ def start_app(
             time.sleep(0.2)
     app.kill()
     raise RuntimeError(f"echo-app did not answer on {app.url} within {ready_timeout_s:.0f} s:\n{_tail(app.log_path)}")
+
+
+def upgrade_database(database_url: str, *, work_dir: Path) -> str:
+    """``echo-app db upgrade`` on ``database_url``, as an operator runs it before starting the replicas.
+
+    Returns its output; raises RuntimeError (with the output) when it fails.
+    """
+    work_dir = Path(work_dir)
+    (work_dir / "upgrade-data").mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "GRADIO_"))}
+    env.update({
+        "ECHO_DATABASE_URL": database_url,
+        "ECHO_DATA_DIR": str(work_dir / "upgrade-data"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
+    })
+    done = subprocess.run([sys.executable, "-c", _RUNNER, "WARNING", "db", "upgrade"], check=False, cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        raise RuntimeError(f"echo-app db upgrade exited with status {done.returncode}:\n{output}")
+    return output
 
 
 def _tail(path: Path, lines: int = 30) -> str:

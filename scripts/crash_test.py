@@ -4,6 +4,7 @@ Usage::
 
     python scripts/crash_test.py                       # 3 kill/restart rounds, 8 saving threads
     python scripts/crash_test.py --rounds 1 --threads 4 --kill-after 40 --open-store --out scratch/reliability
+    python scripts/crash_test.py --replicas 2 --database-url postgresql+psycopg://echo:PW@db-host/echo
 
 Each round: the app (child process, WAL journal, ``ECHO_AUTH`` set) serves ``--threads`` clients that save
 edits with unique text as fast as they can, each on its own draft (drafts are seeded into the database
@@ -17,6 +18,13 @@ What this shows and what it does not: a killed process loses nothing SQLite has 
 in the WAL file, in the OS page cache). Surviving *power loss* as well needs the commit on disk before the
 acknowledgement, which is what ``PRAGMA synchronous=FULL`` (app/store.py) does; pulling the plug is not
 part of this test.
+
+With ``--replicas N`` (a server database given by ``--database-url``, upgraded first with ``echo-app db
+upgrade``) N app processes share the database and the saving threads are spread over them (thread *i* on
+replica *i mod N*). Only replica 0 is killed: the others must keep acknowledging saves for
+``--survive-s`` seconds after the kill (``survivor_acks``), then replica 0 is restarted. Besides lost and
+mixed saves, every committed change must have exactly one audit row, checked by a join of ``edit`` and
+``audit`` (``audit_mismatches``); ``PRAGMA integrity_check`` applies to SQLite only.
 """
 
 from __future__ import annotations
@@ -33,8 +41,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_process import ROOT, AppProcess, auth_value, credentials, start_app
-from load_test import Save, audit_saves
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's app, not an installed one
+from app_process import ROOT, AppProcess, auth_value, credentials, start_app, upgrade_database
+from load_test import Save, audit_mismatches, audit_saves, query_database
 
 __all__ = ["CrashReport", "main", "run_crash", "seed_drafts"]
 
@@ -53,6 +62,8 @@ class Round:
     mixed: int
     restarted_in_s: float | None
     save_after_restart: bool | None
+    survivor_acks: int | None = None  # saves acknowledged by the other replicas after the kill
+    audit_mismatches: int = 0  # edits without exactly one audit row, plus audit rows of edits never stored
 
 
 @dataclass
@@ -63,23 +74,31 @@ class CrashReport:
     journal_mode: str
     synchronous: str
     rounds: list[Round] = field(default_factory=list)
+    replicas: int = 1
+    database: str = "sqlite"
 
     @property
     def ok(self) -> bool:
         return bool(self.rounds) and all(
-            r.integrity_check == "ok" and not r.foreign_key_violations and not r.lost and not r.mixed
-            and r.save_after_restart is not False
+            r.integrity_check in ("ok", NOT_SQLITE) and not r.foreign_key_violations and not r.lost and not r.mixed
+            and r.save_after_restart is not False and not r.audit_mismatches
+            and (r.survivor_acks is None or r.survivor_acks > 0)
             for r in self.rounds
         )
 
 
-def seed_drafts(data_dir: Path, users: list[str]) -> list[tuple[str, str]]:
-    """One study with one draft per user in a new store; returns (user, draft id) pairs."""
+#: ``integrity_check`` of a server database (the server keeps its own integrity; the joins check the rows).
+NOT_SQLITE = "n/a (server database)"
+
+
+def seed_drafts(data_dir: Path, users: list[str], *, database_url: str | None = None) -> list[tuple[str, str]]:
+    """One study with one draft per user in a new store (or the database at ``database_url``, upgraded
+    already); returns (user, draft id) pairs."""
     from app.store import NewDraft, NewImage, Store
     from echo_model.imaging import load_image, to_deidentified_png
     from echo_model.imaging.synthetic import phantom_cxr
 
-    store = Store(data_dir, single_connection=False)
+    store = Store(data_dir, single_connection=False, url=database_url)
     drafts = []
     try:
         for i, user in enumerate(users):
@@ -107,19 +126,22 @@ def _png_bytes(image: object) -> bytes:
 class _Burst:
     """Saving threads that record every acknowledged save until the server stops answering."""
 
-    def __init__(self, app: AppProcess, drafts: list[tuple[str, str]], creds: dict[str, str], round_index: int):
+    def __init__(self, apps: list[AppProcess], drafts: list[tuple[str, str]], creds: dict[str, str],
+                 round_index: int):
         self.acks: list[Save] = []
+        self.ack_replica: list[int] = []  # the replica that acknowledged each of ``acks``
         self.latencies: list[float] = []
         self.in_flight: dict[int, Save] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [
-            threading.Thread(target=self._run, args=(i, app.url, user, creds[user], draft_id, round_index),
-                             daemon=True)
+            threading.Thread(target=self._run, args=(i, apps[i % len(apps)].url, user, creds[user], draft_id,
+                                                     round_index, i % len(apps)), daemon=True)
             for i, (user, draft_id) in enumerate(drafts)
         ]
 
-    def _run(self, index: int, url: str, user: str, password: str, draft_id: str, round_index: int) -> None:
+    def _run(self, index: int, url: str, user: str, password: str, draft_id: str, round_index: int,
+             replica: int) -> None:
         from gradio_client import Client
 
         try:
@@ -142,6 +164,7 @@ class _Burst:
                 del self.in_flight[index]
                 if str(status).startswith("Saved version"):
                     self.acks.append(save)
+                    self.ack_replica.append(replica)
                     self.latencies.append(time.perf_counter() - t0)
             n += 1
 
@@ -157,73 +180,105 @@ def _integrity(db: Path) -> tuple[str, int]:
     return check, violations
 
 
-def _stored(db: Path, saves: list[Save]) -> int:
-    with sqlite3.connect(db) as conn:
-        texts = {row[0] for row in conn.execute("SELECT findings FROM edit")}
+def _stored(db: Path | str, saves: list[Save]) -> int:
+    texts = {row[0] for row in query_database(db, "SELECT findings FROM edit")}
     return sum(1 for s in saves if s.findings in texts)
 
 
 def run_crash(work_dir: Path, *, rounds: int = 3, threads: int = 8, kill_after: int = 200, restart: bool = True,
-              burst_timeout_s: float = 300.0) -> CrashReport:
-    """Seed drafts, then ``rounds`` times: serve, save in a burst, kill -9 mid-burst, recover, audit."""
+              burst_timeout_s: float = 300.0, replicas: int = 1, database_url: str | None = None,
+              survive_s: float = 3.0) -> CrashReport:
+    """Seed drafts, then ``rounds`` times: serve, save in a burst, kill -9 mid-burst, recover, audit.
+
+    With ``replicas`` > 1 (``database_url`` required) only replica 0 is killed and the others must keep
+    acknowledging saves for ``survive_s`` seconds; ``restart=False`` (reopen the store) is for one replica.
+    """
     import numpy as np
 
     from app.store import Store
 
+    if replicas > 1 and not (database_url and restart):
+        raise ValueError(f"{replicas} replicas need a server database (database_url) and restart=True")
     creds = credentials(threads)
-    server_dir = work_dir / "server"
-    drafts = seed_drafts(server_dir / "data", list(creds))
-    db = server_dir / "data" / "echo.sqlite"
+    server_dirs = [work_dir / ("server" if replicas == 1 else f"server-{i}") for i in range(replicas)]
+    if database_url:
+        upgrade_database(database_url, work_dir=work_dir)
+    drafts = seed_drafts(server_dirs[0] / "data", list(creds), database_url=database_url)
+    db: Path | str = database_url or server_dirs[0] / "data" / "echo.sqlite"
     all_acks: list[Save] = []
-    report = CrashReport(threads=threads, kill_after=kill_after, restart=restart, journal_mode="", synchronous="")
-    app: AppProcess | None = None
+    report = CrashReport(threads=threads, kill_after=kill_after, restart=restart, journal_mode="", synchronous="",
+                         replicas=replicas, database="sqlite" if database_url is None else "postgresql")
+
+    def start(i: int) -> AppProcess:
+        return start_app(server_dirs[i], auth=auth_value(creds), database_url=database_url, replica_id=f"replica-{i}")
+
+    apps: list[AppProcess | None] = [None] * replicas
     try:
         for index in range(rounds):
-            app = app or start_app(server_dir, auth=auth_value(creds))
-            burst = _Burst(app, drafts, creds, index)
+            apps = [app or start(i) for i, app in enumerate(apps)]
+            live = [app for app in apps if app is not None]
+            burst = _Burst(live, drafts, creds, index)
             for thread in burst.threads:
                 thread.start()
             deadline = time.monotonic() + burst_timeout_s
             while burst.count() < kill_after and time.monotonic() < deadline:
                 time.sleep(0.01)
-            app.kill()
-            app = None
+            live[0].kill()
+            apps[0] = None
             with burst.lock:
-                acks, in_flight = list(burst.acks), list(burst.in_flight.values())
+                acks_at_kill = len(burst.acks)
+                in_flight = [save for i, save in burst.in_flight.items() if i % replicas == 0]
+            survivors = None
+            if replicas > 1:  # the other replicas keep serving their sessions
+                time.sleep(survive_s)
+                with burst.lock:
+                    survivors = sum(1 for r in burst.ack_replica[acks_at_kill:] if r != 0)
             burst.stop.set()
             for thread in burst.threads:
                 thread.join(timeout=30)
+            with burst.lock:
+                acks = list(burst.acks)
             all_acks += acks
             restarted_in = saved_after = None
             if restart:
                 t0 = time.perf_counter()
-                app = start_app(server_dir, auth=auth_value(creds))
+                apps[0] = start(0)
                 restarted_in = round(time.perf_counter() - t0, 2)
-                saved_after = _save_once(app, drafts[0], creds)
+                saved_after = _save_once(apps[0], drafts[0], creds)
             else:
-                Store(server_dir / "data", single_connection=False).close()  # what the app does first at start-up
-            check, violations = _integrity(db)
+                Store(server_dirs[0] / "data", single_connection=False).close()  # what the app does first at start-up
+            check, violations = _integrity(db) if isinstance(db, Path) else (NOT_SQLITE, 0)
             audit = audit_saves(db, all_acks, drafts)
             report.rounds.append(Round(
                 acknowledged=len(acks), in_flight_at_kill=len(in_flight), in_flight_stored=_stored(db, in_flight),
                 save_p50_s=round(float(np.percentile(burst.latencies, 50)), 4) if burst.latencies else None,
                 integrity_check=check, foreign_key_violations=violations, lost=audit["lost"], mixed=audit["mixed"],
-                restarted_in_s=restarted_in, save_after_restart=saved_after,
+                restarted_in_s=restarted_in, save_after_restart=saved_after, survivor_acks=survivors,
+                audit_mismatches=audit_mismatches(db),
             ))
     finally:
-        if app is not None:
-            app.stop()
-    store = Store(server_dir / "data", single_connection=False)
+        for app in apps:
+            if app is not None:
+                app.stop()
+    if isinstance(db, Path):
+        report.journal_mode, report.synchronous = _sqlite_modes(server_dirs[0] / "data")
+    return report
+
+
+def _sqlite_modes(data_dir: Path) -> tuple[str, str]:
+    """(journal mode, synchronous) of the store's SQLite connections."""
+    from sqlalchemy import text
+
+    from app.store import Store
+
+    store = Store(data_dir, single_connection=False)
     try:
         with store.engine.connect() as conn:
-            from sqlalchemy import text
-
-            report.journal_mode = str(conn.execute(text("PRAGMA journal_mode")).scalar())
+            journal = str(conn.execute(text("PRAGMA journal_mode")).scalar())
             level = int(conn.execute(text("PRAGMA synchronous")).scalar() or 0)
-            report.synchronous = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, str(level))
     finally:
         store.close()
-    return report
+    return journal, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, str(level))
 
 
 def _save_once(app: AppProcess, draft: tuple[str, str], creds: dict[str, str]) -> bool:
@@ -237,15 +292,18 @@ def _save_once(app: AppProcess, draft: tuple[str, str], creds: dict[str, str]) -
 
 def summary(report: CrashReport) -> str:
     lines = [
-        f"{report.threads} saving threads, kill -9 after {report.kill_after} acknowledged saves, "
-        f"journal {report.journal_mode}, synchronous {report.synchronous}, "
-        f"{'restart of the app' if report.restart else 'store reopened'} after each kill"
+        (f"{report.replicas} replica(s) on {report.database}; "
+         f"{report.threads} saving threads, kill -9 {'of replica 0 ' if report.replicas > 1 else ''}after "
+         f"{report.kill_after} acknowledged saves, journal {report.journal_mode or '-'}, synchronous "
+         f"{report.synchronous or '-'}, {'restart of the app' if report.restart else 'store reopened'} after each kill")
     ]
     for i, r in enumerate(report.rounds, start=1):
         line = (f"round {i}: acknowledged {r.acknowledged} (p50 {r.save_p50_s} s), in flight at the kill "
                 f"{r.in_flight_at_kill} ({r.in_flight_stored} of them stored), integrity_check "
                 f"{r.integrity_check!r}, foreign-key violations {r.foreign_key_violations}, lost {r.lost}, "
-                f"mixed {r.mixed}")
+                f"mixed {r.mixed}, edits without exactly one audit row {r.audit_mismatches}")
+        if r.survivor_acks is not None:
+            line += f", saves acknowledged by the other replicas after the kill {r.survivor_acks}"
         if r.restarted_in_s is not None:
             line += (f", restarted in {r.restarted_in_s} s, save after restart "
                      f"{'ok' if r.save_after_restart else 'FAILED'}")
@@ -261,13 +319,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-after", type=int, default=200, help="acknowledged saves per round before the kill")
     parser.add_argument("--open-store", action="store_true", help="reopen the store instead of restarting the app")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "reliability")
+    parser.add_argument("--replicas", type=int, default=1, help="app processes sharing --database-url")
+    parser.add_argument("--database-url", help="ECHO_DATABASE_URL of every replica (default: one SQLite file)")
+    parser.add_argument("--survive-s", type=float, default=3.0,
+                        help="seconds the other replicas must keep saving after replica 0 is killed")
     args = parser.parse_args(argv)
-    for name in ("rounds", "threads", "kill_after"):
+    if args.replicas > 1 and (not args.database_url or args.open_store):
+        parser.error(f"--replicas {args.replicas} needs --database-url (a server database) and no --open-store")
+    for name in ("rounds", "threads", "kill_after", "replicas"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     with tempfile.TemporaryDirectory(prefix="echo-crash-") as tmp:
         report = run_crash(Path(tmp), rounds=args.rounds, threads=args.threads, kill_after=args.kill_after,
-                           restart=not args.open_store)
+                           restart=not args.open_store, replicas=args.replicas,
+                           database_url=args.database_url, survive_s=args.survive_s)
     print(summary(report))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "crash.json").write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=1) + "\n",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -94,3 +95,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pg_unavailable(reason: str) -> None:
+    """Skip a PostgreSQL test with ``reason``; under ``CI=true`` fail it instead (CI installs the server)."""
+    message = f"PostgreSQL unavailable: {reason}"
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail(message + " (CI=true: a skipped PostgreSQL test fails the run)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL cluster for the session (see tests/pg_cluster.py), stopped at the end."""
+    from pg_cluster import ClusterUnavailable, start_cluster
+
+    try:
+        cluster = start_cluster()
+    except ClusterUnavailable as err:
+        pg_unavailable(str(err))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """The SQLAlchemy URL of a fresh, empty database of the session's cluster (one per test)."""
+    return pg_cluster.create_database(f"t{len(pg_cluster.databases)}_{os.getpid()}")
+
+
+def run_at_once(count: int, fn) -> None:
+    """Call ``fn(0)`` ... ``fn(count - 1)`` in threads released together by a barrier, and wait for all."""
+    import threading
+
+    start = threading.Barrier(count)
+
+    def one(i: int) -> None:
+        start.wait()
+        fn(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

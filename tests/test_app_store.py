@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import synthetic_cxr
+from conftest import run_at_once, synthetic_cxr
 from PIL import Image
 
 from app.store import (
@@ -100,7 +100,7 @@ def test_database_itself_refuses_to_rewrite_signed_or_append_only_rows(store: St
     con = sqlite3.connect(tmp_path / "data" / "echo.sqlite")
     try:
         for sql in ("UPDATE draft SET findings = 'tampered'", "UPDATE edit SET findings = 'tampered'",
-                    "DELETE FROM audit", "UPDATE audit SET actor = 'mallory'"):
+                    "DELETE FROM audit", "UPDATE audit SET actor = 'mallory'", "DELETE FROM edit", "DELETE FROM draft"):
             with pytest.raises(sqlite3.IntegrityError):
                 con.execute(sql)
         with pytest.raises(sqlite3.IntegrityError, match="addenda only"):
@@ -210,3 +210,45 @@ def test_a_save_based_on_another_version_is_refused(store: Store) -> None:
         "tab 1", "tab 1 again", "no version: no check"]
     with pytest.raises(StoreError, match="-1"):
         store.save_edit(draft_id, "alice", findings="x", impression="", expected_version=-1)
+
+
+def test_concurrent_saves_on_one_sqlite_file_are_numbered_once_each(store: Store, tmp_path: Path) -> None:
+    """Two stores on one file (two processes): saves of version 0 commit once; unversioned saves and addenda
+    all commit, each with its own number."""
+    from app.store import StaleVersionError
+
+    other = Store(tmp_path / "data", single_connection=False)
+    _, draft_id = _draft(store)
+    outcomes: list[str] = []
+
+    def run(target, **kwargs) -> None:
+        def one(i: int) -> None:
+            try:
+                target((store, other)[i % 2], i, **kwargs)
+                outcomes.append("ok")
+            except StaleVersionError:
+                outcomes.append("stale")
+
+        run_at_once(6, one)
+
+    def save(s: Store, i: int, *, version: int | None) -> None:
+        s.save_edit(draft_id, "alice", findings=f"tab {i}", impression="", expected_version=version)
+
+    try:
+        run(save, version=0)
+        assert sorted(outcomes) == ["ok"] + ["stale"] * 5
+        outcomes.clear()
+        run(save, version=None)
+        store.sign(draft_id, "alice", findings="f", impression="i")
+        run(lambda s, i: s.add_addendum(draft_id, "alice", f"addendum {i}"))
+        assert outcomes == ["ok"] * 12
+        draft = other.get_draft(draft_id, "alice")
+        assert len(draft.versions) == 8 and len(draft.addenda) == 6
+    finally:
+        other.close()
+    con = sqlite3.connect(tmp_path / "data" / "echo.sqlite")
+    try:
+        numbers = con.execute("SELECT version, addendum FROM edit ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert [v for v, _ in numbers if v] == list(range(1, 9)) and [a for _, a in numbers if a] == list(range(1, 7))

@@ -14,6 +14,7 @@ from app.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import crash_test  # noqa: E402
+import load_test
 
 
 @pytest.mark.slow  # a child-process server: about 20-40 s on 2 CPUs
@@ -45,3 +46,31 @@ def test_seeded_drafts_belong_to_their_users(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "echo.sqlite") as conn:
         owners = dict(conn.execute("SELECT d.id, s.owner FROM draft d JOIN study s ON s.id = d.study_id"))
     assert owners == {draft_id: user for user, draft_id in pairs}
+
+
+@pytest.mark.slow  # two child-process servers on a PostgreSQL cluster, one killed and restarted: about 60-90 s
+def test_kill_9_of_one_replica_the_other_keeps_saving_and_nothing_is_lost(tmp_path: Path, pg_url: str) -> None:
+    out = tmp_path / "out"
+    status = crash_test.main(["--replicas", "2", "--database-url", pg_url, "--rounds", "1", "--threads", "4",
+                              "--kill-after", "30", "--out", str(out)])
+    report = json.loads((out / "crash.json").read_text())
+    assert status == 0 and report["ok"]
+    (round_,) = report["rounds"]
+    assert round_["survivor_acks"] > 0  # replica 1 kept acknowledging saves after replica 0 was killed
+    assert (round_["lost"], round_["mixed"], round_["audit_mismatches"]) == (0, 0, 0)
+    assert round_["save_after_restart"] is True
+
+
+def test_audit_join_counts_edits_without_exactly_one_audit_row(tmp_path: Path) -> None:
+    ((user, draft_id),) = crash_test.seed_drafts(tmp_path, ["alice"])
+    store = Store(tmp_path, single_connection=False)
+    store.save_edit(draft_id, user, findings="one", impression="i")
+    store.save_edit(draft_id, user, findings="two", impression="i")
+    store.close()
+    db = tmp_path / "echo.sqlite"
+    assert load_test.audit_mismatches(db) == 0
+    with sqlite3.connect(db) as conn:  # an audit row of an edit that is not there, as a broken writer would leave
+        conn.execute("INSERT INTO audit (at, actor, action, study_id, draft_id, detail, edit_id) "
+                     "SELECT at, actor, action, study_id, draft_id, detail, 999999 FROM audit WHERE edit_id IS NOT NULL "
+                     "LIMIT 1")
+    assert load_test.audit_mismatches(db) == 1

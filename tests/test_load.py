@@ -28,6 +28,7 @@ from app.store import Store
 from echo_model.imaging.synthetic import phantom_cxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import crash_test
 import load_test  # noqa: E402
 from app_process import free_port  # noqa: E402
 from crash_test import seed_drafts  # noqa: E402
@@ -216,6 +217,7 @@ def test_load_script_bounded_run_loses_and_mixes_nothing(tmp_path: Path) -> None
     assert status == 0
     assert report["saves_acknowledged"] == 5 * 2 * 2 and report["drafts"] == 5 * 2
     assert (report["lost"], report["mixed"], report["saves_refused"], report["drafts_of_wrong_owner"]) == (0, 0, 0, 0)
+    assert report["audit_mismatches"] == 0
     assert report["busy_refusals"] > 0, "5 clients released together on 2 rows and a line of 1 must meet a busy refusal"
     assert report["breakdown_p50_s"]["forwards"] > 0 and 1 <= report["breakdown_p50_s"]["batch rows"] <= 2
     assert all(load_test.BUSY_TEXT in m for m in report["busy_messages"])
@@ -229,11 +231,47 @@ def test_audit_counts_lost_mixed_and_foreign_drafts(tmp_path: Path) -> None:
     store = Store(tmp_path, single_connection=False)
     store.save_edit(draft_a, alice, findings="Load test client 0 [x]", impression="i")
     store.save_edit(draft_b, bob, findings="Load test client 1 [y]", impression="i")
+    for _ in range(2):  # one acknowledged save stored twice
+        store.save_edit(draft_a, alice, findings="Load test client 2 [z]", impression="i")
     store.close()
     saves = [
         load_test.Save(alice, draft_a, "Load test client 0 [x]", "i"),  # stored as acknowledged
         load_test.Save(alice, draft_a, "Load test client 9 [never stored]", "i"),  # lost
         load_test.Save(alice, draft_b, "Load test client 1 [y]", "i"),  # stored on another draft, by bob: mixed
+        load_test.Save(alice, draft_a, "Load test client 2 [z]", "i"),  # duplicated
     ]
     counts = load_test.audit_saves(tmp_path / "echo.sqlite", saves, [(alice, draft_a), (alice, draft_b)])
-    assert counts == {"lost": 1, "mixed": 1, "stored_unacknowledged": 0, "drafts_of_wrong_owner": 1}
+    assert counts == {"lost": 1, "mixed": 1, "duplicated": 1, "stored_unacknowledged": 0, "drafts_of_wrong_owner": 1}
+
+
+@pytest.mark.parametrize("script", [load_test, crash_test])
+def test_several_replicas_need_a_server_database(script, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--replicas", "2"])
+    assert stop.value.code == 2
+    assert "--replicas 2 needs --database-url" in capsys.readouterr().err
+
+
+@pytest.fixture
+def pg_database(request, monkeypatch) -> str:
+    """``pg_url``, with the cluster (if this is the first to need it) under the system's temporary folder: the
+    served app above points ``tempfile`` at a folder of its own for the whole module, which the unprivileged
+    server account cannot enter."""
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.mark.slow  # two child-process servers on a PostgreSQL cluster: about 40-80 s on 2 CPUs
+def test_two_replicas_on_postgresql_lose_mix_and_duplicate_nothing(tmp_path: Path, pg_database: str) -> None:
+    pg_url = pg_database
+    out = tmp_path / "out"
+    status = load_test.main(["--replicas", "2", "--database-url", pg_url, "--clients", "4", "--users", "2",
+                             "--iterations", "1", "--saves", "2", "--max-new-tokens", "16", "--out", str(out)])
+    report = json.loads((out / "load.json").read_text())
+    assert status == 0
+    assert (report["replicas"], report["database"]) == (2, "postgresql")
+    assert report["saves_acknowledged"] == 4 * 2 and report["drafts"] == 4
+    assert (report["lost"], report["mixed"], report["duplicated"], report["saves_refused"]) == (0, 0, 0, 0)
+    assert report["audit_mismatches"] == 0  # every save and signature has exactly one audit row
+    assert report["signed"] == 4  # every client signed its draft, through its own replica
+    assert (report["signed_missing"], report["exports_differing"]) == (0, 0)
