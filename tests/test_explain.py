@@ -187,17 +187,9 @@ def _localises(tokenizer, quadrant: int, threads: int) -> None:
 FAST_QUADRANT = 0  # top_left, in CI at every thread count; the other quadrants are slow (the sweep runs them all)
 
 
-# The sweep's one integrated-gradients miss: the seed-0 top_right toy (converged and checked) gets 0.87 / 0.76 /
-# 0.80 at 1 and 2 threads (0.79 / 0.85 / 0.80 at 4), and 512 integration points give the same. Open
-# (docs/explain.md), so marked, not hidden.
-_IG_MISS = pytest.mark.xfail(reason="quadrant sweep: integrated gradients 0.76 on one image of the seed-0 top_right "
-                                    "toy (docs/explain.md)", strict=False)
-
-
 @pytest.mark.parametrize("threads", [1, 2, 4], ids=lambda n: f"{n}threads")
 @pytest.mark.parametrize("quadrant", [
-    pytest.param(q, id=name, marks=() if q == FAST_QUADRANT else
-                 (pytest.mark.slow, _IG_MISS) if name == "top_right" else pytest.mark.slow)
+    pytest.param(q, id=name, marks=() if q == FAST_QUADRANT else pytest.mark.slow)
     for q, name in enumerate(sweep.QUADRANTS)
 ])
 def test_reliable_methods_land_in_the_quadrant_the_output_depends_on(toy_tokenizer, quadrant, threads):
