@@ -345,7 +345,7 @@ class DraftingService:
                 else:
                     from echo_model.drafting import Drafter
 
-                    self._drafters[label] = Drafter(source, device=self.settings.device)
+                    self._drafters[label] = Drafter(source, device=self.settings.device, quantize=self.settings.quantize)
             return self._drafters[label]
 
     def _local_folder(self, label: str) -> Path | None:

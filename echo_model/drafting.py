@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import EchoCheckpoint
+from .device import check_quantization, quantize_checkpoint
 from .loading import load_checkpoint
 from .processing import StudyPrompt
 from .data.report_text import parse_report
@@ -72,9 +73,14 @@ class Drafter:
         device: None = CUDA when available, else CPU.
         warm_up: draft one short report right after loading a checkpoint (:func:`warm_up`), so that the
             process pays its first-call costs once, at load, and not in the first reader's draft.
+        quantize: ``none`` or ``int8`` (dynamic int8 weights, CPU only; :func:`~echo_model.device.quantize_checkpoint`),
+            applied to every checkpoint at load; ``int8`` only while its quality gate passes
+            (:func:`~echo_model.device.check_quantization`, which raises ValueError quoting the gate otherwise).
     """
 
-    def __init__(self, model: str | None = None, *, device: str | None = None, warm_up: bool = True):
+    def __init__(self, model: str | None = None, *, device: str | None = None, warm_up: bool = True,
+                 quantize: str = "none"):
+        self.quantize = check_quantization(quantize)
         self.model = model
         self.device = device
         self.warm_up = warm_up
@@ -87,7 +93,8 @@ class Drafter:
         key = (self.model, role if embedded else "any")
         with self._lock:
             if key not in self._cache:
-                checkpoint = load_checkpoint(self.model, role=role, device=self.device)
+                checkpoint = quantize_checkpoint(load_checkpoint(self.model, role=role, device=self.device),
+                                                 self.quantize)
                 if self.warm_up:
                     warm_up(checkpoint, sampler)
                 self._cache[key] = checkpoint
@@ -149,7 +156,7 @@ class Drafter:
             settings={"indication": indication, "lang": lang, "block_length": ck.spec.block_length,
                       "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                       "top_k": config.top_k, "top_p": config.top_p, "threshold": config.threshold,
-                      "seed": config.seed, "prefix": prefix_text or None},
+                      "seed": config.seed, "prefix": prefix_text or None, "quantize": self.quantize},
         )
 
     def prompt(self, images: Sequence[Image.Image], *, sampler: str, indication: str | None = None, lang: str = "en",
