@@ -23,7 +23,7 @@ class ARSampler(Sampler):
     def __init__(self, model: EchoModel, processor: EchoProcessor, config: SamplerConfig = SamplerConfig(), *, name: str = "ar"):
         super().__init__(model, processor, config, name=name)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: see Sampler.stream
     def stream(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> Generator[BlockEvent, None, list[GenerationResult]]:
         prompts, clock, generator = self._begin(prompts)
         cfg, proc, device = self.config, self.processor, self.model.device

@@ -91,7 +91,7 @@ class BlockDiffusionSampler(Sampler):
         self.steps = config.steps if config.steps is not None else self.block_length
         self.transfer = num_transfer_tokens(self.block_length, self.steps)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: see Sampler.stream
     def stream(
         self, prompts: StudyPrompt | Sequence[StudyPrompt], *, on_commit: Callable[[CommitStep], None] | None = None
     ) -> Generator[BlockEvent, None, list[GenerationResult]]:
