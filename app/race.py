@@ -236,7 +236,8 @@ class RaceService:
                 from echo_model.drafting import Drafter
 
                 source = None if self.ar_model == EMBEDDED else self.ar_model
-                self._ar_drafter = Drafter(source, device=self.drafting.settings.device)
+                settings = self.drafting.settings
+                self._ar_drafter = Drafter(source, device=settings.device, quantize=settings.quantize)
             return self._ar_drafter
 
     def arms(self, model: str | None, *, include_teacher: bool = False) -> list[RaceArm]:

@@ -362,7 +362,7 @@ class DraftingService:
                 else:
                     from echo_model.drafting import Drafter
 
-                    self._drafters[label] = Drafter(source, device=self.settings.device)
+                    self._drafters[label] = Drafter(source, device=self.settings.device, quantize=self.settings.quantize)
             return self._drafters[label]
 
     def loaded_models(self) -> list[str]:

@@ -25,6 +25,8 @@ not deep inside a request.
 ``ECHO_MAX_BATCH``             most drafts decoded together in one shared batch (default 8; 1 = each alone)
 ``ECHO_BATCH_WINDOW_MS``       how long a draft waits for others to share its batch (default 50 ms)
 ``ECHO_CPU_THREADS``           torch threads of the served app on a CPU (default: every core but one)
+``ECHO_QUANTIZE``              ``none`` (default) or ``int8``: dynamic int8 weights on a CPU, offered while
+                               its quality gate passes (``scripts/int8_gate.py``, docs/speed.md)
 ``ECHO_EXPORT_LICENCE``        licence string written into exported records (default ``unknown``)
 ``ECHO_RACE_AR_MODEL``         the AR arm of the Race tab: ``embedded`` (default, the embedded Stage I AR
                                checkpoint), a folder or a hub id (official ECHO releases have no AR sibling)
@@ -48,6 +50,8 @@ __all__ = ["EMBEDDED", "AppSettings", "SettingsError"]
 
 #: The model-menu label of the embedded checkpoint family (each sampler gets its own role).
 EMBEDDED = "embedded"
+#: ``ECHO_QUANTIZE`` values (``echo_model.device.QUANTIZATIONS``; whether int8 is offered is the model's call).
+QUANTIZE_CHOICES = ("none", "int8")
 #: Where Spaces mounts persistent storage; anything else on a Space is lost at restart.
 SPACES_PERSISTENT_ROOT = Path("/data")
 
@@ -123,6 +127,7 @@ class AppSettings:
         batch_window_ms: how long the oldest waiting draft waits for others to share its batch.
         cpu_threads: torch threads of the served app on a CPU (``None`` = every core but one, see
             :func:`app.batching.tune_for_drafting`).
+        quantize: ``none`` or ``int8`` (every drafting model's weights, the Race's arms alike).
         export_licence: licence string of exported correction records.
         race_ar_model: checkpoint of the Race tab's AR arm (``"embedded"`` = the embedded AR checkpoint); the
             official ECHO checkpoints come without an AR sibling, so the baseline is configured separately.
@@ -148,6 +153,7 @@ class AppSettings:
     max_batch: int = 8
     batch_window_ms: int = 50
     cpu_threads: int | None = None
+    quantize: str = "none"
     export_licence: str = "unknown"
     race_ar_model: str = EMBEDDED
     max_file_size: str = "200mb"
@@ -168,6 +174,15 @@ class AppSettings:
             raise SettingsError(f"ECHO_RACE_AR_MODEL must name a model, got {self.race_ar_model!r}")
         if self.max_new_tokens < 1 or self.queue_size < 1 or self.generation_concurrency < 1:
             raise SettingsError("max_new_tokens, queue_size and generation_concurrency must be >= 1")
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise SettingsError(f"ECHO_QUANTIZE must be one of {list(QUANTIZE_CHOICES)}, got {self.quantize!r}")
+        if self.quantize != "none":  # refused at start-up, not at the first draft, while its quality gate fails
+            from echo_model.device import check_quantization
+
+            try:
+                check_quantization(self.quantize)
+            except ValueError as err:
+                raise SettingsError(f"ECHO_QUANTIZE={self.quantize}: {err}") from None
         if self.max_batch < 1 or self.batch_window_ms < 0:
             raise SettingsError(f"ECHO_MAX_BATCH must be >= 1 and ECHO_BATCH_WINDOW_MS >= 0, got "
                                 f"{self.max_batch} and {self.batch_window_ms}")
@@ -190,6 +205,7 @@ class AppSettings:
             max_batch=_int(env, "ECHO_MAX_BATCH", 8),
             batch_window_ms=_int(env, "ECHO_BATCH_WINDOW_MS", 50, minimum=0),
             cpu_threads=_int(env, "ECHO_CPU_THREADS", 0) if env.get("ECHO_CPU_THREADS", "").strip() else None,
+            quantize=env.get("ECHO_QUANTIZE", "").strip().lower() or "none",
             export_licence=env.get("ECHO_EXPORT_LICENCE", "").strip() or "unknown",
             race_ar_model=env.get("ECHO_RACE_AR_MODEL", "").strip() or EMBEDDED,
             max_file_size=env.get("ECHO_MAX_FILE_SIZE", "").strip() or "200mb",

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    ap.add_argument("--quantize", default="none", choices=["none", "int8"],
+                    help="int8: dynamic int8 weights (CPU only), offered while its quality gate passes "
+                         "(scripts/int8_gate.py; docs/speed.md)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     batch = ap.add_argument_group("many studies (--batch)")
     batch.add_argument("--batch", nargs="+", metavar="DIR_OR_FILE", default=None,
@@ -152,7 +155,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         config = SamplerConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
         options = BatchOptions(sampler=args.sampler, batch_size=args.batch_size, indication=args.indication,
                                lang=args.lang, config=config, keep_paths=args.keep_paths)
-        drafter = Drafter(args.model, device=process_device(args.device))
+        drafter = Drafter(args.model, device=process_device(args.device), quantize=args.quantize)
         with quiet_loading():
             drafter.checkpoint(args.sampler)
         report = run_batch(args.batch, out=args.out, options=options, drafter=drafter, resume=args.resume,
@@ -195,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = SamplerConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
         loaded = load_study(args.images)
         warnings = [f"{im.name}: {w}" for im in loaded for w in im.warnings]
-        drafter = Drafter(args.model, device=args.device)
+        drafter = Drafter(args.model, device=args.device, quantize=args.quantize)
         with quiet_loading():
             drafter.checkpoint(args.sampler)
         draft = drafter.draft([im.image for im in loaded], sampler=args.sampler, indication=args.indication,

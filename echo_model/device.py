@@ -10,15 +10,79 @@ import math
 import os
 import platform
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoint import EchoCheckpoint
 
-__all__ = ["QUANTIZATIONS", "auto_threads", "device_name", "load_average", "quantization_of", "quantize_checkpoint"]
+__all__ = ["INT8_GATE", "QUANTIZATIONS", "Int8Gate", "auto_threads", "check_quantization", "device_name",
+           "load_average", "quantization_of", "quantize_checkpoint"]
 
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8")
+
+
+@dataclass(frozen=True)
+class Int8Gate:
+    """The verdict of the int8 quality gate, which decides whether drafting may use int8 weights.
+
+    ``scripts/int8_gate.py`` drafts the same studies with fp32 and int8 weights on every sampler and writes
+    its figures to ``results/int8_gate.json``; this record repeats the ones the verdict rests on (a test keeps
+    the two equal). A sampler passes when the lower end of the 95 % paired-bootstrap interval of its ROUGE-L
+    difference (int8 - fp32) is at least ``low``; the gate passes when every sampler does.
+
+    Attributes:
+        studies: studies drafted per sampler and precision.
+        data: the study set (and how its studies were prompted).
+        identical_share: per sampler, the share of studies whose two reports are the same text.
+        rouge_l_delta: per sampler, ROUGE-L int8 - fp32 on all studies.
+        rouge_l_low: per sampler, the lower end of that difference's interval.
+        low: the lowest acceptable ``rouge_l_low``.
+    """
+
+    studies: int
+    data: str
+    identical_share: dict[str, float]
+    rouge_l_delta: dict[str, float]
+    rouge_l_low: dict[str, float]
+    low: float = -0.01
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rouge_l_low) and all(v >= self.low for v in self.rouge_l_low.values())
+
+    def summary(self) -> str:
+        """The gate's figures in one line, per sampler."""
+        parts = [f"{name}: identical {100 * self.identical_share[name]:.1f} %, ROUGE-L int8 - fp32 "
+                 f"{self.rouge_l_delta[name]:+.4f} (95 % lower end {self.rouge_l_low[name]:+.4f}, needs >= "
+                 f"{self.low:+.2f})" for name in self.rouge_l_low]
+        return f"{self.studies} {self.data}; " + "; ".join(parts)
+
+
+#: The gate as last run (see :class:`Int8Gate`); regenerate with ``scripts/int8_gate.py``.
+INT8_GATE = Int8Gate(
+    studies=300,
+    data="IU X-ray test studies (text-only, indication prompts; embedded checkpoints)",
+    identical_share={"echo": 0.7667, "ar": 0.85},
+    rouge_l_delta={"echo": -0.0003, "ar": 0.0005},
+    rouge_l_low={"echo": -0.0018, "ar": -0.0034},
+)
+
+
+def check_quantization(mode: str, gate: Int8Gate | None = None) -> str:
+    """``mode`` if drafting may use it: ``none`` always, ``int8`` only while its quality gate passes
+    (``gate``; None = :data:`INT8_GATE`).
+
+    Raises:
+        ValueError: an unknown mode, or ``int8`` with a failed gate (the message quotes the gate's figures).
+    """
+    if mode not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {mode!r}")
+    gate = gate if gate is not None else INT8_GATE
+    if mode == "int8" and not gate.passed:
+        raise ValueError(f"int8 weights are refused: their quality gate failed ({gate.summary()})")
+    return mode
 
 
 def quantization_of(module: torch.nn.Module) -> str:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import EchoCheckpoint
+from .device import check_quantization, quantize_checkpoint
 from .loading import load_checkpoint
 from .processing import StudyPrompt
 from .data.report_text import parse_report
@@ -70,11 +71,19 @@ class Drafter:
         model: None for the embedded family (each sampler gets its role's checkpoint), or one checkpoint
             (folder / hub id) used by every sampler.
         device: None = CUDA when available, else CPU.
+        warm_up: draft one short report right after loading a checkpoint (:func:`warm_up`), so that the
+            process pays its first-call costs once, at load, and not in the first reader's draft.
+        quantize: ``none`` or ``int8`` (dynamic int8 weights, CPU only; :func:`~echo_model.device.quantize_checkpoint`),
+            applied to every checkpoint at load; ``int8`` only while its quality gate passes
+            (:func:`~echo_model.device.check_quantization`, which raises ValueError quoting the gate otherwise).
     """
 
-    def __init__(self, model: str | None = None, *, device: str | None = None):
+    def __init__(self, model: str | None = None, *, device: str | None = None, warm_up: bool = True,
+                 quantize: str = "none"):
+        self.quantize = check_quantization(quantize)
         self.model = model
         self.device = device
+        self.warm_up = warm_up
         self._cache: dict[tuple[str | None, str], EchoCheckpoint] = {}
         self._lock = threading.Lock()
 
@@ -84,7 +93,11 @@ class Drafter:
         key = (self.model, role if embedded else "any")
         with self._lock:
             if key not in self._cache:
-                self._cache[key] = load_checkpoint(self.model, role=role, device=self.device)
+                checkpoint = quantize_checkpoint(load_checkpoint(self.model, role=role, device=self.device),
+                                                 self.quantize)
+                if self.warm_up:
+                    warm_up(checkpoint, sampler)
+                self._cache[key] = checkpoint
             return self._cache[key]
 
     def stream(
@@ -143,7 +156,7 @@ class Drafter:
             settings={"indication": indication, "lang": lang, "block_length": ck.spec.block_length,
                       "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                       "top_k": config.top_k, "top_p": config.top_p, "threshold": config.threshold,
-                      "seed": config.seed, "prefix": prefix_text or None},
+                      "seed": config.seed, "prefix": prefix_text or None, "quantize": self.quantize},
         )
 
     def prompt(self, images: Sequence[Image.Image], *, sampler: str, indication: str | None = None, lang: str = "en",
@@ -166,3 +179,17 @@ def generate_reports(checkpoint: EchoCheckpoint, prompts: Sequence[StudyPrompt],
     """Draft a batch of encoded studies on one checkpoint (``echo-eval`` and ``echo-bench`` draft through this,
     the CLI and the app through :class:`Drafter`); one :class:`GenerationResult` per prompt, in order."""
     return build_sampler(sampler, checkpoint.model, checkpoint.processor, config).generate(list(prompts))
+
+
+def warm_up(checkpoint: EchoCheckpoint, sampler: str) -> None:
+    """Draft two blocks of one synthetic single-view study with ``sampler``, untimed and thrown away.
+
+    Why: the first forward of each shape in a process allocates its buffers and builds its kernels (oneDNN
+    primitives on a CPU, cuBLAS handles on a GPU); doing it at load keeps that cost out of the first draft
+    the reader waits for (the prefill, the first block and one fused block: every shape a draft then uses).
+    """
+    from .imaging.synthetic import phantom_cxr
+
+    prompt = checkpoint.processor.encode([phantom_cxr((224, 224))])
+    config = SamplerConfig(max_new_tokens=2 * checkpoint.model.block_length, fixed_length=True)
+    build_sampler(sampler, checkpoint.model, checkpoint.processor, config).generate(prompt)

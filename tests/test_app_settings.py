@@ -82,3 +82,32 @@ def test_echo_app_refuses_bad_configuration_before_serving(monkeypatch, capsys, 
     assert main([]) == 2
     err = capsys.readouterr().err
     assert err.startswith("echo-app: error:") and match in err
+
+
+def test_quantize_is_read_and_checked() -> None:
+    assert AppSettings.from_env({}).quantize == "none"
+    assert AppSettings.from_env({"ECHO_QUANTIZE": " INT8 "}).quantize == "int8"
+    with pytest.raises(SettingsError, match="ECHO_QUANTIZE"):
+        AppSettings.from_env({"ECHO_QUANTIZE": "int4"})
+
+
+def test_quantize_int8_is_refused_at_start_up_while_its_gate_fails(monkeypatch) -> None:
+    from echo_model import device
+
+    failed = device.Int8Gate(studies=10, data="synthetic studies", identical_share={"echo": 0.2},
+                             rouge_l_delta={"echo": -0.05}, rouge_l_low={"echo": -0.08})
+    monkeypatch.setattr(device, "INT8_GATE", failed)
+    with pytest.raises(SettingsError, match=r"ECHO_QUANTIZE=int8: .*quality gate failed.*-0\.0800"):
+        AppSettings.from_env({"ECHO_QUANTIZE": "int8"})
+    assert AppSettings.from_env({"ECHO_QUANTIZE": "none"}).quantize == "none"
+
+
+def test_every_drafting_model_gets_the_quantize_setting(tmp_path: Path) -> None:
+    from app.race import RaceService
+    from app.service import DraftingService
+
+    drafting = DraftingService(AppSettings(quantize="int8", data_dir=tmp_path))
+    assert drafting.drafter().quantize == "int8"
+    assert RaceService(drafting).ar_drafter().quantize == "int8"  # the embedded AR: the app's own drafter
+    assert RaceService(drafting, ar_model="org/other-ar").ar_drafter().quantize == "int8"  # a Race-only one
+    assert DraftingService(AppSettings(data_dir=tmp_path)).drafter().quantize == "none"

@@ -44,7 +44,8 @@ class ToyTeacher:
             out[10 + p % 5] = 0.5 * (p % b) + 0.3 * (b - masked_in_block)
         return out
 
-    def __call__(self, input_ids, *, position_ids, attention_bias, cache, keep_kv=None, pixel_values=None, image_grid_thw=None):
+    def __call__(self, input_ids, *, position_ids, attention_bias, cache, keep_kv=None, pixel_values=None, image_grid_thw=None,
+                 logits_at=None):
         B, q = input_ids.shape
         b = self.block_length
         out = torch.zeros(B, q, self.vocab)
@@ -53,7 +54,7 @@ class ToyTeacher:
             m = int((block == self.mask_id).sum())
             for j in range(q):
                 out[i, j] = self.logits_at(int(position_ids[0, i, j]), m)
-        return out
+        return out if logits_at is None else out[:, -logits_at:]
 
 
 def test_targets_are_commit_time_distributions(checkpoint):

@@ -95,3 +95,29 @@ def test_a_normalized_model_is_also_asked_for_every_region(normalized_model_dir,
     region_warnings = [w for w in out["warnings"] if w.startswith("No statement about")]
     assert region_warnings, out["warnings"]
     assert out["warnings"] == check_report(out["report"], normalized=True).warnings
+
+
+def test_quantize_int8_drafts_with_int8_weights(model_dir, image_file, capsys):
+    from echo_model.device import quantization_of
+
+    assert main(["--model", str(model_dir), "--json", "--quantize", "int8", "--device", "cpu",
+                 "--max-new-tokens", "8", str(image_file)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"]["quantize"] == "int8" and out["tokens"] > 0
+    drafter = Drafter(str(model_dir), device="cpu", quantize="int8", warm_up=False)
+    assert quantization_of(drafter.checkpoint("echo").model.model) == "int8-dynamic"
+    assert quantization_of(Drafter(str(model_dir), device="cpu", warm_up=False).checkpoint("echo").model.model) == "none"
+
+
+def test_quantize_int8_is_refused_quoting_a_failed_gate(model_dir, image_file, capsys, monkeypatch):
+    from echo_model import device
+
+    failed = device.Int8Gate(studies=300, data="synthetic studies", identical_share={"echo": 0.5, "ar": 0.9},
+                             rouge_l_delta={"echo": -0.04, "ar": 0.0}, rouge_l_low={"echo": -0.06, "ar": -0.002})
+    monkeypatch.setattr(device, "INT8_GATE", failed)
+    assert main(["--model", str(model_dir), "--quantize", "int8", str(image_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("echo-report: error:") and "quality gate failed" in err
+    assert "-0.0600" in err and "identical 50.0 %" in err and "300 synthetic studies" in err
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        Drafter(str(model_dir), quantize="int4")

@@ -23,7 +23,7 @@ class ARSampler(Sampler):
     def __init__(self, model: EchoModel, processor: EchoProcessor, config: SamplerConfig = SamplerConfig(), *, name: str = "ar"):
         super().__init__(model, processor, config, name=name)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: see Sampler.stream
     def stream(self, prompts: StudyPrompt | Sequence[StudyPrompt]) -> Generator[BlockEvent, None, list[GenerationResult]]:
         prompts, clock, generator = self._begin(prompts)
         cfg, proc, device = self.config, self.processor, self.model.device
@@ -62,10 +62,13 @@ class ARSampler(Sampler):
             logits = self.model(
                 x[:, lo:t], position_ids=positions[:, :, lo:t], attention_bias=bias_all[:, :, lo:t, :t], cache=cache,
                 pixel_values=pixels if lo == 0 else None, image_grid_thw=grid if lo == 0 else None,
+                logits_at=1,  # the prefill's other positions are never read
             )[:, -1]  # (B, V)
             tokens, conf = sample_tokens(logits, cfg, generator)  # (B,), (B,)
             x[:, t] = tokens
             lo = t
+            # The step's one device sync (the one <eos> needs): tokens and confidences in one copy.
+            step_tokens, step_conf = torch.stack([tokens.double(), conf.double()]).tolist()  # (2, B)
             now = clock()
             for i in range(B):
                 if done[i]:
@@ -73,10 +76,10 @@ class ARSampler(Sampler):
                 r = results[i]
                 r.model_calls += 1
                 r.forward_passes += 1
-                tok = int(tokens[i])
+                tok = int(step_tokens[i])
                 r.token_ids.append(tok)
                 chunk[i].append(tok)
-                chunk_conf[i].append(float(conf[i]))
+                chunk_conf[i].append(step_conf[i])
                 hit_eos = tok == proc.eos_token_id and not cfg.fixed_length
                 done[i] = hit_eos or len(r.token_ids) >= cfg.max_new_tokens
                 r.stopped_by_eos = hit_eos

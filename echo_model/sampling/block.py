@@ -91,7 +91,7 @@ class BlockDiffusionSampler(Sampler):
         self.steps = config.steps if config.steps is not None else self.block_length
         self.transfer = num_transfer_tokens(self.block_length, self.steps)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: see Sampler.stream
     def stream(
         self, prompts: StudyPrompt | Sequence[StudyPrompt], *, on_commit: Callable[[CommitStep], None] | None = None
     ) -> Generator[BlockEvent, None, list[GenerationResult]]:
@@ -109,8 +109,8 @@ class BlockDiffusionSampler(Sampler):
 
         # 1. Prefill the complete prompt blocks (block-causal, padding keys hidden).
         M = lay.prefix_blocks
-        if M > 0:
-            self._forward(lay, cache, 0, M * b, keep_kv=None, images=True)
+        if M > 0:  # its logits are never read: project one position, not M*b, onto the vocabulary
+            self._forward(lay, cache, 0, M * b, keep_kv=None, images=True, logits=1)
             for r in results:
                 r.model_calls += 1
 
@@ -123,7 +123,7 @@ class BlockDiffusionSampler(Sampler):
             block_step = torch.zeros(B, b, dtype=torch.long, device=device)  # (B, b) step of commit
             if fused:
                 q_lo, keep = (lo, 0) if k == M else (lo - b, b)
-                logits = self._forward(lay, cache, q_lo, hi, keep_kv=keep)[:, -b:]  # (B, b, V)
+                logits = self._forward(lay, cache, q_lo, hi, keep_kv=keep, logits=b)  # (B, b, V)
                 self._count(results, active, denoise=True)
                 block_conf = self._commit(lay, lo, hi, logits, self.transfer[0], generator, block_conf,
                                           on_commit=on_commit, block=k - M, step=1)
@@ -139,30 +139,31 @@ class BlockDiffusionSampler(Sampler):
                     block_conf = self._commit(lay, lo, hi, logits, self.transfer[s], generator, block_conf,
                                               on_commit=on_commit, block=k - M, step=s + 1)
                     block_step[before & ~lay.masked[:, lo:hi]] = s + 1
+            # 3. Record the block, decide who stops. The block's ids, confidences and steps reach the host in
+            # one transfer (float64 holds all three exactly): the loop's one device sync, the one <eos> needs.
+            ids_rows, conf_rows, step_rows = _to_host(lay.x[:, lo:hi], block_conf, block_step)
             now = clock()
-
-            # 3. Record the block, decide who stops.
             for i in range(B):
                 if done[i]:
                     continue
-                g_lo = max(lo, lay.start[i])
-                block_ids = lay.x[i, g_lo:hi].tolist()
+                g = max(lo, lay.start[i]) - lo
+                block_ids = ids_rows[i][g:]
                 results[i].blocks.append(block_ids)
-                results[i].block_confidences.append(block_conf[i, g_lo - lo :].tolist())
-                results[i].block_steps.append(block_step[i, g_lo - lo :].tolist())
+                results[i].block_confidences.append(conf_rows[i][g:])
+                results[i].block_steps.append(step_rows[i][g:])
                 if len(results[i].blocks) == 1:
                     results[i].first_block_seconds = now
                 hit_eos = self.processor.eos_token_id in block_ids and not cfg.fixed_length
                 done[i] = hit_eos or k >= lay.end_block[i]
                 results[i].stopped_by_eos = hit_eos
                 if done[i]:
-                    self._finish(results[i], lay, i, now)
+                    self._finish(results[i], now)
                 yield BlockEvent(
                     sample=i,
                     block=len(results[i].blocks) - 1,
                     token_ids=block_ids,
                     confidences=results[i].block_confidences[-1],
-                    text=results[i].text if done[i] else self.processor.decode(lay.x[i, lay.start[i] : hi].tolist()),
+                    text=results[i].text if done[i] else self.processor.decode(_generated(results[i])),
                     seconds=now,
                     done=done[i],
                     steps=results[i].block_steps[-1],
@@ -171,7 +172,7 @@ class BlockDiffusionSampler(Sampler):
             if all(done):
                 break
             if not fused:  # teacher: write the finished block's keys/values (official store_kv=True pass)
-                self._forward(lay, cache, lo, hi, keep_kv=None)
+                self._forward(lay, cache, lo, hi, keep_kv=None, logits=1)  # its logits are never read
                 self._count(results, [not d for d in done], denoise=False)
         return results
 
@@ -217,8 +218,10 @@ class BlockDiffusionSampler(Sampler):
             image_grid_thw=grid.to(device) if grid is not None else None,
         )
 
-    def _forward(self, lay: _Layout, cache, q_lo: int, q_hi: int, *, keep_kv: int | None, images: bool = False) -> torch.Tensor:
-        """Forward over columns ``q_lo:q_hi`` against the cache (which holds columns ``0:q_lo``)."""
+    def _forward(self, lay: _Layout, cache, q_lo: int, q_hi: int, *, keep_kv: int | None, images: bool = False,
+                 logits: int | None = None) -> torch.Tensor:
+        """Forward over columns ``q_lo:q_hi`` against the cache (which holds columns ``0:q_lo``); logits of the
+        last ``logits`` columns only (None = all)."""
         return self.model(
             lay.x[:, q_lo:q_hi],
             position_ids=lay.positions[:, :, q_lo:q_hi],
@@ -227,6 +230,7 @@ class BlockDiffusionSampler(Sampler):
             keep_kv=keep_kv,
             pixel_values=lay.pixel_values if images else None,
             image_grid_thw=lay.image_grid_thw if images else None,
+            logits_at=logits,
         )
 
     def _commit(self, lay: _Layout, lo: int, hi: int, logits: torch.Tensor, n: int, generator,
@@ -253,11 +257,23 @@ class BlockDiffusionSampler(Sampler):
                 r.model_calls += 1
                 r.forward_passes += int(denoise)
 
-    def _finish(self, result: GenerationResult, lay: _Layout, i: int, now: float) -> None:
-        ids = lay.x[i, lay.start[i] : lay.start[i] + self.config.max_new_tokens].tolist()
+    def _finish(self, result: GenerationResult, now: float) -> None:
+        ids = _generated(result)[: self.config.max_new_tokens]
         eos = self.processor.eos_token_id
         if not self.config.fixed_length and eos in ids:
             ids = ids[: ids.index(eos) + 1]
         result.token_ids = ids
         result.text = self.processor.decode(ids)
         result.seconds = now
+
+
+def _generated(result: GenerationResult) -> list[int]:
+    """Every token the sample's blocks committed so far, in order (its canvas from its first generated column)."""
+    return [t for block in result.blocks for t in block]
+
+
+def _to_host(ids: torch.Tensor, conf: torch.Tensor, step: torch.Tensor) -> tuple[list[list[int]], list[list[float]], list[list[int]]]:
+    """``(B, b)`` token ids, confidences and commit steps as Python lists, in one device-to-host copy."""
+    rows = torch.stack([ids.double(), conf.double(), step.double()]).tolist()  # (3, B, b); float32 -> 64 is exact
+    return ([[int(t) for t in r] for r in rows[0]], rows[1],
+            [[int(s) for s in r] for r in rows[2]])
