@@ -137,7 +137,7 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as in the samplers
 def probe_forward_costs(
     model: EchoModel,
     processor: EchoProcessor,
@@ -150,7 +150,9 @@ def probe_forward_costs(
     """Time ``EchoModel.forward`` for T query tokens against a cache holding ``prompt`` (batch copies).
 
     Each forward is read-only (``keep_kv=0``), as in the samplers, so the cache stays at the prompt length;
-    the crop the model does after the forward is part of the timed cost, as it is in decoding. The prompt
+    the crop the model does after the forward is part of the timed cost, as it is in decoding. Like the
+    samplers, a forward of T queries projects ``min(T, b)`` columns onto the vocabulary (1 for a token, the
+    block for a block or a fused ``[previous | current]`` forward) and the prefill one column. The prompt
     prefill (vision tower included) is timed too, for predicting whole runs.
     """
     if batch < 1 or repeats < 1:
@@ -170,7 +172,8 @@ def probe_forward_costs(
         cache = model.new_cache()
         sync_device(device)
         t0 = time.perf_counter()
-        model(ids, position_ids=positions, attention_bias=bias, cache=cache, pixel_values=pixels, image_grid_thw=grid)
+        model(ids, position_ids=positions, attention_bias=bias, cache=cache, pixel_values=pixels, image_grid_thw=grid,
+              logits_at=1)
         sync_device(device)
         return cache, time.perf_counter() - t0
 
@@ -190,7 +193,7 @@ def probe_forward_costs(
             q_ids, q_pos, q_bias = inputs[T]
             sync_device(device)
             t0 = time.perf_counter()
-            model(q_ids, position_ids=q_pos, attention_bias=q_bias, cache=cache, keep_kv=0)
+            model(q_ids, position_ids=q_pos, attention_bias=q_bias, cache=cache, keep_kv=0, logits_at=min(T, b))
             sync_device(device)
             if i:  # round 0 is the warm-up of each shape
                 times[T].append(time.perf_counter() - t0)
