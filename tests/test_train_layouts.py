@@ -97,4 +97,6 @@ def test_train_logits_equal_inference_logits(checkpoint, kind):
     for j in range(s0, lo, b):
         run(j, j + b, None)
     infer_block = run(lo, hi, 0)
-    torch.testing.assert_close(train_block, infer_block, atol=1e-5, rtol=1e-4)
+    # Equal up to float rounding: the full layout embeds two copies of the views in one patch-embedding GEMM,
+    # inference one, and a CPU GEMM may round a row differently with the row count (~1e-5 on these logits).
+    torch.testing.assert_close(train_block, infer_block, atol=1e-4, rtol=1e-4)
