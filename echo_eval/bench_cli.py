@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="PNG/JPEG/DICOM files, each a single-view study; a batch cycles through them "
                          "(default: seeded synthetic radiographs)")
     ap.add_argument("--batch", type=int, default=None, help="the larger batch size measured besides 1 (default 4)")
+    ap.add_argument("--cycle-images", action="store_true",
+                    help="each timed round drafts the next batch of --images (round r: images r*B ... r*B+B-1), so "
+                         "--runs equal to the number of images drafts every study once (default: every round the "
+                         "first B)")
     ap.add_argument("--runs", type=int, default=None, help="timed rounds per cell (default 5; --full 10)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per cell before timing (default 1)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="tokens per report (default 64; --full 256)")
@@ -81,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                 "arms": tuple(a for a in ARMS if a in args.arms) if args.arms else None}
     values.update({k: v for k, v in explicit.items() if v is not None})
     return BenchConfig(model=args.model, ar_model=args.ar_model, warmup=args.warmup, threads=resolve_threads(args),
-                       quantize=args.quantize, device=args.device, **values)
+                       quantize=args.quantize, device=args.device, cycle_images=args.cycle_images, **values)
 
 
 def resolve_threads(args: argparse.Namespace) -> int | None:

@@ -289,3 +289,36 @@ def test_cli_end_to_end_on_the_embedded_checkpoints(tmp_path, capsys):
     assert set(data["arms"]) == {"ar", "echo"} and data["block_length"] == 8
     assert "cap_b8" in capsys.readouterr().out
     assert main(["--batch", "0"]) == 2
+
+
+def test_cycle_images_drafts_every_study_once_per_pass(checkpoint_b8, monkeypatch):
+    """``cycle_images``: round r drafts images r*B .. r*B+B-1 (mod n), the same ones for every arm; without it
+    every round drafts the first B."""
+    import echo_eval.bench.measure as measure
+
+    seen: dict[str, list[list[int]]] = {}
+    real = measure.build_sampler
+
+    def recording(name, model, processor, config):
+        sampler = real(name, model, processor, config)
+        generate = sampler.generate
+
+        def record(prompts):
+            # a study's identity: the sum of its pixel values (each phantom differs)
+            seen.setdefault(name, []).append([round(float(p.pixel_values.sum()), 1) for p in prompts])
+            return generate(prompts)
+
+        sampler.generate = record
+        return sampler
+
+    monkeypatch.setattr(measure, "build_sampler", recording)
+    images = [phantom_cxr((112, 128), seed=i) for i in range(3)]
+    ids = [round(float(checkpoint_b8.processor.encode([im]).pixel_values.sum()), 1) for im in images]
+    assert len(set(ids)) == 3
+    arms = {"ar": measure.Arm("ar", checkpoint_b8), "echo": measure.Arm("echo", checkpoint_b8)}
+    measure.measure_cell(arms, images, mode="natural", batch=2, runs=3, warmup=0, max_new_tokens=4, cycle=True)
+    assert seen["ar"] == seen["echo"] == [[ids[0], ids[1]], [ids[2], ids[0]], [ids[1], ids[2]]]
+    seen.clear()
+    measure.measure_cell(arms, images, mode="natural", batch=2, runs=2, warmup=0, max_new_tokens=4)
+    assert seen["echo"] == [[ids[0], ids[1]]] * 2
+    assert config_from_args(build_parser().parse_args(["--cycle-images"])).cycle_images

@@ -51,6 +51,9 @@ class BenchConfig:
         threads: ``torch.set_num_threads`` for all arms (None = leave torch's setting).
         quantize: ``none`` or ``int8`` (dynamic int8 on every ``nn.Linear``, all arms alike; CPU only).
         device: ``cpu``, ``cuda``...; None = CUDA when available.
+        cycle_images: each timed round drafts the next ``batch`` images (round r: images r*B ... r*B+B-1,
+            modulo their number), so ``runs`` = the number of images drafts every study once and natural-length
+            figures are means over the studies; False = every round drafts the first ``batch`` images.
     """
 
     model: str | None = None
@@ -66,6 +69,7 @@ class BenchConfig:
     threads: int | None = None
     quantize: str = "none"
     device: str | None = None
+    cycle_images: bool = False
 
     def __post_init__(self) -> None:
         bad = [a for a in self.arms if a not in ARMS]

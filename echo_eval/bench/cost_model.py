@@ -132,6 +132,10 @@ def safe_cap(model: CostModel, block_length: int) -> float | None:
         return None
 
 
+#: Forwards of one shape per round of the probe; the first of each burst is not timed.
+PROBE_BURST = 3
+
+
 def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -188,15 +192,20 @@ def probe_forward_costs(
         for T in lengths
     }
     times: dict[int, list[float]] = {T: [] for T in lengths}
-    for i in range(repeats + 1):  # round-robin over T, so load drift hits every T alike
+    # Round-robin over T, so load drift hits every T alike; within a round, a burst of forwards of one shape
+    # with the first untimed. A sampler's loop runs its forwards back to back at one shape, and the first
+    # forward after a change of shape costs more (on a CPU, +15 % for T = 1 when six lengths alternate).
+    for i in range(repeats + 1):
         for T in lengths:
             q_ids, q_pos, q_bias = inputs[T]
-            sync_device(device)
-            t0 = time.perf_counter()
-            model(q_ids, position_ids=q_pos, attention_bias=q_bias, cache=cache, keep_kv=0, logits_at=min(T, b))
-            sync_device(device)
-            if i:  # round 0 is the warm-up of each shape
-                times[T].append(time.perf_counter() - t0)
+            for j in range(PROBE_BURST):
+                sync_device(device)
+                t0 = time.perf_counter()
+                model(q_ids, position_ids=q_pos, attention_bias=q_bias, cache=cache, keep_kv=0,
+                      logits_at=min(T, b))
+                sync_device(device)
+                if i and j:  # round 0 warms each shape up; the first forward of a burst pays the switch
+                    times[T].append(time.perf_counter() - t0)
     points = [CostPoint(T, float(np.median(v)), float(min(v)), float(max(v))) for T, v in times.items()]
     fit = fit_cost_model([p.query_tokens for p in points], [p.median for p in points])
     return CostProbe(batch=batch, cache_length=P, points=points, prefill_seconds=float(np.median(prefill_times)),

@@ -180,11 +180,14 @@ def measure_cell(
     warmup: int,
     max_new_tokens: int,
     progress: bool = False,
+    cycle: bool = False,
 ) -> dict[str, ArmResult]:
     """Measure every arm in one (mode, batch) cell, interleaved: round r runs ar, teacher, vanilla, echo.
 
     Why interleaved: on a shared machine load drifts over seconds; running all of one arm, then all of the
-    next, would charge the drift to one arm. Warm-up rounds run first and are not recorded.
+    next, would charge the drift to one arm. Warm-up rounds run first and are not recorded. With ``cycle``,
+    timed round r drafts images ``r*batch ... r*batch+batch-1`` (modulo their number) instead of the first
+    ``batch`` images every round; every arm drafts the same studies in a round.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -195,21 +198,27 @@ def measure_cell(
     for n, a in arms.items():
         key = id(a.checkpoint.processor)
         if key not in by_processor:
-            by_processor[key] = encode_studies(a.checkpoint.processor, images, batch)
+            by_processor[key] = encode_studies(a.checkpoint.processor, images, len(images) if cycle else batch)
         prompts[n] = by_processor[key]
+
+    def round_prompts(n: str, r: int) -> list[StudyPrompt]:
+        if not cycle:
+            return prompts[n]
+        return [prompts[n][(r * batch + i) % len(prompts[n])] for i in range(batch)]
+
     out = {n: ArmResult(n, mode, batch, a.checkpoint.source, runs=[], settings=[]) for n, a in arms.items()}
     for _ in range(warmup):
         for n in arms:
-            samplers[n].generate(prompts[n])
+            samplers[n].generate(round_prompts(n, 0))
     rounds: Any = range(runs)
     if progress:
         from tqdm.auto import tqdm
 
         rounds = tqdm(rounds, desc=f"{mode:7s} batch {batch}", unit="round", leave=False)
-    for _ in rounds:
+    for r in rounds:
         for n, a in arms.items():
             out[n].settings.append(a.settings)
-            out[n].runs.append(_timed_generate(samplers[n], prompts[n], a.checkpoint.model.device))
+            out[n].runs.append(_timed_generate(samplers[n], round_prompts(n, r), a.checkpoint.model.device))
     return out
 
 

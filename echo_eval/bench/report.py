@@ -275,7 +275,8 @@ def _run(config: BenchConfig, *, images: Sequence[Image.Image] | None, image_lab
         for mode in config.modes:
             for batch in config.batches:
                 res = measure_cell(arms, images, mode=mode, batch=batch, runs=config.runs, warmup=config.warmup,
-                                   max_new_tokens=config.max_new_tokens, progress=progress)
+                                   max_new_tokens=config.max_new_tokens, progress=progress,
+                                   cycle=config.cycle_images)
                 cells.extend(res[a] for a in config.arms)
     finally:
         gc.unfreeze()
