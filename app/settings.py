@@ -23,7 +23,7 @@ not deep inside a request.
 ``ECHO_QUEUE_SIZE``            most drafts waiting for the device; more are refused as busy (default 16)
 ``ECHO_GENERATION_CONCURRENCY`` generations that run at once (default 1: one model on one device)
 ``ECHO_MAX_BATCH``             most drafts decoded together in one shared batch (default 8; 1 = each alone)
-``ECHO_BATCH_WINDOW_MS``       how long a draft waits for others to share its batch (default 50 ms)
+``ECHO_BATCH_WINDOW_MS``       how long a free device waits for more drafts to share a batch (default 0 ms)
 ``ECHO_CPU_THREADS``           torch threads of the served app on a CPU (default: every core but one)
 ``ECHO_QUANTIZE``              ``none`` (default) or ``int8``: dynamic int8 weights on a CPU, offered while
                                its quality gate passes (``scripts/int8_gate.py``, docs/speed.md)
@@ -124,7 +124,9 @@ class AppSettings:
         generation_concurrency: drafts running at once on the device (the gate's slots).
         max_batch: most drafts one slot decodes together (:mod:`app.batching`); the gate admits
             ``generation_concurrency * max_batch`` studies.
-        batch_window_ms: how long the oldest waiting draft waits for others to share its batch.
+        batch_window_ms: how long the oldest waiting draft waits for others to share its batch. 0 (the default):
+            a free device starts at once with every draft that is waiting (a lone reader's first block is not
+            held back); drafts that arrive while a batch runs still gather for the next one.
         cpu_threads: torch threads of the served app on a CPU (``None`` = every core but one, see
             :func:`app.batching.tune_for_drafting`).
         quantize: ``none`` or ``int8`` (every drafting model's weights, the Race's arms alike).
@@ -151,7 +153,7 @@ class AppSettings:
     queue_size: int = 16
     generation_concurrency: int = 1
     max_batch: int = 8
-    batch_window_ms: int = 50
+    batch_window_ms: int = 0
     cpu_threads: int | None = None
     quantize: str = "none"
     export_licence: str = "unknown"
@@ -203,7 +205,7 @@ class AppSettings:
             queue_size=_int(env, "ECHO_QUEUE_SIZE", 16),
             generation_concurrency=_int(env, "ECHO_GENERATION_CONCURRENCY", 1),
             max_batch=_int(env, "ECHO_MAX_BATCH", 8),
-            batch_window_ms=_int(env, "ECHO_BATCH_WINDOW_MS", 50, minimum=0),
+            batch_window_ms=_int(env, "ECHO_BATCH_WINDOW_MS", 0, minimum=0),
             cpu_threads=_int(env, "ECHO_CPU_THREADS", 0) if env.get("ECHO_CPU_THREADS", "").strip() else None,
             quantize=env.get("ECHO_QUANTIZE", "").strip().lower() or "none",
             export_licence=env.get("ECHO_EXPORT_LICENCE", "").strip() or "unknown",

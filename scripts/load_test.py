@@ -357,10 +357,11 @@ def start_replicas(work_dir: Path, count: int, *, database_url: str | None, **kw
 
 def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: int = 3, saves: int = 4,
              queue_size: int = 8, max_new_tokens: int = 32, max_batch: int | None = None,
-             timeout_s: float = 900.0, replicas: int = 1, database_url: str | None = None) -> LoadReport:
+             batch_window_ms: int | None = None, timeout_s: float = 900.0, replicas: int = 1, database_url: str | None = None) -> LoadReport:
     """Serve the app under ``work_dir``, run the clients, stop the app and audit the database.
 
-    ``max_batch``: ``ECHO_MAX_BATCH`` of the app (``None`` = the app's default). ``replicas`` app processes
+    ``max_batch`` / ``batch_window_ms``: ``ECHO_MAX_BATCH`` / ``ECHO_BATCH_WINDOW_MS`` of the app (``None`` = the
+    app's default). ``replicas`` app processes
     share the database at ``database_url`` (``None``: one process on its own SQLite file); with more than
     one, each client signs its last draft and the signed reports are read back from every replica.
     """
@@ -375,7 +376,9 @@ def run_load(work_dir: Path, *, clients: int = 16, users: int = 4, iterations: i
         phantom_cxr((256, 256), seed=100 + i).save(path)
         images.append(path)
     logs = [ClientLog() for _ in range(clients)]
-    extra_env = {"ECHO_MAX_BATCH": str(max_batch)} if max_batch is not None else None
+    extra_env = {name: str(value) for name, value in (("ECHO_MAX_BATCH", max_batch),
+                                                      ("ECHO_BATCH_WINDOW_MS", batch_window_ms)) if value is not None}
+    extra_env = extra_env or None
     if database_url:
         upgrade_database(database_url, work_dir=work_dir)  # before any replica starts, as an operator does
     with start_replicas(work_dir, replicas, database_url=database_url, auth=auth_value(creds),
@@ -511,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-size", type=int, default=8, help="ECHO_QUEUE_SIZE: drafts allowed to wait")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, help="ECHO_MAX_BATCH: drafts decoded together (default: the app's)")
+    parser.add_argument("--batch-window-ms", type=int,
+                        help="ECHO_BATCH_WINDOW_MS: how long a free device waits for drafts to share a batch "
+                             "(default: the app's)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "reliability")
     parser.add_argument("--work-dir", type=Path, help="keep the server's files here (default: a temporary folder)")
     parser.add_argument("--replicas", type=int, default=1, help="app processes sharing --database-url")
@@ -521,11 +527,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("clients", "users", "iterations", "saves", "queue_size", "max_new_tokens", "max_batch", "replicas"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.batch_window_ms is not None and args.batch_window_ms < 0:
+        parser.error(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
     with tempfile.TemporaryDirectory(prefix="echo-load-") as tmp:
         report = run_load(args.work_dir or Path(tmp), clients=args.clients, users=args.users,
                           iterations=args.iterations, saves=args.saves, queue_size=args.queue_size,
                           max_new_tokens=args.max_new_tokens, max_batch=args.max_batch,
-                          replicas=args.replicas, database_url=args.database_url)
+                          batch_window_ms=args.batch_window_ms, replicas=args.replicas, database_url=args.database_url)
     print(summary(report))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "load.json").write_text(json.dumps(asdict(report), indent=1) + "\n", encoding="utf-8")
