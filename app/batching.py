@@ -9,7 +9,8 @@ How: each draft is encoded in its own thread (images -> prompt) and handed to :m
 as a :class:`BatchRow`. A device worker (one per ``ECHO_GENERATION_CONCURRENCY`` slot) takes the oldest
 waiting row, gathers the rows that can share its batch (same :class:`BatchKey`: model, sampler and the
 decoding settings) for at most ``window_s`` after that row arrived, or until ``max_batch`` are there, and
-runs the sampler on them. Drafts that arrive while a batch runs are gathered into the next one (joining a
+runs the sampler on them (the app's default window is 0: a free worker takes what is waiting at once, so a
+lone draft's first block is not held back). Drafts that arrive while a batch runs are gathered into the next one (joining a
 running batch would change its padding and block grid, so the worker never does). The sampler yields a
 :class:`~echo_model.sampling.BlockEvent` per row and block; each goes to its row's queue, so every client
 sees its own blocks and its own figures, and a row's last event carries its finished result, so a short
