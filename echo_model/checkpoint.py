@@ -45,11 +45,16 @@ def build_tiny_checkpoint(
     size: TinyModelSize = TinyModelSize(),
     seed: int = 0,
     image_size: int = 224,
+    vocab_size: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> EchoCheckpoint:
-    """A randomly initialised small Qwen2.5-VL around ``tokenizer`` (seeded), fp32 on CPU.
+    """A randomly initialised Qwen2.5-VL of ``size`` around ``tokenizer`` (seeded), fp32 on CPU by default.
 
     ``image_size`` sets the image processor's pixel budget to about ``image_size**2`` so a radiograph becomes
-    roughly ``(image_size / 28)**2`` image tokens.
+    roughly ``(image_size / 28)**2`` image tokens. ``vocab_size`` (None = the tokenizer's) may be larger than
+    the tokenizer, as in the official checkpoints. ``device`` / ``dtype``: the weights are created there, in
+    that dtype (no fp32 copy first; ``meta`` allocates nothing).
     """
     ids = {
         "image": tokenizer.convert_tokens_to_ids(IMAGE_PAD),
@@ -64,10 +69,15 @@ def build_tiny_checkpoint(
         max_pixels=image_size * image_size,
         min_pixels=min(spec.min_pixels, (image_size // 2) ** 2),
     )
-    config = tiny_config(len(tokenizer), token_ids=ids, size=size)
+    vocab = len(tokenizer) if vocab_size is None else vocab_size
+    if vocab < len(tokenizer):
+        raise ValueError(f"vocab_size {vocab} is smaller than the tokenizer ({len(tokenizer)} tokens)")
+    config = tiny_config(vocab, token_ids=ids, size=size)
     write_spec(config, spec)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    with torch.device(device):
+        model = (Qwen2_5_VLForConditionalGeneration(config) if dtype is None
+                 else Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)).eval()
     image_processor = Qwen2VLImageProcessorPil(max_pixels=spec.max_pixels, min_pixels=spec.min_pixels)
     return EchoCheckpoint(EchoModel(model, spec), EchoProcessor(tokenizer, image_processor, spec), source="tiny")
 

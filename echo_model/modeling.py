@@ -286,10 +286,13 @@ def _eager_text_attention(config: Qwen2_5_VLConfig) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class TinyModelSize:
-    """Dimensions of a small Qwen2.5-VL for CPU (tests, embedded checkpoints).
+    """Dimensions of a Qwen2.5-VL built from scratch: small for CPU (tests, embedded checkpoints), or any size
+    (``scripts/gpu_scale_bench.py`` writes out Qwen2.5-VL-7B's).
 
     ``text_layers x text_hidden`` and ``vision_depth x vision_hidden``; a 224x224 image gives 8x8 = 64 merged
-    image tokens (14-px patches, 2x2 merge).
+    image tokens (14-px patches, 2x2 merge). ``mrope_section`` None splits the head's rotary frequencies over
+    (t, h, w) like Qwen2.5-VL's [16, 24, 24] of 64; ``vision_fullatt_blocks`` None = the last vision block;
+    ``rms_norm_eps`` / ``vision_tokens_per_second`` None = transformers' defaults.
     """
 
     text_hidden: int = 256
@@ -302,6 +305,13 @@ class TinyModelSize:
     vision_heads: int = 4
     vision_intermediate: int = 256
     max_positions: int = 4096
+    rope_theta: float = 10000.0
+    mrope_section: tuple[int, int, int] | None = None
+    rms_norm_eps: float | None = None
+    tie_word_embeddings: bool = True
+    vision_window: int = 112
+    vision_fullatt_blocks: tuple[int, ...] | None = None
+    vision_tokens_per_second: int | None = None
 
 
 def tiny_config(vocab_size: int, *, token_ids: dict[str, int], size: TinyModelSize = TinyModelSize()) -> Qwen2_5_VLConfig:
@@ -310,11 +320,17 @@ def tiny_config(vocab_size: int, *, token_ids: dict[str, int], size: TinyModelSi
     ``token_ids`` maps ``image``, ``video``, ``vision_start``, ``vision_end``, ``eos``, ``pad`` to ids.
     """
     head_dim = size.text_hidden // size.text_heads
-    if head_dim % 8:
-        raise ValueError(f"text head dim {head_dim} must be a multiple of 8 for M-RoPE sections")
-    half = head_dim // 2  # rotary frequencies split over (t, h, w) like Qwen2.5-VL's [16, 24, 24] of 64
-    t_sec = half // 4
-    mrope = [t_sec, (half - t_sec) // 2, half - t_sec - (half - t_sec) // 2]
+    if size.mrope_section is not None:
+        mrope = list(size.mrope_section)
+    else:
+        if head_dim % 8:
+            raise ValueError(f"text head dim {head_dim} must be a multiple of 8 for M-RoPE sections")
+        half = head_dim // 2  # rotary frequencies split over (t, h, w) like Qwen2.5-VL's [16, 24, 24] of 64
+        t_sec = half // 4
+        mrope = [t_sec, (half - t_sec) // 2, half - t_sec - (half - t_sec) // 2]
+    optional_text = {} if size.rms_norm_eps is None else {"rms_norm_eps": size.rms_norm_eps}
+    optional_vision = ({} if size.vision_tokens_per_second is None
+                       else {"tokens_per_second": size.vision_tokens_per_second})
     return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=vocab_size,
@@ -324,10 +340,11 @@ def tiny_config(vocab_size: int, *, token_ids: dict[str, int], size: TinyModelSi
             num_attention_heads=size.text_heads,
             num_key_value_heads=size.text_kv_heads,
             max_position_embeddings=size.max_positions,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            rope_parameters={"rope_type": "default", "rope_theta": size.rope_theta, "mrope_section": mrope},
             eos_token_id=token_ids["eos"],
             pad_token_id=token_ids["pad"],
             bos_token_id=None,
+            **optional_text,
         ),
         vision_config=dict(
             depth=size.vision_depth,
@@ -335,12 +352,14 @@ def tiny_config(vocab_size: int, *, token_ids: dict[str, int], size: TinyModelSi
             intermediate_size=size.vision_intermediate,
             num_heads=size.vision_heads,
             out_hidden_size=size.text_hidden,
-            fullatt_block_indexes=[size.vision_depth - 1],
-            window_size=112,
+            fullatt_block_indexes=(list(size.vision_fullatt_blocks) if size.vision_fullatt_blocks is not None
+                                   else [size.vision_depth - 1]),
+            window_size=size.vision_window,
+            **optional_vision,
         ),
         image_token_id=token_ids["image"],
         video_token_id=token_ids["video"],
         vision_start_token_id=token_ids["vision_start"],
         vision_end_token_id=token_ids["vision_end"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=size.tie_word_embeddings,
     )

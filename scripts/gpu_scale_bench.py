@@ -6,7 +6,7 @@
     python scripts/gpu_scale_bench.py --scale tiny --device cpu                # the structure in seconds (tests)
 
 The model is a ``Qwen2_5_VLForConditionalGeneration`` with the language and vision configuration of the public
-Qwen2.5-VL-7B-Instruct (written out below in :data:`OFFICIAL_7B`; 152 064-row vocabulary, which holds the
+Qwen2.5-VL-7B-Instruct (written out below in :func:`scale_config`; 152 064-row vocabulary, which holds the
 embedded tokenizer's ``<|MASK|>``), random weights made in bf16 directly on the device (no fp32 copy; the
 speed of a forward does not depend on the values), SDPA attention, no compile. Both arms run on the same
 model object, so they share the cache class (``DynamicCache``) and the attention kernel; they are the
@@ -49,49 +49,46 @@ REQUIREMENTS: dict[str, tuple[int, int]] = {"torch": (2, 4), "transformers": (5,
 
 @dataclass(frozen=True)
 class ScaleConfig:
-    """Dimensions of the Qwen2.5-VL model built with random weights.
-
-    ``vocab_size`` 0 means "the tokenizer's size" (the tiny scale); the official one has 152 064 rows.
-    """
+    """The Qwen2.5-VL built with random weights: its dimensions and vocabulary rows (0 = the tokenizer's size,
+    the tiny scale; the official one has 152 064)."""
 
     name: str
     vocab_size: int
-    text_hidden: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
-    text_intermediate: int
-    max_positions: int
-    rope_theta: float
-    mrope_section: tuple[int, int, int]
-    tie_word_embeddings: bool
-    rms_norm_eps: float
-    vision_depth: int
-    vision_hidden: int
-    vision_heads: int
-    vision_intermediate: int
-    vision_fullatt_blocks: tuple[int, ...]
-    vision_window: int
-    vision_tokens_per_second: int
+    size: Any  # echo_model.modeling.TinyModelSize (imported lazily: --help and the version check stay light)
 
 
-#: Qwen2.5-VL-7B-Instruct's config.json (language: 28 layers, 3584 wide, 28 query / 4 key-value heads of
-#: 128, MLP 18 944, M-RoPE sections 16/24/24, rope theta 1e6, untied lm head; vision: 32 blocks, 1280 wide,
-#: 16 heads, MLP 3420, window 112 with full attention at blocks 7/15/23/31, merger to 3584).
-OFFICIAL_7B = ScaleConfig(
-    name="qwen2.5-vl-7b", vocab_size=152064, text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4,
-    text_intermediate=18944, max_positions=128000, rope_theta=1_000_000.0, mrope_section=(16, 24, 24),
-    tie_word_embeddings=False, rms_norm_eps=1e-6, vision_depth=32, vision_hidden=1280, vision_heads=16,
-    vision_intermediate=3420, vision_fullatt_blocks=(7, 15, 23, 31), vision_window=112, vision_tokens_per_second=2,
-)
-#: The same structure scaled down so that a test runs it on a CPU in seconds.
-TINY = ScaleConfig(
-    name="tiny", vocab_size=0, text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, text_intermediate=128,
-    max_positions=4096, rope_theta=1_000_000.0, mrope_section=(2, 3, 3), tie_word_embeddings=False, rms_norm_eps=1e-6,
-    vision_depth=2, vision_hidden=32, vision_heads=2, vision_intermediate=64, vision_fullatt_blocks=(1,),
-    vision_window=112, vision_tokens_per_second=2,
-)
-SCALES: dict[str, ScaleConfig] = {"official": OFFICIAL_7B, "tiny": TINY}
+#: ``--scale`` values.
+SCALE_NAMES: tuple[str, ...] = ("official", "tiny")
+
+
+def scale_config(name: str) -> ScaleConfig:
+    """The :class:`ScaleConfig` called ``name`` (one of :data:`SCALE_NAMES`); imports transformers, so only
+    after the version check."""
+    from echo_model.modeling import TinyModelSize
+
+
+    # Qwen2.5-VL-7B-Instruct's config.json (language: 28 layers, 3584 wide, 28 query / 4 key-value heads of
+    # 128, MLP 18 944, M-RoPE sections 16/24/24, rope theta 1e6, untied lm head; vision: 32 blocks, 1280 wide,
+    # 16 heads, MLP 3420, window 112 with full attention at blocks 7/15/23/31, merger to 3584).
+    official = TinyModelSize(
+        text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4, text_intermediate=18944,
+        max_positions=128000, rope_theta=1_000_000.0, mrope_section=(16, 24, 24), rms_norm_eps=1e-6,
+        tie_word_embeddings=False, vision_depth=32, vision_hidden=1280, vision_heads=16, vision_intermediate=3420,
+        vision_fullatt_blocks=(7, 15, 23, 31), vision_window=112, vision_tokens_per_second=2,
+    )
+    # The same structure scaled down so that a test runs it on a CPU in seconds.
+    tiny = TinyModelSize(
+        text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, text_intermediate=128, max_positions=4096,
+        rope_theta=1_000_000.0, mrope_section=(2, 3, 3), rms_norm_eps=1e-6, tie_word_embeddings=False,
+        vision_depth=2, vision_hidden=32, vision_heads=2, vision_intermediate=64, vision_fullatt_blocks=(1,),
+        vision_window=112, vision_tokens_per_second=2,
+    )
+    scales = {"official": ScaleConfig("qwen2.5-vl-7b", 152064, official), "tiny": ScaleConfig("tiny", 0, tiny)}
+    if name not in scales:
+        raise ValueError(f"scale must be one of {list(SCALE_NAMES)}, got {name!r}")
+    return scales[name]
+
+
 
 
 # ---------------------------------------------------------------------------------------------- versions
@@ -134,55 +131,19 @@ def installed_versions() -> dict[str, str | None]:
 def build_random_checkpoint(scale: ScaleConfig, *, device: str, dtype: Any, block_length: int, image_size: int):
     """An :class:`~echo_model.checkpoint.EchoCheckpoint` of ``scale`` with random weights made on ``device`` in
     ``dtype`` (no fp32 copy), SDPA attention, around the embedded tokenizer (which has ``<|MASK|>``)."""
-    import torch
-    from transformers import (
-        AutoTokenizer,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2VLImageProcessorPil,
-    )
+    import dataclasses
 
-    from echo_model.checkpoint import EchoCheckpoint
+    from transformers import AutoTokenizer
+
+    from echo_model.checkpoint import build_tiny_checkpoint
     from echo_model.loading import embedded_path
-    from echo_model.modeling import EchoModel
-    from echo_model.processing import EchoProcessor
     from echo_model.spec import EchoSpec
-    from echo_model.tokenization import IM_END, IMAGE_PAD, PAD_TOKEN, VIDEO_PAD, VISION_END, VISION_START
 
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_path("student")))
-    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in (
-        ("image", IMAGE_PAD), ("video", VIDEO_PAD), ("vision_start", VISION_START), ("vision_end", VISION_END),
-        ("eos", IM_END), ("pad", PAD_TOKEN))}
-    vocab = max(scale.vocab_size, len(tokenizer))
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": vocab, "hidden_size": scale.text_hidden, "intermediate_size": scale.text_intermediate,
-            "num_hidden_layers": scale.text_layers, "num_attention_heads": scale.text_heads,
-            "num_key_value_heads": scale.text_kv_heads, "max_position_embeddings": scale.max_positions,
-            "rms_norm_eps": scale.rms_norm_eps, "hidden_act": "silu",
-            "rope_parameters": {"rope_type": "default", "rope_theta": scale.rope_theta,
-                             "mrope_section": list(scale.mrope_section)},
-            "eos_token_id": ids["eos"], "pad_token_id": ids["pad"], "bos_token_id": None,
-        },
-        vision_config={
-            "depth": scale.vision_depth, "hidden_size": scale.vision_hidden, "intermediate_size": scale.vision_intermediate,
-            "num_heads": scale.vision_heads, "out_hidden_size": scale.text_hidden, "patch_size": 14, "spatial_merge_size": 2,
-            "temporal_patch_size": 2, "window_size": scale.vision_window,
-            "fullatt_block_indexes": list(scale.vision_fullatt_blocks), "tokens_per_second": scale.vision_tokens_per_second,
-        },
-        image_token_id=ids["image"], video_token_id=ids["video"], vision_start_token_id=ids["vision_start"],
-        vision_end_token_id=ids["vision_end"], tie_word_embeddings=scale.tie_word_embeddings,
-    )
-    torch.manual_seed(0)
-    with torch.device(device):  # parameters are allocated on the device, in ``dtype``, and initialised there
-        hf = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
-    hf.eval()
-    pixels = image_size * image_size
-    spec = EchoSpec(block_length=block_length, role="student", max_pixels=pixels, min_pixels=min(pixels, 56 * 56))
-    processor = EchoProcessor(tokenizer, Qwen2VLImageProcessorPil(max_pixels=pixels, min_pixels=spec.min_pixels), spec)
-    spec = spec.replace(mask_token_id=processor.mask_token_id)
-    return EchoCheckpoint(EchoModel(hf, spec), EchoProcessor(tokenizer, processor.image_processor, spec),
-                          source=f"random {scale.name}")
+    checkpoint = build_tiny_checkpoint(tokenizer, EchoSpec(block_length=block_length, role="student"),
+                                       size=scale.size, image_size=image_size,
+                                       vocab_size=max(scale.vocab_size, len(tokenizer)), device=device, dtype=dtype)
+    return dataclasses.replace(checkpoint, source=f"random {scale.name}")
 
 
 def with_block_length(checkpoint, block_length: int):
@@ -267,7 +228,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         base = load_checkpoint(args.checkpoint, device=str(device))
         weights, blocks = f"checkpoint {args.checkpoint}", (base.model.block_length,)
     else:
-        scale = SCALES[args.scale]
+        scale = scale_config(args.scale)
         base = build_random_checkpoint(scale, device=str(device), dtype=dtype, block_length=8, image_size=args.image_size)
         weights, blocks = f"random {args.dtype} ({scale.name})", (8, 4)
     build_seconds = time.perf_counter() - t0
@@ -408,7 +369,7 @@ def plot(data: dict[str, Any], path: str | Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scale", "--config-scale", dest="scale", choices=sorted(SCALES), default="official",
+    ap.add_argument("--scale", "--config-scale", dest="scale", choices=SCALE_NAMES, default="official",
                     help="official: Qwen2.5-VL-7B dimensions (default); tiny: a scaled-down model for CPU tests")
     ap.add_argument("--checkpoint", default=None, metavar="PATH_OR_ID",
                     help="real weights (folder or hub id, through echo_model.loading) instead of random ones")

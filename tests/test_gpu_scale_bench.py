@@ -94,7 +94,7 @@ def test_bad_arguments_exit_2(bench, capsys):
 
 def test_official_scale_has_the_7b_size(bench):
     """Built on the meta device (no memory): Qwen2.5-VL-7B has 8.29 B parameters with its untied lm head."""
-    ck = bench.build_random_checkpoint(bench.OFFICIAL_7B, device="meta", dtype=torch.bfloat16, block_length=8,
+    ck = bench.build_random_checkpoint(bench.scale_config("official"), device="meta", dtype=torch.bfloat16, block_length=8,
                                        image_size=448)
     model = ck.model.model
     n = sum(p.numel() for p in model.parameters())
