@@ -15,7 +15,8 @@ Checks:
    :func:`~echo_model.data.normalize.impression_regions`).
    Lines, tubes and devices are addressed only when present, so they are never required.
 3. **Ending.** The draft ends at a sentence boundary (``.``, ``!``, ``?``, ``。``).
-4. **Degenerate runs.** A letter 4+ times in a row; a word, or a phrase of 2-4 words, 3+ times in a row;
+4. **Degenerate runs.** A letter 4+ times in a row; a word, or a phrase of 2-4 words, 3+ times in a row; a word of
+   3+ letters twice in a row within a sentence ("peripheral peripheral");
    doubled punctuation (``..``, ``,,``) or a dash run (``--``).
 5. **Unknown words.** Each word of 4+ letters is in the English dictionary (``pyspellchecker``) or in the
    training-report vocabulary (``echo_model/data/report_vocabulary.txt``, built by
@@ -58,6 +59,9 @@ _SENTENCE_END = re.compile(r"[.!?。！？][\"')\]]*\s*$")
 _LETTER_RUN = re.compile(r"([A-Za-z])\1{3,}")
 _PUNCT_RUN = re.compile(r"(?<![.\d])([.,;:])\1+(?![.\d])|-{2,}")
 _WORD = re.compile(r"[A-Za-z]+")
+#: A word of three letters or more written twice with only spaces between ("peripheral peripheral"): every
+#: such pair in the IU X-ray reports is a typo ("the the", "acute acute"), and in a draft a stutter.
+_DOUBLED_WORD = re.compile(r"(?i)(?<![A-Za-z])([A-Za-z]{3,})[ \t]+\1(?![A-Za-z])")
 _TOKEN = re.compile(r"[A-Za-z]+|[\u4e00-\u9fff]|\d+")
 
 
@@ -158,6 +162,12 @@ def _runs(text: str, warnings: list[str]) -> None:
                 break
         if not found:
             i += 1
+    headers = {"findings", "finding", "impression", "impressions"}  # their repeats: the header check's
+    for match in _DOUBLED_WORD.finditer(text):
+        word = match.group(1).lower()
+        if word not in reported and word not in headers:
+            warnings.append(f"The draft repeats the word '{word}' twice in a row")
+            reported.add(word)
 
 
 def _unknown_words(text: str, extra: frozenset[str], warnings: list[str]) -> None:

@@ -93,6 +93,20 @@ def test_phrase_runs_and_vocabulary() -> None:
     assert _check(odd, normalized=False, vocabulary=["frobnicated"]).well_formed
 
 
+
+def test_a_doubled_word_is_a_stutter_but_a_word_across_sentences_is_not() -> None:
+    stutter = NORMAL.replace("The lungs are clear.", "Bilateral opacities more prominent peripheral peripheral "
+                             "distribution.")
+    result = _check(stutter)
+    assert result.warnings == ["The draft repeats the word 'peripheral' twice in a row"] and not result.well_formed
+    assert _check(NORMAL.replace("The thorax", "The the thorax")).warnings == [
+        "The draft repeats the word 'the' twice in a row"]
+    # the same word either side of a full stop, a short word, or three times (reported once, by the run check)
+    assert _check(NORMAL.replace("pleural effusion.", "pleural effusion. Effusion is absent.")).well_formed
+    assert _check(NORMAL.replace("in size", "in in size")).well_formed
+    tripled = _check(NORMAL.replace("symmetric", "symmetric symmetric symmetric")).warnings
+    assert tripled == ["The draft repeats the word 'symmetric' 3 times in a row"]
+
 def test_chinese_template() -> None:
     assert _check("所见：双肺纹理清晰。 结论：心肺未见异常。", normalized=True, language="zh").well_formed
     warnings = _check("所见：双肺纹理清晰", normalized=False, language="zh").warnings
