@@ -83,15 +83,25 @@ def card_text(role: str, *, summary: dict, metrics: dict | None, spec) -> str:
     return "\n".join(lines)
 
 
-def install(run: Path, to: Path, *, metrics: dict[str, dict] | None, force: bool, gate_key: str = "ce_f1_5") -> None:
+def install(run: Path, to: Path, *, metrics: dict[str, dict] | None, force: bool, gate_key: str = "ce_f1_5",
+            roles: tuple[str, ...] = ROLES) -> None:
+    """Install ``roles`` of ``run`` into ``to``; the other roles' folders are left as they are (a run that trained
+    Stage III alone, ``echo-train dcd``, replaces only the student)."""
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise ValueError(f"roles must be a non-empty subset of {ROLES}, got {roles!r}")
     summary = json.loads((run / "summary.json").read_text())
+    missing = [r for r in roles if STAGE_KEY[r] not in summary or not (run / r).is_dir()]
+    if missing:
+        raise ValueError(f"{run} has no trained {', '.join(missing)} (its summary.json records "
+                         f"{sorted(k for k in summary if k in STAGE_KEY.values())}); pass --roles with the roles it trained")
     old_card = to / "student" / "metrics.json"
-    if metrics and old_card.is_file() and not force:
+    if "student" in roles and metrics and old_card.is_file() and not force:
         old = json.loads(old_card.read_text()).get(gate_key)
         new = metrics.get("student", {}).get(gate_key)
         if old is not None and (new is None or new <= old):
             raise SystemExit(f"refusing to install: student {gate_key} {new} does not improve on the installed {old}")
-    for role in ROLES:
+    for role in roles:
         src = run / role
         ck = load_checkpoint(str(src), device="cpu")
         ck.model.model.to(torch.float16)
@@ -114,10 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run", type=Path, required=True, help="output folder of echo-train all")
     ap.add_argument("--to", type=Path, default=Path("assets/checkpoints/echo-b8"))
     ap.add_argument("--metrics", type=Path, default=None, help="JSON {role: {metric: value}} from echo-eval")
+    ap.add_argument("--roles", nargs="+", choices=ROLES, default=list(ROLES),
+                    help="roles to install (default all three); e.g. --roles student after echo-train dcd")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
-    install(args.run, args.to, metrics=metrics, force=args.force)
+    try:
+        install(args.run, args.to, metrics=metrics, force=args.force, roles=tuple(args.roles))
+    except ValueError as err:
+        raise SystemExit(f"train.model_card: error: {err}") from None
 
 
 if __name__ == "__main__":
