@@ -28,6 +28,7 @@ from typing import Any
 
 from echo_model import __version__
 from echo_model.augment import PERTURBATIONS
+from echo_model.cli import sampler_list
 from echo_model.sampling import SAMPLERS
 
 from .evaluation import BASELINES
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default=None, help="checkpoint folder or hub id (default: the embedded ones)"
     )
     model.add_argument("--sampler", default="echo", choices=SAMPLERS)
+    model.add_argument(
+        "--fallback",
+        type=sampler_list,
+        default=(),
+        metavar="SAMPLER[,SAMPLER]",
+        help="re-draft the studies whose draft fails the report check with these samplers in turn, as "
+             "echo-report --fallback does; the metrics score the drafts kept (and report the share re-drafted)",
+    )
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     model.add_argument("--batch-size", type=int, default=4, help="studies decoded together (default 4)")
     model.add_argument("--max-new-tokens", type=int, default=512, help="generation budget (default 512)")
@@ -157,7 +166,14 @@ def run_evaluation(args: argparse.Namespace) -> int:
     records = load_split(args.data, args.split, images_dir=args.images_dir, limit=args.limit,
                          normalize=args.normalize)
     other = read_predictions(args.compare) if args.compare else None  # fail on a bad file before drafting
+    if args.fallback:
+        from echo_model.sampling import check_fallback
+
+        check_fallback(args.sampler, args.fallback)
     if args.baseline is not None:
+        if args.fallback:
+            raise ValueError(f"--fallback {','.join(args.fallback)} re-drafts a model's drafts; --baseline "
+                             f"{args.baseline} drafts nothing")
         # reports only: no images needed
         if args.perturb is not None:
             raise ValueError(
@@ -170,7 +186,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
         from echo_model.sampling import SamplerConfig
 
         config = SamplerConfig(max_new_tokens=args.max_new_tokens)
-        checkpoint = Drafter(args.model, device=args.device).checkpoint(args.sampler)
+        drafter = Drafter(args.model, device=args.device)
+        checkpoint = drafter.checkpoint(args.sampler)
+        fallbacks = [(name, drafter.checkpoint(name)) for name in args.fallback]
         result = evaluate_records(
             records,
             checkpoint,
@@ -180,6 +198,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             embeddings=args.embeddings,
             perturbation=args.perturb,
+            fallbacks=fallbacks,
         )
     result.run.update(data=args.data, split=args.split, limit=args.limit, normalized_references=args.normalize)
     name = f"{result.run['sampler']} ({result.run['model']})"
@@ -213,8 +232,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
     from .sensitivity import image_sensitivity
 
-    if args.baseline or args.compare or args.perturb:
-        raise ValueError("--sensitivity checks a model; it does not take --baseline, --compare or --perturb")
+    if args.baseline or args.compare or args.perturb or args.fallback:
+        raise ValueError("--sensitivity checks a model; it does not take --baseline, --compare, --perturb or "
+                         "--fallback")
     records = load_split(args.data, args.split, images_dir=args.images_dir, limit=args.limit,
                          normalize=args.normalize)
     checkpoint = Drafter(args.model, device=args.device).checkpoint(args.sampler)

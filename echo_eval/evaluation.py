@@ -100,6 +100,9 @@ class StudyPrediction:
             None when the reference was not normalized.
         warnings: the report check of the prediction as drafted (:func:`echo_model.report_check.check_report`;
             empty = well formed), or None for predictions read from files written before the check existed.
+        replaced: with fallback samplers (``echo-eval --fallback``), the samplers whose drafts of this study failed
+            the report check and were replaced, in order (``[]`` = the first draft passed); None without a
+            fallback. The cost fields then count every attempt: forwards and seconds summed, tokens of the kept one.
     """
 
     id: str
@@ -115,6 +118,7 @@ class StudyPrediction:
     missing_images: int = 0
     raw_reference: str | None = None
     warnings: list[str] | None = None
+    replaced: list[str] | None = None
 
     @staticmethod
     def cost_of(figures: RunFigures) -> dict[str, Any]:
@@ -250,6 +254,7 @@ def predict_records(
     batch_size: int = PREDICT_BATCH_SIZE,
     progress: bool = True,
     perturbation: str | None = None,
+    fallbacks: Sequence[tuple[str, EchoCheckpoint]] = (),
 ) -> list[StudyPrediction]:
     """Draft a report for every record with one checkpoint and sampler; one prediction per record, in order.
 
@@ -262,6 +267,9 @@ def predict_records(
         progress: show a tqdm bar (stderr).
         perturbation: an :data:`echo_model.augment.PERTURBATIONS` name applied to every view before
             drafting (None: the views as loaded).
+        fallbacks: ``(sampler, checkpoint)`` pairs that re-draft, in turn and batched, the studies whose draft
+            fails the report check (``echo-report --fallback``); the prediction is the draft kept, with the
+            replaced samplers in :attr:`StudyPrediction.replaced` and the cost of every attempt.
     """
     from tqdm.auto import tqdm
 
@@ -281,27 +289,50 @@ def predict_records(
             inputs = [
                 load_study_input(r, perturbation=perturbation) for r in records[start : start + batch_size]
             ]
-            prompts = [
-                checkpoint.processor.encode(s.images, indication=s.record.indication, lang=s.record.language)
-                for s in inputs
-            ]
-            for s, res in zip(inputs, generate_reports(checkpoint, prompts, sampler=sampler, config=config)):
-                out.append(
+            def draft(ck: EchoCheckpoint, name: str, rows: list[int]) -> list[StudyPrediction]:
+                prompts = [ck.processor.encode(inputs[i].images, indication=inputs[i].record.indication,
+                                               lang=inputs[i].record.language) for i in rows]
+                styled = ck.spec.report_style == "normalized"
+                return [
                     StudyPrediction(
                         id=s.record.id,
                         prediction=res.text,
                         reference=s.record.report,
-                        sampler=sampler,
-                        model=checkpoint.source,
+                        sampler=name,
+                        model=ck.source,
                         **StudyPrediction.cost_of(res.figures),
                         images=len(s.images),
                         missing_images=len(s.missing),
                         raw_reference=s.record.raw_report,
-                        warnings=check_report(res.text, normalized=normalized, language=s.record.language).warnings,
+                        warnings=check_report(res.text, normalized=styled, language=s.record.language).warnings,
+                        replaced=[] if fallbacks else None,
                     )
-                )
+                    for s, res in zip((inputs[i] for i in rows),
+                                      generate_reports(ck, prompts, sampler=name, config=config))
+                ]
+
+            batch = draft(checkpoint, sampler, list(range(len(inputs))))
+            for name, ck in fallbacks:
+                redo = [i for i, p in enumerate(batch) if p.warnings]
+                if not redo:
+                    break
+                for i, again in zip(redo, draft(ck, name, redo)):
+                    batch[i] = _after_fallback(batch[i], again)
+            out.extend(batch)
             bar.update(len(inputs))
     return out
+
+
+def _after_fallback(first: StudyPrediction, again: StudyPrediction) -> StudyPrediction:
+    """``again`` (a fallback's draft) as the study's prediction, costed with the attempt it replaced."""
+    forwards = (first.forward_passes or 0) + (again.forward_passes or 0)
+    return dataclasses.replace(
+        again,
+        forward_passes=forwards,
+        tokens_per_forward=(again.tokens or 0) / forwards if forwards else None,
+        seconds=(first.seconds or 0.0) + (again.seconds or 0.0),
+        replaced=[*(first.replaced or []), first.sampler],
+    )
 
 
 def baseline_template(kind: str, train_records: Sequence[StudyRecord]) -> str:
@@ -388,6 +419,9 @@ def score_predictions(
     checked = [p.warnings for p in predictions if p.warnings is not None]
     if checked:
         results["well_formed"] = sum(1 for w in checked if not w) / len(checked)
+    fallback = [p.replaced for p in predictions if p.replaced is not None]
+    if fallback:  # share of studies whose first draft failed the check and was drafted again
+        results["redrafted"] = sum(1 for r in fallback if r) / len(fallback)
     return results
 
 
@@ -639,7 +673,8 @@ def evaluate_records(
     preds = predict_records(records, checkpoint, **drafting)
     config = drafting.get("config") or SamplerConfig()
     run = {
-        "sampler": preds[0].sampler,
+        "sampler": drafting.get("sampler", preds[0].sampler),
+        "fallback": [name for name, _ in drafting.get("fallbacks", ())],
         "model": checkpoint.source,
         "model_revision": checkpoint.spec.revision,
         "block_length": checkpoint.spec.block_length,

@@ -34,7 +34,7 @@ from .studies import StudyFiles, study_key
 if TYPE_CHECKING:
     from .processing import StudyPrompt
 
-__all__ = ["BatchOptions", "BatchSummary", "LineWriter", "Prepared", "draft_studies", "read_finished"]
+__all__ = ["BatchOptions", "BatchSummary", "Drafted", "LineWriter", "Prepared", "draft_studies", "read_finished"]
 
 #: The ``source`` of drafted records.
 SOURCE = "echo-report --batch"
@@ -50,10 +50,15 @@ class BatchOptions:
     lang: str = "en"
     config: SamplerConfig = field(default_factory=SamplerConfig)
     keep_paths: bool = False
+    #: samplers that re-draft, in turn, the studies whose draft fails the report check (``--fallback``)
+    fallback: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from .sampling import check_fallback
+
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_fallback(self.sampler, self.fallback)
 
 
 @dataclass
@@ -65,6 +70,34 @@ class Prepared:
     prompt: StudyPrompt | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    #: the decoded views, kept only while a fallback sampler may need to encode them for its own checkpoint
+    images: list | None = None
+
+
+@dataclass
+class Drafted:
+    """A study's final draft: the sampler and checkpoint that wrote it, and the drafts it replaced."""
+
+    result: GenerationResult
+    sampler: str
+    model: str
+    model_revision: str
+    normalized: bool
+    replaced: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, result: GenerationResult, sampler: str, checkpoint: Any, replaced: Sequence[dict[str, Any]] = ()) -> Drafted:
+        return cls(result, sampler, checkpoint.source, checkpoint.spec.revision,
+                   checkpoint.spec.report_style == "normalized", list(replaced))
+
+    def check_warnings(self, lang: str) -> list[str]:
+        return list(check_report(self.result.text, normalized=self.normalized, language=lang).warnings)
+
+    def attempt(self, lang: str) -> dict[str, Any]:
+        """This draft as an entry of the next one's ``replaced`` (the keys of ``Draft.attempt``)."""
+        return {"sampler": self.sampler, "model": self.model, "model_revision": self.model_revision,
+                "report": self.result.text, "warnings": self.check_warnings(lang),
+                "seconds": round(self.result.seconds, 4), "tokens": self.result.tokens}
 
 
 @dataclass
@@ -73,6 +106,7 @@ class BatchSummary:
 
     drafted: int = 0
     errors: int = 0
+    redrafted: int = 0  # drafts written again by a fallback sampler (a study counts once per fallback)
     model_calls: int = 0
     load_seconds: float = 0.0
     draft_seconds: float = 0.0
@@ -140,15 +174,16 @@ def error_row(key: str, error: str) -> dict[str, Any]:
 
 
 def draft_row(prep: Prepared, result: GenerationResult, *, model: str, model_revision: str, normalized: bool,
-              options: BatchOptions) -> dict[str, Any]:
-    """The study record of one drafted study (its report's sections, the run's figures, the warnings)."""
+              options: BatchOptions, sampler: str | None = None, replaced: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The study record of one drafted study (its report's sections, the run's figures, the warnings);
+    ``sampler`` (default ``options.sampler``) wrote it, after the ``replaced`` drafts of a fallback run."""
     check = check_report(result.text, normalized=normalized, language=options.lang)
     parsed = parse_report(result.text)
     cfg = options.config
     keep = options.keep_paths
     info = DraftInfo(
         report=result.text,
-        sampler=options.sampler,
+        sampler=sampler or options.sampler,
         model=model,
         model_revision=model_revision,
         views=prep.study.views,
@@ -159,6 +194,7 @@ def draft_row(prep: Prepared, result: GenerationResult, *, model: str, model_rev
                   "threshold": cfg.threshold, "seed": cfg.seed},
         batch_size=options.batch_size,
         study=prep.study.identity.split(":", 1)[1] if keep else None,
+        replaced=tuple(replaced),
     )
     images = tuple(ImageRef(path=p, view=v) for p, v in zip(prep.study.paths, prep.study.views)) if keep else ()
     record = StudyRecord(id=prep.key, findings=parsed.findings, impression=parsed.impression, images=images,
@@ -186,8 +222,10 @@ def describe_error(err: BaseException, paths: Sequence[str], *, keep_paths: bool
     return text
 
 
-def prepare_study(study: StudyFiles, key: str, encode: Callable[[list], StudyPrompt], *, keep_paths: bool) -> Prepared:
-    """Read a study's views and encode its prompt; any failure becomes the study's ``error`` (never raised)."""
+def prepare_study(study: StudyFiles, key: str, encode: Callable[[list], StudyPrompt], *, keep_paths: bool,
+                  keep_images: bool = False) -> Prepared:
+    """Read a study's views and encode its prompt; any failure becomes the study's ``error`` (never raised).
+    ``keep_images``: keep the decoded views on the result (a fallback sampler encodes them for its checkpoint)."""
     from .imaging import load_study
 
     if study.error is not None:
@@ -198,7 +236,8 @@ def prepare_study(study: StudyFiles, key: str, encode: Callable[[list], StudyPro
         prompt = encode([im.image for im in loaded])
     except Exception as err:  # noqa: BLE001 - one unreadable study is a row, never the end of the night's run
         return Prepared(study, key, error=describe_error(err, study.paths, keep_paths=keep_paths))
-    return Prepared(study, key, prompt=prompt, warnings=[f"{im.name}: {w}" for im in loaded for w in im.warnings])
+    return Prepared(study, key, prompt=prompt, warnings=[f"{im.name}: {w}" for im in loaded for w in im.warnings],
+                    images=[im.image for im in loaded] if keep_images else None)
 
 
 def prefetch(batches: Sequence[Sequence[StudyFiles]], prepare: Callable[[StudyFiles], Prepared], *,
@@ -248,7 +287,7 @@ class _Finisher:
     """Checks, serialises and writes finished studies on a thread of its own, so the report check and the
     ``fsync`` of one batch overlap the drafting of the next (the forwards release the GIL)."""
 
-    def __init__(self, writer: LineWriter, row: Callable[[Prepared, GenerationResult | None], dict[str, Any]], *,
+    def __init__(self, writer: LineWriter, row: Callable[[Prepared, Drafted | None], dict[str, Any]], *,
                  bar: Any):
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
@@ -256,7 +295,7 @@ class _Finisher:
         self._thread = threading.Thread(target=self._work, name="echo-batch-writer", daemon=True)
         self._thread.start()
 
-    def put(self, items: list[tuple[Prepared, GenerationResult | None]]) -> None:
+    def put(self, items: list[tuple[Prepared, Drafted | None]]) -> None:
         if self._error is not None:
             raise self._error
         self._queue.put(items)
@@ -301,12 +340,14 @@ def draft_studies(
     from .drafting import generate_reports
 
     ck = drafter.checkpoint(options.sampler)
+    fallbacks = [(name, drafter.checkpoint(name)) for name in options.fallback]
 
-    def encode(images: list) -> StudyPrompt:
-        return ck.processor.encode(images, indication=options.indication, lang=options.lang)
+    def encode(images: list, checkpoint: Any = ck) -> StudyPrompt:
+        return checkpoint.processor.encode(images, indication=options.indication, lang=options.lang)
 
     def prepare(study: StudyFiles) -> Prepared:
-        return prepare_study(study, study_key(key, study.identity), encode, keep_paths=options.keep_paths)
+        return prepare_study(study, study_key(key, study.identity), encode, keep_paths=options.keep_paths,
+                             keep_images=bool(fallbacks))
 
     b = options.batch_size
     batches = [studies[i : i + b] for i in range(0, len(studies), b)]
@@ -314,23 +355,43 @@ def draft_studies(
     start = time.perf_counter()
     bar = tqdm(total=len(studies), unit="study", file=progress, disable=progress is None, dynamic_ncols=True)
 
-    def row(prep: Prepared, result: GenerationResult | None) -> dict[str, Any]:
-        if result is None:
+    def row(prep: Prepared, drafted: Drafted | None) -> dict[str, Any]:
+        if drafted is None:
             return error_row(prep.key, prep.error or "not drafted")
-        return draft_row(prep, result, model=ck.source, model_revision=ck.spec.revision,
-                         normalized=ck.spec.report_style == "normalized", options=options)
+        return draft_row(prep, drafted.result, model=drafted.model, model_revision=drafted.model_revision,
+                         normalized=drafted.normalized, options=options, sampler=drafted.sampler,
+                         replaced=drafted.replaced)
+
+    def draft(good: list[Prepared]) -> list[Drafted]:
+        """The batch's drafts; with a fallback, the studies whose draft fails the report check are drafted again,
+        together, by each fallback sampler in turn."""
+        results = generate_reports(ck, [p.prompt for p in good], sampler=options.sampler, config=options.config)
+        summary.model_calls += max(r.model_calls for r in results)
+        out = [Drafted.of(r, options.sampler, ck) for r in results]
+        for name, checkpoint in fallbacks:
+            redo = [i for i, d in enumerate(out) if d.check_warnings(options.lang)]
+            if not redo:
+                break
+            again = generate_reports(checkpoint, [encode(good[i].images or [], checkpoint) for i in redo],
+                                     sampler=name, config=options.config)
+            summary.model_calls += max(r.model_calls for r in again)
+            summary.redrafted += len(redo)
+            for i, r in zip(redo, again):
+                out[i] = Drafted.of(r, name, checkpoint, [*out[i].replaced, out[i].attempt(options.lang)])
+        for p in good:
+            p.images = None  # the views are not needed once the batch is drafted
+        return out
 
     finisher = _Finisher(writer, row, bar=bar)
     try:
         for ready, load_seconds in prefetch(batches, prepare):
             summary.load_seconds += load_seconds
             good = [p for p in ready if p.error is None]
-            results: list[GenerationResult] = []
+            results: list[Drafted] = []
             if good:
                 t0 = time.perf_counter()
-                results = generate_reports(ck, [p.prompt for p in good], sampler=options.sampler, config=options.config)
+                results = draft(good)
                 summary.draft_seconds += time.perf_counter() - t0
-                summary.model_calls += max(r.model_calls for r in results)
             by_key = {p.key: r for p, r in zip(good, results)}
             finisher.put([(p, by_key.get(p.key) if p.error is None else None) for p in ready])
             summary.drafted += len(good)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -32,6 +33,15 @@ from collections.abc import Iterator, Sequence
 
 from . import __version__
 from .sampling import SAMPLERS
+
+
+def sampler_list(text: str) -> tuple[str, ...]:
+    """``teacher,ar`` -> ``("teacher", "ar")``; an unknown name is a usage error naming it."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SAMPLERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give sampler names separated by commas, from {', '.join(SAMPLERS)}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quantize", default="none", choices=["none", "int8"],
                     help="int8: dynamic int8 weights (CPU only), offered while its quality gate passes "
                          "(scripts/int8_gate.py; docs/speed.md)")
+    ap.add_argument("--fallback", type=sampler_list, default=(), metavar="SAMPLER[,SAMPLER]",
+                    help="when a draft fails the report check, re-draft it with these samplers in turn (e.g. "
+                         "--fallback teacher,ar after the one-step echo); the output keeps the drafts it replaced "
+                         "(JSON: 'replaced')")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     batch = ap.add_argument_group("many studies (--batch)")
     batch.add_argument("--batch", nargs="+", metavar="DIR_OR_FILE", default=None,
@@ -74,6 +88,13 @@ BATCH_ONLY = {"--out": "out", "--resume": "resume", "--keep-paths": "keep_paths"
 
 def usage_problem(args: argparse.Namespace) -> str | None:
     """The one-line usage error of a parsed command line, or None."""
+    if args.fallback:
+        from .sampling import check_fallback
+
+        try:
+            check_fallback(args.sampler, args.fallback)
+        except ValueError as err:
+            return f"--fallback: {err}"
     if args.batch is None:
         if not args.images:
             return "give the image files of one study, or --batch FOLDER --out DRAFTS.jsonl for many"
@@ -154,10 +175,12 @@ def run_batch_command(args: argparse.Namespace) -> int:
     try:
         config = SamplerConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
         options = BatchOptions(sampler=args.sampler, batch_size=args.batch_size, indication=args.indication,
-                               lang=args.lang, config=config, keep_paths=args.keep_paths)
+                               lang=args.lang, config=config, keep_paths=args.keep_paths,
+                               fallback=tuple(args.fallback))
         drafter = Drafter(args.model, device=process_device(args.device), quantize=args.quantize)
         with quiet_loading():
-            drafter.checkpoint(args.sampler)
+            for name in (args.sampler, *args.fallback):
+                drafter.checkpoint(name)
         report = run_batch(args.batch, out=args.out, options=options, drafter=drafter, resume=args.resume,
                            one_per_file=args.one_per_file, key_file=args.key_file, progress=sys.stderr)
     except CheckpointError as err:
@@ -174,7 +197,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
     rate = (s.drafted + s.errors) / s.seconds if s.seconds > 0 else 0.0
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items()))
     print(f"echo-report: {report.found} studies found, {report.already_done} already in {args.out}, "
-          f"{s.drafted} drafted, {s.errors} not readable (error rows); {rate:.2f} studies/s, "
+          f"{s.drafted} drafted"
+          + (f" ({s.redrafted} re-drafted by --fallback)" if args.fallback else "")
+          + f", {s.errors} not readable (error rows); {rate:.2f} studies/s, "
           f"{s.model_calls} model calls; files skipped: {skipped or 'none'}", file=sys.stderr)
     return report.status
 
@@ -200,9 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings = [f"{im.name}: {w}" for im in loaded for w in im.warnings]
         drafter = Drafter(args.model, device=args.device, quantize=args.quantize)
         with quiet_loading():
-            drafter.checkpoint(args.sampler)
+            for name in (args.sampler, *args.fallback):  # a fallback's weights load now, not mid-draft
+                drafter.checkpoint(name)
         draft = drafter.draft([im.image for im in loaded], sampler=args.sampler, indication=args.indication,
-                              lang=args.lang, config=config, warnings=warnings)
+                              lang=args.lang, config=config, warnings=warnings, fallback=args.fallback)
     except CheckpointError as err:
         print(f"echo-report: error: {_one_line(err)}", file=sys.stderr)
         return 1
@@ -212,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(draft.to_json(), ensure_ascii=False, indent=2))
         return 0
+    tried = [*draft.replaced, {"sampler": draft.sampler}]
+    for earlier, then in itertools.pairwise(tried):
+        print(f"note: the {earlier['sampler']} draft failed the report check ({'; '.join(earlier['warnings'])}); "
+              f"re-drafted with {then['sampler']}", file=sys.stderr)
     for w in draft.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"Findings: {draft.findings}")
@@ -220,7 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"\n[{draft.sampler} | {draft.model} @ {draft.model_revision}] {r.tokens} tokens, "
         f"{r.forward_passes} denoising forwards ({r.tokens_per_forward:.2f} tokens/forward), "
-        f"{r.seconds:.2f} s, first block {r.first_block_seconds * 1000:.0f} ms. Draft only - not for clinical use.",
+        f"{r.seconds:.2f} s, first block {r.first_block_seconds * 1000:.0f} ms"
+        + (f" ({r.seconds + sum(e['seconds'] for e in draft.replaced):.2f} s with the "
+           f"draft{'s' if len(draft.replaced) > 1 else ''} it replaced)" if draft.replaced else "")
+        + ". Draft only - not for clinical use.",
         file=sys.stderr,
     )
     return 0

@@ -20,7 +20,8 @@ from .loading import load_checkpoint
 from .processing import StudyPrompt
 from .data.report_text import parse_report
 from .report_check import check_report
-from .sampling import BlockEvent, GenerationResult, SamplerConfig, build_sampler, drain, sampler_spec
+from .sampling import (BlockEvent, GenerationResult, SamplerConfig, build_sampler, check_fallback, drain,
+                       sampler_spec)
 
 
 @dataclass
@@ -38,6 +39,11 @@ class Draft:
     warnings: list[str] = field(default_factory=list)
     #: the prompt and decoding settings the draft was made with (stored with it, re-used by a re-draft)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: the report check's part of :attr:`warnings` (what a fallback sampler is tried for; input warnings are not)
+    check_warnings: list[str] = field(default_factory=list)
+    #: drafts of other samplers this one replaced because they failed the report check, in the order tried
+    #: (:meth:`attempt` of each: sampler, model, report, warnings, seconds); empty without a fallback
+    replaced: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def findings(self) -> str:
@@ -61,7 +67,15 @@ class Draft:
             **self.result.figures.to_json(),
             "warnings": list(self.warnings),
             "settings": dict(self.settings),
+            "replaced": [dict(r) for r in self.replaced],
         }
+
+    def attempt(self) -> dict[str, Any]:
+        """This draft as one entry of a later draft's :attr:`replaced`: what was written and why it failed."""
+        return {"sampler": self.sampler, "model": self.model, "model_revision": self.model_revision,
+                "report": self.report, "warnings": list(self.check_warnings),
+                "seconds": round(self.result.seconds, 4), "tokens": self.result.tokens}
+
 
 
 class Drafter:
@@ -153,6 +167,7 @@ class Drafter:
             result=result,
             block_texts=[tok.decode(b, skip_special_tokens=True) for b in result.blocks],
             warnings=[*warnings, *check.warnings],
+            check_warnings=list(check.warnings),
             settings={"indication": indication, "lang": lang, "block_length": ck.spec.block_length,
                       "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                       "top_k": config.top_k, "top_p": config.top_p, "threshold": config.threshold,
@@ -170,8 +185,25 @@ class Drafter:
             prompt = StudyPrompt(torch.cat([prompt.input_ids, ids]), prompt.pixel_values, prompt.image_grid_thw)
         return ck, prompt
 
-    def draft(self, images: Sequence[Image.Image], **kwargs: Any) -> Draft:
-        return drain(self.stream(images, **kwargs))
+    def draft(self, images: Sequence[Image.Image], *, fallback: Sequence[str] = (), **kwargs: Any) -> Draft:
+        """Draft a study (the arguments of :meth:`stream`) and return the finished :class:`Draft`.
+
+        ``fallback``: samplers to re-draft with, in turn, while the draft fails the report check (e.g.
+        ``("teacher", "ar")`` after the one-step ``echo``, whose parallel block decoding is what writes
+        repeated words and unfinished sentences in a model too small for one step). The first draft that passes
+        is returned, else the last one tried, with its warnings; :attr:`Draft.replaced` lists every draft it
+        replaced, so nothing a model wrote is hidden. Input warnings never trigger a fallback.
+        """
+        order = check_fallback(kwargs.get("sampler", "echo"), fallback)
+        draft = drain(self.stream(images, **kwargs))
+        replaced: list[dict[str, Any]] = []
+        for name in order:
+            if not draft.check_warnings:
+                break
+            replaced.append(draft.attempt())
+            draft = drain(self.stream(images, **{**kwargs, "sampler": name}))
+        draft.replaced = replaced
+        return draft
 
 
 def generate_reports(checkpoint: EchoCheckpoint, prompts: Sequence[StudyPrompt], *, sampler: str,

@@ -17,6 +17,7 @@ from echo_eval.evaluation import (
     pair_predictions,
     predict_records,
     read_predictions,
+    score_predictions,
     write_predictions,
 )
 from echo_eval.metrics import evaluate_reports
@@ -415,3 +416,32 @@ def test_every_model_prediction_carries_its_report_check(model_run):
     share = sum(1 for x in lines if not x["warnings"]) / len(lines)
     assert json.loads(metrics_path.read_text())["well_formed"] == pytest.approx(share)
     assert share < 1  # 8 tokens of a random tiny model never make a whole report
+
+
+def test_fallback_redrafts_failed_studies_costed_with_every_attempt(dataset, checkpoint):
+    from echo_model.data import load_dataset
+    from echo_model.report_check import check_report
+
+    records = [r for r in load_dataset(dataset, split="test")][:3]
+    cfg = SamplerConfig(max_new_tokens=8)
+    alone = {name: predict_records(records, checkpoint, sampler=name, config=cfg, progress=False)
+             for name in ("echo", "ar")}
+    assert all(p.warnings for p in alone["echo"])  # the tiny random model: every draft fails the check
+
+    kept = predict_records(records, checkpoint, sampler="echo", config=cfg, progress=False,
+                           fallbacks=[("ar", checkpoint)])
+
+    for p, first, ar in zip(kept, alone["echo"], alone["ar"]):
+        assert (p.sampler, p.prediction, p.replaced) == ("ar", ar.prediction, ["echo"])
+        assert p.forward_passes == first.forward_passes + ar.forward_passes
+        assert p.warnings == list(check_report(ar.prediction, normalized=False).warnings)
+    scored = score_predictions(kept)
+    assert scored["redrafted"] == 1.0 and "redrafted" not in score_predictions(alone["echo"])
+    assert all(p.replaced is None for p in alone["echo"])
+
+
+def test_fallback_is_refused_with_a_baseline_and_with_the_samplers_own_name(dataset, capsys):
+    assert main(["--data", str(dataset), "--baseline", "majority", "--fallback", "teacher"]) == 2
+    assert "--fallback teacher re-drafts a model's drafts; --baseline majority drafts nothing" in capsys.readouterr().err
+    assert main(["--data", str(dataset), "--sampler", "ar", "--fallback", "ar"]) == 2
+    assert "names the draft's own sampler 'ar'" in capsys.readouterr().err

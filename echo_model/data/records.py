@@ -94,6 +94,9 @@ class DraftInfo:
         settings: decoding settings (max_new_tokens, temperature, seed, lang, ...).
         batch_size: studies decoded together.
         study: the StudyInstanceUID or folder the draft is of; only with ``--keep-paths`` (else None).
+        replaced: drafts of other samplers this one replaced because they failed the report check (``--fallback``),
+            in the order tried, each ``{sampler, model, model_revision, report, warnings, seconds, tokens}``;
+            the key is left out of the JSON when empty.
     """
 
     report: str
@@ -106,6 +109,7 @@ class DraftInfo:
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     batch_size: int = 1
     study: str | None = None
+    replaced: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,10 @@ class StudyRecord:
         else:
             data["draft"]["views"] = list(self.draft.views)
             data["draft"]["warnings"] = list(self.draft.warnings)
+            if self.draft.replaced:
+                data["draft"]["replaced"] = [dict(r) for r in self.draft.replaced]
+            else:  # rows drafted without a fallback stay as they were
+                del data["draft"]["replaced"]
         return data
 
     @classmethod
@@ -218,7 +226,10 @@ def _draft(rid: str, value: Any, line: int | None) -> DraftInfo:
         raise RecordError(rid, "draft", f"unknown keys {extra}", line=line)
     views = tuple(_list(rid, "draft.views", value.get("views", []), line))
     warnings = tuple(_list(rid, "draft.warnings", value.get("warnings", []), line))
-    return DraftInfo(**{**value, "views": views, "warnings": warnings})
+    replaced = tuple(_list(rid, "draft.replaced", value.get("replaced", []), line))
+    if not all(isinstance(r, dict) for r in replaced):
+        raise RecordError(rid, "draft.replaced", "must be a list of objects", line=line)
+    return DraftInfo(**{**value, "views": views, "warnings": warnings, "replaced": replaced})
 
 
 def validate(rec: StudyRecord) -> None:

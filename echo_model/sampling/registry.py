@@ -17,6 +17,7 @@ Forward schedules (method.md §2, §7; ``b`` = block length):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # this module imports no torch, so command lines can list the
     from ..processing import EchoProcessor
     from .base import Sampler, SamplerConfig
 
-__all__ = ["SAMPLERS", "SAMPLER_ROLES", "SAMPLER_SPECS", "SamplerSpec", "build_sampler", "sampler_spec"]
+__all__ = ["SAMPLERS", "SAMPLER_ROLES", "SAMPLER_SPECS", "SamplerSpec", "build_sampler", "check_fallback", "sampler_spec"]
 
 Kind = Literal["ar", "block"]
 
@@ -128,3 +129,22 @@ def build_sampler(
     if spec.kind == "ar":
         return ARSampler(model, processor, config, name=name)
     return BlockDiffusionSampler(model, processor, config, name=name)
+
+
+def check_fallback(sampler: str, fallback: Sequence[str]) -> tuple[str, ...]:
+    """The fallback samplers of a draft written with ``sampler``, checked: known names, each once, and not
+    ``sampler`` itself (its greedy draft would come out the same).
+
+    >>> check_fallback("echo", ["teacher", "ar"])
+    ('teacher', 'ar')
+    """
+    names = tuple(fallback)
+    for name in names:
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown fallback sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    if sampler in names:
+        raise ValueError(f"fallback {list(names)} names the draft's own sampler {sampler!r}: it would write "
+                         "the same draft again")
+    if len(set(names)) != len(names):
+        raise ValueError(f"fallback {list(names)} names a sampler twice")
+    return names
