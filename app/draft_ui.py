@@ -27,6 +27,7 @@ from .handlers import (
     WINDOW_FIELDS,
     Handlers,
 )
+from .service import FALLBACK_SAMPLER
 from .settings import AppSettings
 from .viewer import PRESETS, VIEW_LABELS, VIEWER_JS_PATH, viewer_html
 
@@ -60,9 +61,11 @@ class DraftTab:
 
     @property
     def lock(self) -> dict[str, Any]:
-        """``.then(**tab.lock)``: Findings and Impression read-only when the shown draft is signed."""
+        """``.then(**tab.lock)``: Findings and Impression read-only when the shown draft is signed; the teacher
+        re-draft offered under a warned one-step draft."""
         return {"fn": self.comps["handlers"].editor_lock, "inputs": [self.comps["draft_id"]],
-                "outputs": [self.comps["findings"], self.comps["impression"]], **PRIVATE}
+                "outputs": [self.comps["findings"], self.comps["impression"], self.comps["teacher_redraft"]],
+                **PRIVATE}
 
 
 def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str]) -> DraftTab:
@@ -130,6 +133,9 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
             # The embedded family's limitation, wherever it drafts (follows the Model menu).
             limitation = gr.HTML(h.model_notice(settings.default_model), elem_id="model-limitation")
             draft_warnings = gr.HTML("", elem_id="draft-warnings")
+            # Shown under a warned one-step draft (tab.lock decides): the same study drafted again by the teacher.
+            teacher_redraft = gr.Button("Re-draft with the teacher (several steps per block, slower)",
+                                        visible=False, size="sm", elem_id="teacher-redraft-btn")
             summary = gr.Markdown(label="Summary", elem_id="summary")
             warnings = gr.Textbox(label="Input warnings", lines=2, interactive=False, elem_id="warnings")
             # A finished draft's findings one line per region ("Hila: ..."); what is saved or signed is this text.
@@ -172,7 +178,7 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
         "invert": invert, "view_label": view_label,
         "draft_warnings": draft_warnings, "banner": banner, "current": current, "comment": comment,
         "reasons": reasons, "language": language, "limitation": limitation,
-        "evidence": evidence, "findings_list": findings_list,
+        "evidence": evidence, "findings_list": findings_list, "teacher_redraft": teacher_redraft,
     }
     tab = DraftTab(comps=comps, current=current)
     draft_outputs, viewer_outputs = tab.draft_outputs, tab.viewer_outputs
@@ -211,13 +217,21 @@ def build_draft_tab(h: Handlers, settings: AppSettings, *, languages: list[str])
                                 **PRIVATE).then(
         h.generate, [files, indication, language, *decoding, study_id], draft_outputs, api_name="generate",
         show_progress="minimal", **gpu)
+    # The warned draft's study drafted again by the teacher: the Sampler menu shows what drafts it, then the
+    # same steps as Generate (a new draft of the study on screen; the warned one stays in History).
+    teacher_drafting = teacher_redraft.click(lambda: FALLBACK_SAMPLER, None, [sampler], trigger_mode="once",
+                                             **PRIVATE).then(
+        h.begin_draft, [study_id, current], draft_outputs, **PRIVATE).then(
+        h.generate, [files, indication, language, *decoding, study_id], draft_outputs, show_progress="minimal",
+        **PRIVATE, **gpu)
     redrafting = redraft.click(
         h.redraft, [draft_id, findings, impression, *decoding, current], draft_outputs,
         api_name="redraft_from_edit", show_progress="minimal", trigger_mode="once", **gpu)
-    stop.click(None, None, None, cancels=[generating, redrafting], **PRIVATE).then(
+    stop.click(None, None, None, cancels=[generating, redrafting, teacher_drafting], **PRIVATE).then(
         h.draft_stopped, [current], [banner, current, status], **PRIVATE)
     generating.then(**tab.lock)
     redrafting.then(**tab.lock)
+    teacher_drafting.then(**tab.lock)
 
     # Correct and sign: each names the draft and version it acts on; the session state refuses another.
     edit_inputs = [draft_id, findings, impression, reasons, comment]

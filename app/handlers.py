@@ -39,6 +39,7 @@ from .service import (
     editor_findings,
     ingest_uploads,
     load_study_images,
+    offers_teacher_redraft,
     redraft_prefix,
     report_language,
     split_report,
@@ -696,15 +697,19 @@ class Handlers:
             return (_status_text(draft), findings, impression,
                     format_report(findings, impression, lang=report_language(draft.language)))
 
-    def editor_lock(self, draft_id: str, request: gr.Request | None = None) -> tuple[Any, Any]:
-        """Findings and Impression editable unless the shown draft is signed (chained after showing a draft)."""
-        signed = False
+    def editor_lock(self, draft_id: str, request: gr.Request | None = None) -> tuple[Any, Any, Any]:
+        """Findings and Impression editable unless the shown draft is signed, and "Re-draft with the teacher"
+        shown only for a warned one-step draft (:func:`~app.service.offers_teacher_redraft`); chained after
+        every action that puts a draft on screen."""
+        signed = offer = False
         if (draft_id or "").strip():
             try:
-                signed = self.store.get_draft(draft_id.strip(), self._user(request)).signed_at is not None
+                draft = self.store.get_draft(draft_id.strip(), self._user(request))
             except StoreError:
-                signed = False
-        return gr.update(interactive=not signed), gr.update(interactive=not signed)
+                draft = None
+            if draft is not None:
+                signed, offer = draft.signed_at is not None, offers_teacher_redraft(draft)
+        return gr.update(interactive=not signed), gr.update(interactive=not signed), gr.update(visible=offer)
 
     def add_addendum(self, draft_id: str, text: str, current: Current | None = None,
                      request: gr.Request | None = None) -> tuple[str, str]:

@@ -52,9 +52,9 @@ if TYPE_CHECKING:  # torch/transformers load only when a model is first needed
     from echo_model.sampling import SamplerConfig
 
 __all__ = [
-    "CONFIDENCE_BANDS", "BlockStep", "DraftingService", "ModelInfo", "PieceDecoder", "Services", "TokenPiece",
-    "app_version", "confidence_band", "editor_findings", "ingest_uploads", "load_study_images", "redraft_prefix",
-    "report_language", "split_report",
+    "CONFIDENCE_BANDS", "FALLBACK_SAMPLER", "BlockStep", "DraftingService", "ModelInfo", "PieceDecoder", "Services",
+    "TokenPiece", "app_version", "confidence_band", "editor_findings", "ingest_uploads", "load_study_images",
+    "offers_teacher_redraft", "redraft_prefix", "report_language", "split_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,25 @@ class ModelInfo:
 def report_language(lang: str) -> Literal["en", "zh"]:
     """The report-text template language of a draft language (Chinese or English)."""
     return "zh" if lang == "zh" else "en"
+
+
+#: The sampler a warned one-step draft is offered a re-draft with (the Draft tab's "Re-draft with the teacher").
+FALLBACK_SAMPLER = "teacher"
+
+
+def offers_teacher_redraft(draft: Any) -> bool:
+    """Whether the Draft tab offers to re-draft ``draft`` (an ``app.store.DraftInfo``) with
+    :data:`FALLBACK_SAMPLER`: a one-step draft (``echo``, ``vanilla``) that has warnings and is neither edited nor
+    signed. The one-step sampler commits a whole block at once, which is where repeated words and unfinished
+    sentences come from in a small model; the multi-step teacher drafts the same study again, as a new draft (the
+    warned one stays in History)."""
+    from echo_model.sampling import sampler_spec
+
+    try:
+        one_step = sampler_spec(draft.sampler).one_step
+    except ValueError:  # a sampler this release does not know
+        return False
+    return one_step and bool(draft.warnings) and not draft.versions and draft.signed_at is None
 
 
 def editor_findings(findings: str) -> str:

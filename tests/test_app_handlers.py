@@ -103,7 +103,9 @@ def test_upload_error_names_the_file_and_viewer_shows_stored_views(handlers: Han
 def test_edit_sign_addendum_and_immutability(handlers: Handlers) -> None:
     updates = _generate(handlers, [_upload(handlers, seed=11)])
     draft_id = updates[-1][F["draft_id"]]
+    assert handlers.editor_lock(draft_id)[2]["visible"] is True  # the tiny model's echo draft is warned
     status, copy = handlers.save_edit(draft_id, " Heart normal.\n", "No acute disease. ", ["style"], "tidied")
+    assert handlers.editor_lock(draft_id)[2]["visible"] is False  # edited: a re-draft would not carry the edit
     assert "version 1" in status and copy == "Findings: Heart normal. Impression: No acute disease."
     assert handlers.store.get_draft(draft_id, "local").current == (" Heart normal.\n", "No acute disease. ")
     with pytest.raises(gr.Error, match="unknown edit reasons"):
@@ -111,8 +113,10 @@ def test_edit_sign_addendum_and_immutability(handlers: Handlers) -> None:
     # the tiny model's draft fails the report check, so signing it needs sign_anyway
     signed = handlers.sign(draft_id, "Heart normal.", "Normal chest.", ["false finding"], "", sign_anyway=True)
     assert "Signed" in signed[0] and signed[1:3] == ("Heart normal.", "Normal chest.")
-    assert all(u["interactive"] is False for u in handlers.editor_lock(draft_id))
-    assert all(u["interactive"] is True for u in handlers.editor_lock(updates[-1][F["draft_id"]] + "-unknown"))
+    *boxes, offer = handlers.editor_lock(draft_id)
+    assert all(u["interactive"] is False for u in boxes) and offer["visible"] is False  # signed: no re-draft offer
+    *boxes, offer = handlers.editor_lock(updates[-1][F["draft_id"]] + "-unknown")
+    assert all(u["interactive"] is True for u in boxes) and offer["visible"] is False
     with pytest.raises(gr.Error, match="add an addendum"):
         handlers.save_edit(draft_id, "changed", "changed", [], "")
     status, cleared = handlers.add_addendum(draft_id, "Compared with prior: unchanged.")
@@ -245,11 +249,17 @@ def test_two_tabs_a_stale_save_is_refused_and_warnings_need_sign_anyway(handlers
     warned = handlers.store.add_draft(NewDraft(
         study_id=study.id, author="local", model="m", model_revision="r", sampler="echo", language="en",
         report="Findings: a Impression: b", findings="a", impression="b", warnings=["repeated header"]))
+    assert handlers.editor_lock(warned.id)[2]["visible"] is True  # a warned one-step draft: the teacher offered
+    teacher = handlers.store.add_draft(NewDraft(
+        study_id=study.id, author="local", model="m", model_revision="r", sampler="teacher", language="en",
+        report="Findings: a Impression: b", findings="a", impression="b", warnings=["repeated header"]))
+    assert handlers.editor_lock(teacher.id)[2]["visible"] is False  # already the teacher's
     with pytest.raises(gr.Error, match="Sign anyway"):
         handlers.sign(warned.id, "a", "b", [], "")
     _, text, anyway = handlers.confirm_sign(warned.id, "a", "b")
     assert "repeated header" in text and anyway["visible"] is True
     handlers.sign(warned.id, "a", "b", [], "", None, True)
+    assert handlers.editor_lock(warned.id)[2]["visible"] is False  # signed
     with pytest.raises(gr.Error, match="already signed"):
         handlers.confirm_sign(warned.id, "a", "b")
 

@@ -213,3 +213,30 @@ def test_5_sign_twice_progress_labels_and_about(room, page: Page) -> None:
     page.wait.until(lambda d: "ECHO_MODEL" in page.text("#about"))
     about = page.text("#about")
     assert "random weights" not in about and "demonstration" in about
+
+
+def test_6_a_warned_one_step_draft_offers_the_teacher_for_the_study_on_screen(room, page: Page, checkpoint) -> None:
+    from echo_model.loading import embedded_path
+
+    _, services = room
+    if not embedded_path("teacher").is_dir():  # the served app's embedded family: the tiny model in each role
+        checkpoint.save_pretrained(embedded_path("teacher"))
+    study = page.upload_study(17)
+    page.generate()  # the tiny model's echo draft fails the report check: the teacher is offered under it
+    first = _only_draft(services, study)
+    assert first.sampler == "echo" and first.warnings
+    page.wait.until(lambda d: d.find_element(page.by.ID, "teacher-redraft-btn").is_displayed())
+
+    page.click("teacher-redraft-btn")
+
+    def drafts() -> list:
+        return [r.draft_id for r in services.store.history("local") if r.study_id == study and r.draft_id]
+
+    page.wait.until(lambda d: len(drafts()) == 2 and "not signed" in page.text("#status"))
+    (new_id,) = set(drafts()) - {first.id}
+    second = services.store.get_draft(new_id, "local")
+    assert second.sampler == "teacher"  # the study on screen, drafted again by the teacher
+    page.wait.until(lambda d: f"draft `{new_id[:8]}`" in page.text("#study-banner") or new_id[:8] in page.text("#study-banner"))
+    assert "Teacher" in page.value("#sampler input")
+    assert services.store.get_draft(first.id, "local").report == first.report  # the warned draft is kept
+    page.wait.until(lambda d: not any(e.is_displayed() for e in d.find_elements(page.by.ID, "teacher-redraft-btn")))
