@@ -6,6 +6,7 @@
 #
 # DATA holds iu_xray/ and covid_cxr_notes/. Writes:
 #   results/eval/normalized/{iu,covid}-SYSTEM.json     echo-eval --json, normalized + raw references, baselines
+#                                                      (SYSTEM echo-fallback: echo --fallback teacher,ar; embedded only)
 #   results/eval/perturbed/covid-SAMPLER-NAME.json     covid test radiographs under each fixed perturbation
 #   results/eval/sensitivity-covid-{echo,teacher}.json image dependence (blank / ±1 grey / own vs partner NLL)
 #   results/eval/smoke-rg1.json                        echo-report --json on RG1_UNCR.dcm with every sampler
@@ -46,6 +47,13 @@ for set in iu covid; do
     ev "${data[@]}" --sampler echo --model "$(model_of echo)" --batch-size 8 \
        --compare "$PRED/$set-teacher.jsonl" --json "$OUT/normalized/$set-echo-vs-teacher.json"
   fi
+  if has echo "$SAMPLERS" && [[ -z "${MODEL_DIR:-}" ]]; then
+    # echo-report --fallback teacher,ar: the studies whose echo draft fails the report check drafted again by the
+    # teacher, then AR (the embedded family: each fallback on its own role's checkpoint).
+    ev "${data[@]}" --sampler echo --fallback teacher,ar --batch-size 8 \
+       --compare "$PRED/$set-normal-template.jsonl" --json "$OUT/normalized/$set-echo-fallback.json" \
+       --predictions "$PRED/$set-echo-fallback.jsonl"
+  fi
   if has vanilla "$SAMPLERS"; then
     ev "${data[@]}" --sampler vanilla --model "$(model_of vanilla)" --batch-size 8 \
        --compare "$PRED/$set-echo.jsonl" --json "$OUT/normalized/$set-vanilla.json" --predictions "$PRED/$set-vanilla.jsonl"
@@ -64,6 +72,13 @@ for s in $SAMPLERS; do
        --perturb "$p" --json "$OUT/perturbed/covid-$s-$p.json" --predictions "$PRED/perturbed-covid-$s-$p.jsonl"
   done
 done
+
+if has perturbed "$STEPS" && has echo "$SAMPLERS" && [[ -z "${MODEL_DIR:-}" ]]; then
+  for p in $perturbations; do
+    ev --data "$DATA/covid_cxr_notes" --split test --sampler echo --fallback teacher,ar --batch-size 8 \
+       --perturb "$p" --json "$OUT/perturbed/covid-echo-fallback-$p.json"
+  done
+fi
 
 for s in $SAMPLERS; do
   has sensitivity "$STEPS" && [[ $s == echo || $s == teacher ]] || continue
@@ -91,6 +106,13 @@ for name in SAMPLER_SPECS:
     row = json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip().splitlines()[-1:]}
     out[name] = {k: row.get(k) for k in ("warnings", "tokens", "forward_passes", "error") if k in row}
     out[name]["well_formed"] = done.returncode == 0 and not row.get("warnings")
+if sys.argv[3].startswith("embedded:"):  # the embedded family: echo, then teacher and AR where it fails the check
+    cmd = ["echo-report", "--json", "--fallback", "teacher,ar", sys.argv[1]]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    row = json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip().splitlines()[-1:]}
+    out["echo --fallback teacher,ar"] = {k: row.get(k) for k in ("warnings", "tokens", "forward_passes", "sampler", "error")
+                                         if k in row} | {"replaced": [r["sampler"] for r in row.get("replaced", [])]}
+    out["echo --fallback teacher,ar"]["well_formed"] = done.returncode == 0 and not row.get("warnings")
 json.dump(out, open(sys.argv[2], "w"), indent=2)
 print({k: v["well_formed"] for k, v in out.items()})
 PY

@@ -61,3 +61,24 @@ def test_a_role_the_run_did_not_train_is_refused_by_name(tmp_path, tokenizer, ca
         main(["--run", str(dcd), "--to", str(family), "--force"])
     with pytest.raises(ValueError, match="roles must be a non-empty subset"):
         install(dcd, family, metrics=None, force=True, roles=("critic",))
+
+
+def test_metrics_only_rewrites_the_measured_section_and_nothing_else(tmp_path, tokenizer):
+    family = tmp_path / "family"
+    install(_run(tmp_path, tokenizer, "all", ROLES, seed=0), family, metrics={r: {"rougeL": 0.1} for r in ROLES},
+            force=True)
+    weights = {r: (family / r / "model.safetensors").read_bytes() for r in ROLES}
+    heads = {r: (family / r / "README.md").read_text().split("## Measured")[0] for r in ROLES}
+    new = {r: {"rougeL": 0.25, "well_formed": 0.5} for r in ROLES}
+    metrics = tmp_path / "m.json"
+    metrics.write_text(json.dumps(new))
+
+    main(["--metrics-only", "--metrics", str(metrics), "--to", str(family)])
+
+    for role in ROLES:
+        card = (family / role / "README.md").read_text()
+        assert card.startswith(heads[role]) and "| rougeL | 0.2500 |" in card and "0.1000" not in card
+        assert json.loads((family / role / "metrics.json").read_text()) == new[role]
+        assert (family / role / "model.safetensors").read_bytes() == weights[role]
+    with pytest.raises(SystemExit):
+        main(["--metrics-only", "--to", str(family)])  # no metrics file: a usage error

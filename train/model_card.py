@@ -4,7 +4,8 @@
 copies each trained role (ar, teacher, student) into ``assets/`` in fp16, with a ``README.md`` model card
 (data and licences, steps, wall time, measured metrics, intended use). Installation is refused when the
 held-out metrics of the new student are not better than those recorded in the installed card, unless
-``--force`` is given (the first trained family replaces random weights).
+``--force`` is given (the first trained family replaces random weights). ``--metrics-only`` rewrites only the
+installed cards' measured section and ``metrics.json``, for results re-measured without retraining.
 """
 
 from __future__ import annotations
@@ -77,10 +78,31 @@ def card_text(role: str, *, summary: dict, metrics: dict | None, spec) -> str:
         "",
     ]
     if metrics:
-        lines += ["## Measured (held-out test split)", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
-        lines.append("")
+        lines += metrics_section(metrics)
     return "\n".join(lines)
+
+
+MEASURED = "## Measured (held-out test split)"
+
+
+def metrics_section(metrics: dict) -> list[str]:
+    """The card's measured-metrics section (its last section)."""
+    lines = [MEASURED, "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    return [*lines, ""]
+
+
+def refresh_metrics(to: Path, metrics: dict[str, dict], *, roles: tuple[str, ...] = ROLES) -> None:
+    """Replace the measured section and ``metrics.json`` of installed cards (weights and the rest of each card
+    untouched): results re-measured without retraining, e.g. under a stricter report check."""
+    for role in roles:
+        card = to / role / "README.md"
+        if role not in metrics or not card.is_file():
+            raise ValueError(f"no metrics for {role!r} in the metrics file, or no installed card at {card}")
+        head = card.read_text().split(MEASURED)[0].rstrip("\n")
+        card.write_text(head + "\n\n" + "\n".join(metrics_section(metrics[role])))
+        (to / role / "metrics.json").write_text(json.dumps(metrics[role], indent=2))
+        print(f"metrics of {role} -> {card}")
 
 
 def install(run: Path, to: Path, *, metrics: dict[str, dict] | None, force: bool, gate_key: str = "ce_f1_5",
@@ -121,15 +143,22 @@ def install(run: Path, to: Path, *, metrics: dict[str, dict] | None, force: bool
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="output folder of echo-train all")
+    ap.add_argument("--run", type=Path, default=None, help="output folder of echo-train all (or of one stage)")
     ap.add_argument("--to", type=Path, default=Path("assets/checkpoints/echo-b8"))
     ap.add_argument("--metrics", type=Path, default=None, help="JSON {role: {metric: value}} from echo-eval")
     ap.add_argument("--roles", nargs="+", choices=ROLES, default=list(ROLES),
                     help="roles to install (default all three); e.g. --roles student after echo-train dcd")
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--metrics-only", action="store_true",
+                    help="only replace the installed cards' measured section and metrics.json (needs --metrics)")
     args = ap.parse_args(argv)
+    if args.metrics_only != (args.run is None) or (args.metrics_only and args.metrics is None):
+        ap.error("give --run RUN to install, or --metrics-only --metrics FILE to refresh the installed cards")
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
     try:
+        if args.metrics_only:
+            refresh_metrics(args.to, metrics, roles=tuple(args.roles))
+            return
         install(args.run, args.to, metrics=metrics, force=args.force, roles=tuple(args.roles))
     except ValueError as err:
         raise SystemExit(f"train.model_card: error: {err}") from None
