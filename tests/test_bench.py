@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from echo_eval.bench import (
     check_uniform_settings,
     fit_cost_model,
     format_report,
+    forward_cache_growth,
     forward_schedule,
     plot_report,
     predicted_seconds,
@@ -54,6 +56,20 @@ def report(checkpoint_b8, images):
 @pytest.fixture(scope="module")
 def data(report):
     return report.to_json()
+
+
+def test_forward_timer_counts_only_the_models_forwards_and_leaves_no_hooks(checkpoint_b8, report):
+    from echo_eval.bench.measure import ForwardTimer
+
+    hf = checkpoint_b8.model.model
+    assert not hf._forward_hooks and not hf._forward_pre_hooks  # the benchmark removed its hooks
+    layer = torch.nn.Linear(4, 4)
+    with ForwardTimer([layer, layer]) as timer:  # one module given twice is timed once per call
+        layer(torch.zeros(1, 4))
+        time.sleep(0.02)  # outside any forward: not counted
+        layer(torch.zeros(1, 4))
+    assert 0 < timer.seconds < 0.02
+    assert not layer._forward_hooks and not layer._forward_pre_hooks
 
 
 def test_json_has_required_keys_and_serialises(data):
@@ -187,6 +203,30 @@ def test_predictions_use_the_medians_at_each_forwards_query_length():
     assert schedule_query_lengths(("ar", "teacher", "echo"), 8) == (1, 8, 16)
 
 
+def test_a_grown_probe_prices_each_forward_at_the_cache_it_reads():
+    """Decoding forwards read a cache that grows with the report: the probe's two caches are interpolated."""
+    at_prompt = [CostPoint(1, 0.010, 0.010, 0.010), CostPoint(8, 0.020, 0.020, 0.020), CostPoint(16, 0.030, 0.03, 0.03)]
+    grown = [CostPoint(1, 0.011, 0.011, 0.011), CostPoint(8, 0.024, 0.024, 0.024), CostPoint(16, 0.038, 0.038, 0.038)]
+    probe = CostProbe(batch=1, cache_length=100, points=at_prompt, prefill_seconds=0.5,
+                      model=fit_cost_model([1, 8, 16], [0.01, 0.02, 0.03]), grown_cache_length=300,
+                      grown_points=grown)
+    assert probe.seconds(16) == pytest.approx(0.030)  # no growth given: the prompt's cache
+    assert probe.seconds(16, 100) == pytest.approx(0.034)  # half way to the grown cache
+    assert probe.seconds(16, 400) == pytest.approx(0.046)  # beyond it: extrapolated on the same line
+    # 64 fixed tokens at b = 8: 1 first-block forward (cache of the prompt) + 8 fused ones reading 0 .. 7 blocks
+    assert forward_cache_growth("echo", model_calls=10, forward_passes=9, block_length=8) == {8: 0.0, 16: 28.0}
+    # AR: 64 forwards after the prefill, reading 0 .. 63 generated tokens
+    assert forward_cache_growth("ar", model_calls=65, forward_passes=64, block_length=8) == {1: 31.5}
+    # teacher: 3 blocks (2 cache writes + the last), forwards of block k read k blocks
+    assert forward_cache_growth("teacher", model_calls=15, forward_passes=12, block_length=8) == {8: 8.0}
+    echo = 0.5 + 0.020 + 8 * (0.030 + 0.008 * 28 / 200)
+    assert predicted_seconds("echo", model_calls=10, forward_passes=9, block_length=8, cost=probe,
+                             prefill_seconds=0.5) == pytest.approx(echo)
+    assert predicted_seconds("echo", model_calls=10, forward_passes=9, block_length=8, cost=probe,
+                             prefill_seconds=0.5, cache_growth=False) == pytest.approx(0.5 + 0.020 + 8 * 0.030)
+    assert CostModel(a=1.0, c=0.1).seconds(8, 500) == pytest.approx(1.8)  # the fit does not model the cache
+
+
 def test_report_predicts_each_arm_from_the_probe_medians(data, checkpoint_b8):
     b = checkpoint_b8.model.block_length
     for (mode, key), batch in itertools.product((("fixed", "predictions"), ("natural", "predictions_natural")),
@@ -194,12 +234,26 @@ def test_report_predicts_each_arm_from_the_probe_medians(data, checkpoint_b8):
         probe = data["cost_models"][batch]
         medians = {p["query_tokens"]: p["median"] for p in probe["points"]}
         assert {1, b, 2 * b} <= set(medians)  # the schedule's lengths are probed even when not asked for
+        # one probe round after every timed round of this batch (fixed and natural), topped up to probe_repeats
+        assert probe["rounds"] == max(TINY_CONFIG.runs * len(TINY_CONFIG.modes), TINY_CONFIG.probe_repeats)
+        grown = {p["query_tokens"]: p["median"] for p in probe["grown"]["points"]}
+        assert set(grown) == set(medians)  # every length again against the cache grown by max_new_tokens
+        span = probe["grown"]["cache_length"] - probe["cache_length"]
+        assert span == data["settings"]["max_new_tokens"]
         pred = data[key][batch]
         cells = {r["arm"]: r for r in data["results"] if r["mode"] == mode and r["batch"] == int(batch)}
         assert set(pred["arms"]) == set(cells)
         for arm, v in pred["arms"].items():
-            expected = probe["prefill_seconds"] + sum(n * medians[int(T)] for T, n in v["forwards"].items())
+            at_prompt = probe["prefill_seconds"] + sum(n * medians[int(T)] for T, n in v["forwards"].items())
+            expected = probe["prefill_seconds"] + sum(
+                n * (medians[int(T)] + (grown[int(T)] - medians[int(T)]) * v["mean_cache_growth"].get(T, 0) / span)
+                for T, n in v["forwards"].items())
             assert v["predicted_seconds"] == pytest.approx(expected, rel=1e-4)
+            assert v["predicted_seconds_prompt_cache"] == pytest.approx(at_prompt, rel=1e-4)
+            # the run's own split: seconds inside the model's forwards, the rest the sampler's
+            assert v["forward_seconds_in_run"] == pytest.approx(cells[arm]["median_forward_seconds"], rel=1e-4)
+            assert 0 < cells[arm]["median_forward_seconds"] < cells[arm]["median_wall_seconds"]
+            assert 0 < v["outside_forward_share"] < 1
             assert v["measured_seconds"] == pytest.approx(cells[arm]["median_seconds"], rel=1e-4)
             assert v["overhead"] == pytest.approx(v["measured_seconds"] / v["predicted_seconds"] - 1, abs=1e-3)
         if mode == "natural":
@@ -208,6 +262,10 @@ def test_report_predicts_each_arm_from_the_probe_medians(data, checkpoint_b8):
         echo = pred["arms"]["echo"]["forwards"]
         assert echo[str(b)] == 1 and echo[str(2 * b)] == fixed["echo"]["forward_passes"] - 1
         assert pred["arms"]["ar"]["forwards"] == {"1": fixed["ar"]["tokens"] - 1}
+        # fixed length: AR's forwards read 0 .. n-2 generated tokens, ECHO's fused ones 0 .. F-2 blocks
+        assert pred["arms"]["ar"]["mean_cache_growth"] == {"1": pytest.approx((fixed["ar"]["tokens"] - 2) / 2)}
+        assert pred["arms"]["echo"]["mean_cache_growth"] == {
+            str(b): 0.0, str(2 * b): pytest.approx(b * (fixed["echo"]["forward_passes"] - 2) / 2)}
         ratio = (fixed["ar"]["median_seconds"] / pred["arms"]["ar"]["predicted_seconds"]) / (
             fixed["echo"]["median_seconds"] / pred["arms"]["echo"]["predicted_seconds"])
         # equal token counts in fixed mode: the ratio of rates is the ratio of seconds

@@ -27,6 +27,13 @@ def test_stream_yields_each_block_before_the_end(checkpoint, name):
     assert events[0].seconds <= events[-1].seconds
     assert not events[0].done and events[-1].done
     assert events[-1].text == result.text
+    # Each event's text is the report as of its block, also when read after decoding went on (it is decoded
+    # lazily, on first read, from the tokens committed up to that block).
+    for k, e in enumerate(events):
+        so_far = [t for block in result.blocks[: k + 1] for t in block]
+        if not e.done:
+            assert e.text == ck.processor.decode(so_far)
+    assert len({e.text for e in events}) > 1
 
 
 def test_stops_at_block_with_eos(checkpoint):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from echo_model.processing import EchoProcessor, StudyPrompt
 from echo_model.sampling import GenerationResult, RunFigures, SamplerConfig, build_sampler, sampler_spec
 
 from .config import MODES, ArmSettings, BenchConfig, model_settings
-from .cost_model import sync_device
+from .cost_model import ForwardProbe, sync_device
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -57,9 +57,13 @@ class RunSample:
     batch_tokens_per_second: float
     decode_tokens_per_second: float
     block_tokens: list[int]
+    forward_seconds: float = 0.0
+    outside_forward_seconds: float = 0.0
+    outside_forward_share: float = 0.0
 
     @classmethod
-    def from_results(cls, results: Sequence[GenerationResult], wall_seconds: float) -> RunSample:
+    def from_results(cls, results: Sequence[GenerationResult], wall_seconds: float,
+                     forward_seconds: float = 0.0) -> RunSample:
         runs = [r.figures for r in results]
 
         def mean(name: str) -> float:
@@ -86,6 +90,9 @@ class RunSample:
             batch_tokens_per_second=total / wall_seconds if wall_seconds > 0 else 0.0,
             decode_tokens_per_second=float(statistics.fmean(decode_rate(f) for f in runs)),
             block_tokens=list(runs[0].block_tokens),
+            forward_seconds=forward_seconds,
+            outside_forward_seconds=max(wall_seconds - forward_seconds, 0.0),
+            outside_forward_share=max(wall_seconds - forward_seconds, 0.0) / wall_seconds if wall_seconds > 0 else 0.0,
         )
 
 
@@ -110,7 +117,8 @@ class ArmResult:
         out: dict[str, Any] = {"arm": self.arm, "mode": self.mode, "batch": self.batch, "checkpoint": self.checkpoint,
                                "runs": len(self.runs)}
         for name in ("seconds", "first_block_seconds", "tokens_per_second", "batch_tokens_per_second",
-                     "decode_tokens_per_second", "wall_seconds"):
+                     "decode_tokens_per_second", "wall_seconds", "forward_seconds", "outside_forward_seconds",
+                     "outside_forward_share"):
             s = self.spread(name)
             out[f"median_{name}"] = round(s.median, 6)
             out[f"{name}_iqr"] = [round(s.q25, 6), round(s.q75, 6)]
@@ -162,12 +170,52 @@ def encode_studies(processor: EchoProcessor, images: Sequence[Image.Image], coun
     return [encoded[i % len(encoded)] for i in range(count)]
 
 
-def _timed_generate(sampler: Any, prompts: list[StudyPrompt], device: torch.device) -> RunSample:
+class ForwardTimer:
+    """Seconds spent inside the models' forwards while it is entered (forward pre- and post-hooks on each model):
+    the part of a run the cost model prices; the rest of the run's wall time is the sampler's own (masks,
+    sampling, bookkeeping, Python). Measured in the run itself, so it shares the run's moment on a noisy machine,
+    unlike the probe. On a GPU each hook synchronises first (host time would only count the launches).
+
+    A hook costs a few microseconds per forward (about 0.3 % of a 1-token forward of the embedded model).
+    """
+
+    def __init__(self, models: Iterable[torch.nn.Module]):
+        self.models = list({id(m): m for m in models}.values())
+        self.seconds = 0.0
+        self._began = 0.0
+        self._handles: list[Any] = []
+        self._cuda = any(p.is_cuda for m in self.models for p in m.parameters())
+
+    def _pre(self, module: torch.nn.Module, args: Any) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+        self._began = time.perf_counter()
+
+    def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - self._began
+
+    def __enter__(self) -> Self:
+        for m in self.models:
+            self._handles += [m.register_forward_pre_hook(self._pre), m.register_forward_hook(self._post)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def _timed_generate(sampler: Any, prompts: list[StudyPrompt], device: torch.device,
+                    timer: ForwardTimer | None = None) -> RunSample:
     sync_device(device)
+    inside = timer.seconds if timer is not None else 0.0
     t0 = time.perf_counter()
     results = sampler.generate(prompts)
     sync_device(device)
-    return RunSample.from_results(results, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return RunSample.from_results(results, wall, timer.seconds - inside if timer is not None else 0.0)
 
 
 def measure_cell(
@@ -181,13 +229,15 @@ def measure_cell(
     max_new_tokens: int,
     progress: bool = False,
     cycle: bool = False,
+    probe: ForwardProbe | None = None,
 ) -> dict[str, ArmResult]:
     """Measure every arm in one (mode, batch) cell, interleaved: round r runs ar, teacher, vanilla, echo.
 
     Why interleaved: on a shared machine load drifts over seconds; running all of one arm, then all of the
     next, would charge the drift to one arm. Warm-up rounds run first and are not recorded. With ``cycle``,
     timed round r drafts images ``r*batch ... r*batch+batch-1`` (modulo their number) instead of the first
-    ``batch`` images every round; every arm drafts the same studies in a round.
+    ``batch`` images every round; every arm drafts the same studies in a round. With ``probe``, each timed round
+    ends with one of its rounds, so the forward costs are timed in the same moments as the runs they predict.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -215,10 +265,14 @@ def measure_cell(
         from tqdm.auto import tqdm
 
         rounds = tqdm(rounds, desc=f"{mode:7s} batch {batch}", unit="round", leave=False)
-    for r in rounds:
-        for n, a in arms.items():
-            out[n].settings.append(a.settings)
-            out[n].runs.append(_timed_generate(samplers[n], round_prompts(n, r), a.checkpoint.model.device))
+    # The Hugging Face module inside each EchoModel: every forward a sampler makes goes through it.
+    with ForwardTimer(a.checkpoint.model.model for a in arms.values()) as timer:
+        for r in rounds:
+            for n, a in arms.items():
+                out[n].settings.append(a.settings)
+                out[n].runs.append(_timed_generate(samplers[n], round_prompts(n, r), a.checkpoint.model.device, timer))
+            if probe is not None:
+                probe.round()  # between the runs' timing windows: not counted as any run's forwards
     return out
 
 

@@ -32,9 +32,10 @@ from .config import (
 from .cost_model import (
     CostProbe,
     ForwardCost,
+    ForwardProbe,
+    forward_cache_growth,
     forward_schedule,
     predicted_seconds,
-    probe_forward_costs,
     safe_cap,
     schedule_query_lengths,
 )
@@ -76,17 +77,20 @@ class BenchReport:
     def probe(self, batch: int) -> CostProbe | None:
         return next((p for p in self.cost_probes if p.batch == batch), None)
 
-    def predicted_run_seconds(self, arm: str, *, batch: int, fit: bool = False, mode: str = "fixed") -> float | None:
+    def predicted_run_seconds(self, arm: str, *, batch: int, fit: bool = False, mode: str = "fixed",
+                              cache_growth: bool = True) -> float | None:
         """Seconds ``arm`` should take in ``mode`` for the forwards it actually made (median counts): the measured
-        prefill plus the probe's median at each forward's query length (``fit=True``: the fitted line instead, a
-        reported figure)."""
+        prefill plus the probe's median at each forward's query length and mean cache length (``fit=True``: the
+        fitted line instead, a reported figure; ``cache_growth=False``: every forward at the prompt's cache, the
+        basis before the probe timed a grown cache, reported beside it)."""
         cell, probe = self.cell(arm, mode, batch), self.probe(batch)
         if cell is None or probe is None:
             return None
         s = cell.summary()
         cost: ForwardCost = probe.model if fit else probe
         return predicted_seconds(arm, model_calls=s["model_calls"], forward_passes=s["forward_passes"],
-                                 block_length=self.block_length, cost=cost, prefill_seconds=probe.prefill_seconds)
+                                 block_length=self.block_length, cost=cost, prefill_seconds=probe.prefill_seconds,
+                                 cache_growth=cache_growth)
 
     def predicted(self, arm: str, *, batch: int, fit: bool = False, mode: str = "fixed") -> float | None:
         """Predicted tokens/s of ``arm`` in ``mode`` (see :meth:`predicted_run_seconds`)."""
@@ -109,13 +113,22 @@ class BenchReport:
                 continue
             s = cell.summary()
             measured = s["median_seconds"]
-            schedule = forward_schedule(arm, model_calls=s["model_calls"], forward_passes=s["forward_passes"],
-                                        block_length=self.block_length)
+            counts = {"model_calls": s["model_calls"], "forward_passes": s["forward_passes"],
+                      "block_length": self.block_length}
+            schedule = forward_schedule(arm, **counts)
+            at_prompt = self.predicted_run_seconds(arm, batch=batch, mode=mode, cache_growth=False)
             arms[arm] = {
                 "forwards": {str(T): round(n, 4) for T, n in schedule.items()},
+                "mean_cache_growth": {str(T): round(g, 2) for T, g in forward_cache_growth(arm, **counts).items()},
                 "predicted_seconds": _r(predicted, 6),
                 "measured_seconds": _r(measured, 6),
                 "overhead": _r(measured / predicted - 1) if predicted > 0 else None,
+                "predicted_seconds_prompt_cache": _r(at_prompt, 6),
+                "overhead_prompt_cache": _r(measured / at_prompt - 1) if at_prompt else None,
+                # measured in the runs themselves (ForwardTimer): the forwards' own seconds and the share of the
+                # run outside them, the sampler's part, free of the probe's noise
+                "forward_seconds_in_run": _r(s["median_forward_seconds"], 6),
+                "outside_forward_share": _r(s["median_outside_forward_share"]),
                 "predicted_seconds_fit": _r(self.predicted_run_seconds(arm, batch=batch, fit=True, mode=mode), 6),
             }
         pred_ar, pred_echo = self.predicted("ar", batch=batch, mode=mode), self.predicted("echo", batch=batch, mode=mode)
@@ -126,6 +139,10 @@ class BenchReport:
         if len(rates) == 2 and min(r["median_seconds"] for r in rates.values()) > 0:
             measured_ratio = ((rates["echo"]["tokens"] / rates["echo"]["median_seconds"])
                               / (rates["ar"]["tokens"] / rates["ar"]["median_seconds"]))
+        at_prompt = {a: self.predicted_run_seconds(a, batch=batch, mode=mode, cache_growth=False) for a in rates}
+        prompt_ratio = None
+        if len(rates) == 2 and all(at_prompt.values()):
+            prompt_ratio = ((rates["echo"]["tokens"] / at_prompt["echo"]) / (rates["ar"]["tokens"] / at_prompt["ar"]))
         fit_ar = self.predicted("ar", batch=batch, fit=True, mode=mode)
         fit_echo = self.predicted("echo", batch=batch, fit=True, mode=mode)
         return {
@@ -135,6 +152,9 @@ class BenchReport:
             "measured_over_predicted_speedup": _r(measured_ratio / predicted_ratio)
             if measured_ratio is not None and predicted_ratio else None,
             "predicted_speedup_ar_over_echo_fit": _r(fit_echo / fit_ar) if fit_ar and fit_echo else None,
+            "predicted_speedup_ar_over_echo_prompt_cache": _r(prompt_ratio),
+            "measured_over_predicted_speedup_prompt_cache": _r(measured_ratio / prompt_ratio)
+            if measured_ratio is not None and prompt_ratio else None,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -186,7 +206,9 @@ class BenchReport:
             "cap_is_reported_only": True,
             "target_fraction_of_cap": TARGET_FRACTION_OF_CAP,
             "meets_cap_fraction": (measured / cap >= TARGET_FRACTION_OF_CAP) if measured is not None and cap else None,
-            "prediction_basis": "probe medians at each forward's query length + measured prefill",
+            "prediction_basis": "probe medians at each forward's query length, interpolated to the mean cache length "
+                                "those forwards read (probed at the prompt and at the prompt + max_new_tokens) "
+                                "+ measured prefill",
             "predictions": {str(bt): self.predictions(bt) for bt in self.config.batches if self.probe(bt)},
             "predictions_natural": {str(bt): self.predictions(bt, "natural") for bt in self.config.batches
                                     if self.probe(bt)} if "natural" in self.config.modes else None,
@@ -267,28 +289,35 @@ def _run(config: BenchConfig, *, images: Sequence[Image.Image] | None, image_lab
     if images is None:
         images = [phantom_cxr((512, 512), seed=i) for i in range(max(config.batches))]
     images = list(images)
+    probe_arm = arms["echo"] if "echo" in arms else next(iter(arms.values()))
     gc.collect()
-    gc.freeze()  # keep the collector's full passes over the loaded model out of the timings
+    # Keep the collector's full passes over the loaded models out of the timings: the arms' and the probe's
+    # alike (a probe run after unfreezing had its t(1) median 10-70 % above the same forwards in the runs).
+    gc.freeze()
     before = load_average()
     cells: list[ArmResult] = []
     try:
+        # One probe per batch size, its rounds interleaved with that batch's timed rounds (then topped up to
+        # --probe-repeats): the forwards are priced in the same moments as the runs they predict.
+        probing = {batch: ForwardProbe(probe_arm.checkpoint.model, probe_arm.checkpoint.processor,
+                                       encode_studies(probe_arm.checkpoint.processor, images, 1)[0], batch=batch,
+                                       query_lengths=sorted(set(config.query_lengths)
+                                                            | set(schedule_query_lengths(config.arms, b))),
+                                       grow_cache=config.max_new_tokens)
+                   for batch in config.batches}
         for mode in config.modes:
             for batch in config.batches:
                 res = measure_cell(arms, images, mode=mode, batch=batch, runs=config.runs, warmup=config.warmup,
                                    max_new_tokens=config.max_new_tokens, progress=progress,
-                                   cycle=config.cycle_images)
+                                   cycle=config.cycle_images, probe=probing[batch])
                 cells.extend(res[a] for a in config.arms)
+        for probe in probing.values():
+            while probe.rounds < config.probe_repeats:
+                probe.round()
+        probes = [probing[batch].result() for batch in config.batches]
     finally:
         gc.unfreeze()
     check_uniform_settings({c.arm: c.settings for c in cells})
-    probe_arm = arms["echo"] if "echo" in arms else next(iter(arms.values()))
-    probes = [
-        probe_forward_costs(probe_arm.checkpoint.model, probe_arm.checkpoint.processor,
-                            encode_studies(probe_arm.checkpoint.processor, images, 1)[0], batch=batch,
-                            query_lengths=sorted(set(config.query_lengths) | set(schedule_query_lengths(config.arms, b))),
-                            repeats=config.probe_repeats)
-        for batch in config.batches
-    ]
     check_uniform_settings({"probe": probe_arm.settings, "arms": settings})
     prompt_length = encode_studies(probe_arm.checkpoint.processor, images, 1)[0].length
     return BenchReport(
@@ -338,6 +367,9 @@ def format_report(report: dict[str, Any]) -> str:
         pts = ", ".join(f"T={p['query_tokens']}: {p['median'] * 1e3:.2f} ms" for p in cm["points"])
         lines.append(f"forward costs (batch {cm['batch']}, cache {cm['cache_length']} tokens), medians: {pts}; "
                      f"prefill {cm['prefill_seconds'] * 1e3:.1f} ms")
+        if cm.get("grown"):
+            grown = ", ".join(f"T={p['query_tokens']}: {p['median'] * 1e3:.2f} ms" for p in cm["grown"]["points"])
+            lines.append(f"  with the cache grown to {cm['grown']['cache_length']} tokens: {grown}")
         lines.append(f"  reported, not targets: fit t(T) = {cm['a'] * 1e3:.3f} ms + {cm['c'] * 1e3:.4f} ms * T "
                      f"(R^2 {cm['r2']:.3f}); cap_b8 = {_fx(cm['cap_b8'])}, cap_b16 = {_fx(cm['cap_b16'])} "
                      f"(b t(1) / t(2b) on the fit, prefill ignored; this checkpoint has b = {b})")
@@ -381,19 +413,31 @@ def _prediction_lines(report: dict[str, Any]) -> list[str]:
         if not pred:
             continue
         lines.append(f"  predicted from the measured forwards (prefill + probe medians at each forward's query "
-                     f"length), {mode} length, batch {batch}:")
+                     f"length and mean cache length), {mode} length, batch {batch}:")
         for arm, v in pred["arms"].items():
-            fwd = " + ".join(f"{n:g} x t({T})" for T, n in v["forwards"].items())
-            over = v["overhead"]
+            growth = v.get("mean_cache_growth") or {}
+            fwd = " + ".join(f"{n:g} x t({T}" + (f", +{growth[T]:g}" if growth.get(T) else "") + ")"
+                             for T, n in v["forwards"].items())
+            over, at_prompt = v["overhead"], v.get("overhead_prompt_cache")
             lines.append(f"    {arm:8s} predicted {v['predicted_seconds']:.3f} s (P + {fwd}), measured "
-                         f"{v['measured_seconds']:.3f} s, overhead {over:+.0%}" if over is not None else
+                         f"{v['measured_seconds']:.3f} s, overhead {over:+.0%}"
+                         + (f" ({at_prompt:+.0%} against every forward at the prompt's cache)"
+                            if at_prompt is not None else "") if over is not None else
                          f"    {arm:8s} predicted {v['predicted_seconds']:.3f} s, measured {v['measured_seconds']:.3f} s")
+            if v.get("forward_seconds_in_run") and v.get("outside_forward_share") is not None:
+                lines.append(f"             in the runs: {v['forward_seconds_in_run']:.3f} s inside the model's forwards, "
+                             f"{v['outside_forward_share']:.1%} of the run outside them (the sampler)")
         pr, mr, ratio = (pred.get("predicted_speedup_ar_over_echo"), pred.get("measured_speedup_ar_over_echo"),
                          pred.get("measured_over_predicted_speedup"))
         if pr is not None and mr is not None and ratio is not None:
             fit = pred.get("predicted_speedup_ar_over_echo_fit")
             lines.append(f"    echo/ar: predicted {pr:.2f}x, measured {mr:.2f}x = {ratio:.0%} of predicted"
                          + (f" (from the fit instead, reported only: {fit:.2f}x)" if fit is not None else ""))
+            pr0, r0 = (pred.get("predicted_speedup_ar_over_echo_prompt_cache"),
+                       pred.get("measured_over_predicted_speedup_prompt_cache"))
+            if pr0 is not None and r0 is not None:
+                lines.append(f"    with every forward at the prompt's cache (reported only): predicted {pr0:.2f}x, "
+                             f"measured = {r0:.0%} of it")
     if report.get("meets_target") is not None and targets:
         lines.append(f"  targets: echo measured <= {targets['echo_measured_over_predicted_max']:.2f} x predicted "
                      f"(now {report['echo_measured_over_predicted']:.2f}), echo/ar >= "

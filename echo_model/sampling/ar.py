@@ -7,7 +7,7 @@ same absolute block grid as the block samplers, so the app can show both at the 
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import torch
 
@@ -92,9 +92,15 @@ class ARSampler(Sampler):
                     if done[i]:
                         r.text, r.seconds = proc.decode(r.token_ids), now
                     yield BlockEvent(sample=i, block=len(r.blocks) - 1, token_ids=chunk[i], confidences=chunk_conf[i],
-                                     text=proc.decode(r.token_ids), seconds=now, done=done[i],
-                                     result=r if done[i] else None)
+                                     seconds=now, done=done[i], result=r if done[i] else None,
+                                     decode_text=_text_so_far(proc, r))
                     chunk[i], chunk_conf[i] = [], []
             if all(done):
                 break
         return results
+
+
+def _text_so_far(proc: EchoProcessor, result: GenerationResult) -> Callable[[], str]:
+    """The report as of now, decoded when a caller reads it (tokens are only appended, so the first n stay)."""
+    n = len(result.token_ids)
+    return lambda: proc.decode(result.token_ids[:n])

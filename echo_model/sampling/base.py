@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -68,7 +69,8 @@ class BlockEvent:
         block: 0-based index of the block among this sample's generated blocks.
         token_ids: the block's newly committed generated tokens (the first block may hold fewer than b).
         confidences: the probability each of those tokens had when it was committed.
-        text: the whole report decoded so far.
+        text: the whole report decoded so far; decoded from ``decode_text`` when first read, so a caller that
+            never reads it (``generate``, the benchmark) does not pay a decode of the growing report per block.
         seconds: time since generation started.
         done: True if this is the sample's last block.
         steps: the 1-based denoising step at which each token was committed (block samplers; None for AR,
@@ -82,11 +84,15 @@ class BlockEvent:
     block: int
     token_ids: list[int]
     confidences: list[float]
-    text: str
     seconds: float
     done: bool = False
     steps: list[int] | None = None
     result: GenerationResult | None = None
+    decode_text: Callable[[], str] = field(default=str, repr=False, compare=False)
+
+    @functools.cached_property
+    def text(self) -> str:
+        return self.decode_text()
 
 
 @dataclass

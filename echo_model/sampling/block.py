@@ -21,8 +21,7 @@ reproduces the single runs exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Sequence
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -119,16 +118,15 @@ class BlockDiffusionSampler(Sampler):
         for k in range(M, T // b):
             lo, hi = k * b, (k + 1) * b
             active = [not d for d in done]
-            block_conf = torch.zeros(B, b, device=device)  # (B, b) confidence at commit time
-            block_step = torch.zeros(B, b, dtype=torch.long, device=device)  # (B, b) step of commit
             if fused:
                 q_lo, keep = (lo, 0) if k == M else (lo - b, b)
                 logits = self._forward(lay, cache, q_lo, hi, keep_kv=keep, logits=b)  # (B, b, V)
                 self._count(results, active, denoise=True)
-                block_conf = self._commit(lay, lo, hi, logits, self.transfer[0], generator, block_conf,
-                                          on_commit=on_commit, block=k - M, step=1)
-                block_step.fill_(1)
+                block_conf = self._commit_all(lay, lo, hi, logits, generator, on_commit=on_commit, block=k - M)
+                block_step = None  # every token at step 1
             else:
+                block_conf = torch.zeros(B, b, device=device)  # (B, b) confidence at commit time
+                block_step = torch.zeros(B, b, dtype=torch.long, device=device)  # (B, b) step of commit
                 for s in range(self.steps):
                     has_mask = lay.masked[:, lo:hi].any(-1).tolist()  # (B,)
                     if not any(has_mask):
@@ -163,11 +161,11 @@ class BlockDiffusionSampler(Sampler):
                     block=len(results[i].blocks) - 1,
                     token_ids=block_ids,
                     confidences=results[i].block_confidences[-1],
-                    text=results[i].text if done[i] else self.processor.decode(_generated(results[i])),
                     seconds=now,
                     done=done[i],
                     steps=results[i].block_steps[-1],
                     result=results[i] if done[i] else None,
+                    decode_text=self._text_so_far(results[i], done[i]),
                 )
             if all(done):
                 break
@@ -233,6 +231,25 @@ class BlockDiffusionSampler(Sampler):
             logits_at=logits,
         )
 
+    def _commit_all(self, lay: _Layout, lo: int, hi: int, logits: torch.Tensor, generator, *, on_commit,
+                    block: int) -> torch.Tensor:
+        """One denoising step per block (ECHO's fused path, method.md §2): every masked position of the block is
+        committed, so the commit rule has nothing to choose. Returns the ``(B, b)`` confidences (positions that
+        were not masked, the prompt's tail in the first block, are never read)."""
+        tokens, conf = sample_tokens(logits, self.config, generator)  # (B, b), (B, b)
+        sel = lay.masked[:, lo:hi].clone()  # (B, b)
+        lay.x[:, lo:hi] = torch.where(sel, tokens, lay.x[:, lo:hi])
+        lay.masked[:, lo:hi] = False
+        if on_commit is not None:
+            self._report_commit(lay, lo, hi, on_commit, block=block, step=1, sel=sel, tokens=tokens, logits=logits)
+        return conf
+
+    def _report_commit(self, lay: _Layout, lo: int, hi: int, on_commit, *, block: int, step: int, sel: torch.Tensor,
+                       tokens: torch.Tensor, logits: torch.Tensor) -> None:
+        cols = torch.arange(lo, hi, device=lay.x.device)
+        index = cols[None] - torch.tensor(lay.start, device=lay.x.device)[:, None]  # (B, b)
+        on_commit(CommitStep(block=block, step=step, committed=sel, tokens=tokens, logits=logits, response_index=index))
+
     def _commit(self, lay: _Layout, lo: int, hi: int, logits: torch.Tensor, n: int, generator,
                 block_conf: torch.Tensor, *, on_commit, block: int, step: int) -> torch.Tensor:
         """Sample, apply the commit rule in place on the canvas; return the updated commit confidences."""
@@ -245,9 +262,7 @@ class BlockDiffusionSampler(Sampler):
         lay.x[:, lo:hi] = torch.where(sel, tokens, lay.x[:, lo:hi])
         lay.masked[:, lo:hi] = cur_masked & ~sel
         if on_commit is not None:
-            cols = torch.arange(lo, hi, device=lay.x.device)
-            index = cols[None] - torch.tensor(lay.start, device=lay.x.device)[:, None]  # (B, b)
-            on_commit(CommitStep(block=block, step=step, committed=sel, tokens=tokens, logits=logits, response_index=index))
+            self._report_commit(lay, lo, hi, on_commit, block=block, step=step, sel=sel, tokens=tokens, logits=logits)
         return torch.where(sel, conf.float(), block_conf)  # (B, b)
 
     @staticmethod
@@ -256,6 +271,14 @@ class BlockDiffusionSampler(Sampler):
             if w:
                 r.model_calls += 1
                 r.forward_passes += int(denoise)
+
+    def _text_so_far(self, result: GenerationResult, done: bool) -> Callable[[], str]:
+        """The report as of now, decoded when a caller reads it (blocks are only appended, so the first n stay)."""
+        if done:
+            text = result.text
+            return lambda: text
+        n = len(result.blocks)
+        return lambda: self.processor.decode([t for block in result.blocks[:n] for t in block])
 
     def _finish(self, result: GenerationResult, now: float) -> None:
         ids = _generated(result)[: self.config.max_new_tokens]
@@ -272,8 +295,11 @@ def _generated(result: GenerationResult) -> list[int]:
     return [t for block in result.blocks for t in block]
 
 
-def _to_host(ids: torch.Tensor, conf: torch.Tensor, step: torch.Tensor) -> tuple[list[list[int]], list[list[float]], list[list[int]]]:
-    """``(B, b)`` token ids, confidences and commit steps as Python lists, in one device-to-host copy."""
-    rows = torch.stack([ids.double(), conf.double(), step.double()]).tolist()  # (3, B, b); float32 -> 64 is exact
-    return ([[int(t) for t in r] for r in rows[0]], rows[1],
-            [[int(s) for s in r] for r in rows[2]])
+def _to_host(ids: torch.Tensor, conf: torch.Tensor,
+             step: torch.Tensor | None) -> tuple[list[list[int]], list[list[float]], list[list[int]]]:
+    """``(B, b)`` token ids, confidences and commit steps (None: all 1) as Python lists, in one device-to-host
+    copy."""
+    parts = [ids.double(), conf.double()] + ([step.double()] if step is not None else [])
+    rows = torch.stack(parts).tolist()  # (2 or 3, B, b); float32 -> 64 is exact
+    steps = [[int(s) for s in r] for r in rows[2]] if step is not None else [[1] * ids.shape[1] for _ in rows[0]]
+    return [[int(t) for t in r] for r in rows[0]], rows[1], steps
