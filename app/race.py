@@ -119,6 +119,8 @@ class ArmProgress:
         }
         if self.draft is not None:
             data.update(result_figures(self.draft.result))
+            # the report check's warnings (the tail of echo-report --json's "warnings", after the input warnings)
+            data["report_check"] = list(self.draft.check_warnings)
         return data
 
 

@@ -120,8 +120,13 @@ def _status(state: ArmProgress | None, *, mode: str) -> str:
         return "*Not in this race* (tick *Include the teacher*)."
     if state.draft is not None:
         r = state.draft.result
-        return (f"**Done**: {r.seconds:.3f} s, {len(r.blocks)} blocks, {r.tokens} tokens, "
+        done = (f"**Done**: {r.seconds:.3f} s, {len(r.blocks)} blocks, {r.tokens} tokens, "
                 f"{r.tokens_per_forward:.2f} tokens/forward, {r.tokens_per_second:.1f} tokens/s.")
+        warnings = state.draft.check_warnings
+        if not warnings:
+            return done + " The report check passed."
+        n = len(warnings)
+        return done + f"\n\n⚠ **{n} warning{'s' if n > 1 else ''} on this draft**: " + "; ".join(warnings) + "."
     if not state.started:
         return "Waiting for the arm before it." if mode == "sequential" else "Starting…"
     return f"Decoding: block {state.blocks}, {state.seconds:.2f} s."

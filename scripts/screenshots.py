@@ -8,7 +8,8 @@ Serves the app on loopback over a temporary data directory (nothing of it is kep
 chromium (Selenium) at 1280 x 800 and walks one study through the tabs as a radiologist would:
 
 1. **Draft**: upload ``--dicom`` (default: ``RG1_UNCR.dcm``, the real chest radiograph that the ``pydicom-data``
-   package ships), choose the *lung* window preset, Generate; ``draft.png``.
+   package ships), choose the *lung* window preset, Generate; ``draft.png``, and when the report check warns
+   about the draft, ``draft-check.png`` (the warnings, the teacher re-draft button and the editor).
 2. **History**: the worklist with the study; ``history.png``.
 3. **Explain**: the draft's first block explained with the default method; ``explain.png``.
 4. **Race**: the same study drafted by AR and ECHO side by side (natural length); ``race.png``.
@@ -158,6 +159,9 @@ class Walk:
         self.click("#generate-btn")
         self.text_appears("#summary", "first block")
         shots = [self.shot("draft", scroll_to="#study-banner")]
+        # The report check's verdict on the same draft, the offer to re-draft it with the teacher and the editor.
+        if self.css("#draft-warnings").text.strip():
+            shots.append(self.shot("draft-check", scroll_to="#draft-warnings"))
 
         self.tab("History")
         self.click("#refresh-btn")
@@ -177,7 +181,7 @@ class Walk:
             use[0].click()
         self.click("#race-btn")
         self.text_appears("#race-figures", "ECHO")
-        shots.append(self.shot("race"))
+        shots.append(self.shot("race", scroll_to="#race-how"))  # the panels, their figures and report checks
         return shots
 
 

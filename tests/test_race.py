@@ -120,6 +120,7 @@ def test_sequential_race_reports_the_samplers_figures_one_update_per_block(servi
         assert {k: reported[k] for k in result_figures(draft.result)} == result_figures(draft.result)
         assert reported["report"] == draft.report and reported["blocks"] == blocks[arm]
         assert reported["model_revision"] == draft.model_revision and reported["device"] == "cpu"
+        assert reported["report_check"] == draft.check_warnings  # the report check travels with each arm's report
     ar, echo, teacher = (timed[a].result for a in ("ar", "echo", "teacher"))
     assert summary["speedup"] == ar.seconds / echo.seconds
     assert summary["tokens_per_second_ratio"] == echo.tokens_per_second / ar.tokens_per_second
@@ -141,10 +142,13 @@ def test_texts_equal_echo_report_and_are_deterministic(services, image_file, fol
         got = record["arms"][arm]
         assert got["tokens"] == TOKENS and got["report"].strip()
         assert got["report"] == expected["report"] == again["arms"][arm]["report"], arm
+        # the same report check as echo-report --json, whose "warnings" list the input warnings first
+        assert expected["warnings"][len(expected["warnings"]) - len(got["report_check"]):] == got["report_check"], arm
         # The counts are deterministic too (only the clock differs between runs).
         for key in ("tokens", "forward_passes", "model_calls", "block_tokens"):
             assert got[key] == expected[key] == again["arms"][arm][key], (arm, key)
     assert record["arms"]["ar"]["report"] != record["arms"]["echo"]["report"]
+    assert any(record["arms"][arm]["report_check"] for arm in ("ar", "echo", "teacher"))  # the tiny models' drafts
 
 
 def test_stream_handler_yields_one_update_per_block_and_the_figures_last(services, image_file, recorded) -> None:
@@ -169,7 +173,15 @@ def test_stream_handler_yields_one_update_per_block_and_the_figures_last(service
         assert last[F[f"{arm}_text"]] == timed[arm].report
         assert {k: record["arms"][arm][k] for k in result_figures(timed[arm].result)} == result_figures(
             timed[arm].result)
-        assert "**Done**" in last[F[f"{arm}_status"]]
+        status = last[F[f"{arm}_status"]]
+        assert "**Done**" in status
+        # The panel says what the report check found, as the Draft tab does: every warning, or that it passed.
+        warnings = timed[arm].check_warnings
+        assert record["arms"][arm]["report_check"] == warnings
+        if warnings:
+            assert f"{len(warnings)} warning" in status and all(w in status for w in warnings)
+        else:
+            assert "The report check passed." in status
     rows = {row[0]: dict(zip(FIGURE_HEADERS, row)) for row in last[F["figures"]]}
     assert rows["ECHO"]["seconds"] == round(timed["echo"].result.seconds, 4)
     assert rows["AR"]["tokens / s"] == round(timed["ar"].result.tokens_per_second, 2)
