@@ -442,6 +442,7 @@ class WorklistEntry:
         updated_at: the latest event of that draft (signature, saved edit, draft), else the study's creation.
         first_image: path of the first view's de-identified PNG (``None`` for a study without views).
         drafts: drafts of the study (re-drafts included).
+        warnings: how many warnings the shown draft carries (input gating and the report check), 0 without one.
     """
 
     study_id: str
@@ -456,6 +457,7 @@ class WorklistEntry:
     views: int
     drafts: int
     first_image: Path | None
+    warnings: int = 0
 
     @property
     def signed(self) -> bool:
@@ -978,7 +980,8 @@ class Store:
         times = [draft.created_at, *(e.created_at for e in draft.versions)]
         return WorklistEntry(draft_id=draft.id, state=draft.status, versions=len(draft.versions),
                              updated_at=max(times), findings=findings, impression=impression,
-                             indication=str(draft.settings.get("indication") or ""), **common)
+                             indication=str(draft.settings.get("indication") or ""), warnings=len(draft.warnings),
+                             **common)
 
     def signed_drafts(self, owner: str, *, since: datetime | None = None,
                       until: datetime | None = None) -> list[tuple[DraftInfo, StudyInfo]]:

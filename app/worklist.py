@@ -90,8 +90,14 @@ def first_line(text: str, *, limit: int = LINE_CHARS) -> str:
 
 
 def state_label(entry: WorklistEntry) -> str:
-    """``no draft``, ``draft``, ``edited v2`` or ``signed``."""
-    return f"edited v{entry.versions}" if entry.state == "edited" else entry.state
+    """``no draft``, ``draft``, ``edited v2`` or ``signed``; a draft nobody has edited yet that carries warnings
+    says how many (``draft · ⚠ 3 warnings``), so a reader going down the list sees which drafts to distrust
+    before opening them."""
+    if entry.state == "edited":
+        return f"edited v{entry.versions}"
+    if entry.state == "draft" and entry.warnings:
+        return f"draft · ⚠ {entry.warnings} warning{'s' if entry.warnings > 1 else ''}"
+    return entry.state
 
 
 def when(at: datetime) -> str:

@@ -67,11 +67,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def _entry(study_id: str, state: str = "draft") -> WorklistEntry:
+def _entry(study_id: str, state: str = "draft", warnings: int = 0) -> WorklistEntry:
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     return WorklistEntry(study_id=study_id, draft_id=None if state == "no draft" else f"d-{study_id}", state=state,
                          versions=0, created_at=now, updated_at=now, findings="", impression="", indication="",
-                         views=1, drafts=0, first_image=None)
+                         views=1, drafts=0, first_image=None, warnings=warnings)
 
 
 # ---------------------------------------------------------------------------------------- the store
@@ -143,6 +143,23 @@ def test_like_pattern_escapes_wildcards(store: Store) -> None:
 
 
 # ---------------------------------------------------------------------------------------- rows
+def test_a_warned_draft_says_so_in_the_worklist_until_it_is_edited(store: Store) -> None:
+    study = store.create_study("alice", [_image(0)])
+    draft = store.add_draft(NewDraft(
+        study_id=study.id, author="alice", model="m", model_revision="r", sampler="echo", language="en",
+        report="Findings: Lungs clear. Impression: Bilateral ground--glass in the", findings="Lungs clear.",
+        impression="Bilateral ground--glass in the", settings={},
+        warnings=["The draft stops mid-sentence", "The draft has repeated punctuation '--'"],
+    ))
+    clean, _ = _study(store, "alice", seed=1, impression="No acute disease.")
+    rows = {r[W["study"]]: r for r in worklist_rows(store.worklist("alice"))}
+    assert rows[study.id[:8]][W["state"]] == "draft · ⚠ 2 warnings"
+    assert rows[clean[:8]][W["state"]] == "draft"
+    store.save_edit(draft.id, "alice", findings="Lungs clear.", impression="No acute disease.")
+    rows = {r[W["study"]]: r for r in worklist_rows(store.worklist("alice"))}
+    assert rows[study.id[:8]][W["state"]] == "edited v1"
+
+
 def test_rows_show_a_thumbnail_first_line_state_and_short_ids(store: Store) -> None:
     study_id, draft_id = _study(store, "alice", seed=0, impression="\n  No acute disease.\nMore.", indication="cough")
     store.save_edit(draft_id, "alice", findings="Lungs: clear.", impression="Edited line one.\nline two")
@@ -165,6 +182,9 @@ def test_first_line_state_label_and_thumbnail_edges(tmp_path: Path) -> None:
     assert first_line("\n\n  Heart normal.  \nlungs") == "Heart normal."
     assert first_line("x" * 200, limit=10) == "x" * 9 + "…" and first_line("") == ""
     assert state_label(_entry("s", "signed")) == "signed"
+    assert state_label(_entry("s", "draft", warnings=3)) == "draft · ⚠ 3 warnings"
+    assert state_label(_entry("s", "draft", warnings=1)) == "draft · ⚠ 1 warning"
+    assert state_label(_entry("s", "signed", warnings=3)) == "signed"  # the reader signed it (anyway)
     assert thumbnail_uri(None) == "" and thumbnail_uri(tmp_path / "missing.png") == ""
     with pytest.raises(ValueError, match="4"):
         thumbnail_uri(tmp_path / "x.png", size=4)
