@@ -46,7 +46,7 @@ from .service import (
 )
 from .store import DraftInfo, NewDraft, SignedReportError, StoreError, StudyInfo
 from .viewer import StudyView, render_study, viewer_html
-from .worklist import WORKLIST_LIMIT, WorklistView, neighbour, worklist_rows
+from .worklist import WORKLIST_LIMIT, WorklistView, draft_state, neighbour, worklist_rows
 
 __all__ = ["CURRENT_FIELDS", "DRAFT_FIELDS", "VIEWER_FIELDS", "WINDOW_FIELDS", "DraftView", "Handlers", "as_paths",
            "user_errors", "waiting_progress"]
@@ -238,7 +238,7 @@ def _summary(timing: dict[str, Any]) -> str:
 
 
 def _history_rows(rows: Sequence[Any]) -> list[list[Any]]:
-    return [[f"{r.created_at:%Y-%m-%d %H:%M}", r.status, r.sampler, r.model,
+    return [[f"{r.created_at:%Y-%m-%d %H:%M}", draft_state(r.status, r.warnings), r.sampler, r.model,
              f"{r.signed_at:%Y-%m-%d %H:%M}" if r.signed_at else "", r.views, r.study_id, r.draft_id or ""]
             for r in rows]
 

@@ -428,6 +428,8 @@ class HistoryRow:
     status: str
     signed_at: datetime | None
     views: int
+    #: warnings the draft carries (input gating and the report check)
+    warnings: int = 0
 
 
 @dataclass(frozen=True)
@@ -933,7 +935,7 @@ class Store:
                 for d in reversed(study.drafts):
                     status = "signed" if d.signed_at else ("edited" if any(e.kind != "addendum" for e in d.edits) else "draft")
                     rows.append(HistoryRow(study.id, d.id, d.created_at, d.sampler, d.model, status, d.signed_at,
-                                           len(study.images)))
+                                           len(study.images), warnings=len(d.warnings or ())))
         return sorted(rows, key=lambda r: r.created_at, reverse=True)
 
     def worklist(self, owner: str, *, query: str = "", limit: int = 500) -> list[WorklistEntry]:

@@ -26,7 +26,7 @@ from PIL import Image
 from .store import WorklistEntry
 
 __all__ = ["THUMBNAIL_PX", "WORKLIST_DATATYPES", "WORKLIST_HEADERS", "WORKLIST_LIMIT", "WorklistView",
-           "first_line", "neighbour", "state_label", "thumbnail_uri", "when", "worklist_rows"]
+           "draft_state", "first_line", "neighbour", "state_label", "thumbnail_uri", "when", "worklist_rows"]
 
 #: Thumbnail size (the longer side, in CSS pixels).
 THUMBNAIL_PX = 96
@@ -95,9 +95,15 @@ def state_label(entry: WorklistEntry) -> str:
     before opening them."""
     if entry.state == "edited":
         return f"edited v{entry.versions}"
-    if entry.state == "draft" and entry.warnings:
-        return f"draft · ⚠ {entry.warnings} warning{'s' if entry.warnings > 1 else ''}"
-    return entry.state
+    return draft_state(entry.state, entry.warnings)
+
+
+def draft_state(state: str, warnings: int) -> str:
+    """A draft's state with, while nobody has edited it (``draft``), how many warnings it carries (the History
+    tab's worklist and its table of all drafts say it the same way)."""
+    if state == "draft" and warnings:
+        return f"draft · ⚠ {warnings} warning{'s' if warnings > 1 else ''}"
+    return state
 
 
 def when(at: datetime) -> str:

@@ -217,6 +217,24 @@ def handlers(tmp_path: Path) -> Iterator[Handlers]:
     services.store.close()
 
 
+def test_the_all_drafts_table_marks_the_warned_draft_beside_its_re_draft(handlers: Handlers) -> None:
+    store = handlers.store
+    study = store.create_study("local", [_image(0)])
+    common = {"study_id": study.id, "author": "local", "model": "m", "model_revision": "r", "language": "en",
+              "settings": {}}
+    warned = store.add_draft(NewDraft(sampler="echo", report="Findings: Lungs clear. Impression: Bilateral in the",
+                                      findings="Lungs clear.", impression="Bilateral in the",
+                                      warnings=["The draft stops mid-sentence"], **common))
+    again = store.add_draft(NewDraft(sampler="teacher", report="Findings: Lungs clear. Impression: Normal.",
+                                     findings="Lungs clear.", impression="Normal.", **common))
+    rows = {row[-1]: row for row in handlers.history()}
+    assert rows[warned.id][1] == "draft · ⚠ 1 warning" and rows[warned.id][2] == "echo"
+    assert rows[again.id][1] == "draft" and rows[again.id][2] == "teacher"
+    store.sign(warned.id, "local", findings="Lungs clear.", impression="No acute disease.")
+    rows = {row[-1]: row for row in handlers.history()}
+    assert rows[warned.id][1] == "signed"
+
+
 def test_handler_next_and_previous_open_studies_with_their_drafts(handlers: Handlers) -> None:
     store = handlers.store
     older, draft_older = _study(store, "local", seed=0, impression="Older impression.")
