@@ -72,7 +72,6 @@ __all__ = [
     "model_settings",
     "plot_report",
     "predicted_seconds",
-    "probe_forward_costs",
     "profile_arm",
     "quantization_of",
     "quantize_checkpoint",

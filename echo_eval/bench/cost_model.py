@@ -90,7 +90,7 @@ class CostPoint:
 
 @dataclass(frozen=True)
 class CostProbe:
-    """What :func:`probe_forward_costs` measured and fitted.
+    """What a :class:`ForwardProbe` measured and fitted.
 
     ``points`` are timed against a cache holding the prompt (``cache_length`` tokens); ``grown_points``, when
     probed, against the same cache grown by ``grown_cache_length - cache_length`` generated tokens. A forward's
@@ -205,7 +205,6 @@ class ForwardProbe:
             self._pixels = torch.cat([prompt.pixel_values] * batch).to(device, dtype)
             self._grid = torch.cat([prompt.image_grid_thw] * batch).to(device)
         self.lengths = sorted({int(t) for t in query_lengths})
-        self._prefill()  # warm-up
         self._caches = [(self._prefill()[0], self._queries(P, processor.mask_token_id, delta))]
         if grow_cache:
             grown, _ = self._prefill()
@@ -273,25 +272,6 @@ class ForwardProbe:
                          prefill_seconds=float(np.median(self._prefill_times)), model=fit,
                          grown_cache_length=self.P + self.grow_cache if self.grow_cache else None,
                          grown_points=grown[0] if grown else [], rounds=self.rounds)
-
-
-def probe_forward_costs(
-    model: EchoModel,
-    processor: EchoProcessor,
-    prompt: StudyPrompt,
-    *,
-    batch: int = 1,
-    query_lengths: Sequence[int] = DEFAULT_QUERY_LENGTHS,
-    repeats: int = 7,
-    grow_cache: int = 0,
-) -> CostProbe:
-    """:class:`ForwardProbe` run for ``repeats`` timed rounds in a row (no runs in between)."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    probe = ForwardProbe(model, processor, prompt, batch=batch, query_lengths=query_lengths, grow_cache=grow_cache)
-    for _ in range(repeats):
-        probe.round()
-    return probe.result()
 
 
 class ForwardCost(Protocol):

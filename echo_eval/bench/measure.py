@@ -58,8 +58,15 @@ class RunSample:
     decode_tokens_per_second: float
     block_tokens: list[int]
     forward_seconds: float = 0.0
-    outside_forward_seconds: float = 0.0
-    outside_forward_share: float = 0.0
+
+    @property
+    def outside_forward_seconds(self) -> float:
+        """The run's wall time outside the model's forwards (the sampler's own)."""
+        return max(self.wall_seconds - self.forward_seconds, 0.0)
+
+    @property
+    def outside_forward_share(self) -> float:
+        return self.outside_forward_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     @classmethod
     def from_results(cls, results: Sequence[GenerationResult], wall_seconds: float,
@@ -91,8 +98,6 @@ class RunSample:
             decode_tokens_per_second=float(statistics.fmean(decode_rate(f) for f in runs)),
             block_tokens=list(runs[0].block_tokens),
             forward_seconds=forward_seconds,
-            outside_forward_seconds=max(wall_seconds - forward_seconds, 0.0),
-            outside_forward_share=max(wall_seconds - forward_seconds, 0.0) / wall_seconds if wall_seconds > 0 else 0.0,
         )
 
 

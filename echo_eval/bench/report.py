@@ -92,9 +92,10 @@ class BenchReport:
                                  block_length=self.block_length, cost=cost, prefill_seconds=probe.prefill_seconds,
                                  cache_growth=cache_growth)
 
-    def predicted(self, arm: str, *, batch: int, fit: bool = False, mode: str = "fixed") -> float | None:
+    def predicted(self, arm: str, *, batch: int, fit: bool = False, mode: str = "fixed",
+                  cache_growth: bool = True) -> float | None:
         """Predicted tokens/s of ``arm`` in ``mode`` (see :meth:`predicted_run_seconds`)."""
-        secs = self.predicted_run_seconds(arm, batch=batch, fit=fit, mode=mode)
+        secs = self.predicted_run_seconds(arm, batch=batch, fit=fit, mode=mode, cache_growth=cache_growth)
         cell = self.cell(arm, mode, batch)
         if secs is None or cell is None:
             return None
@@ -139,10 +140,8 @@ class BenchReport:
         if len(rates) == 2 and min(r["median_seconds"] for r in rates.values()) > 0:
             measured_ratio = ((rates["echo"]["tokens"] / rates["echo"]["median_seconds"])
                               / (rates["ar"]["tokens"] / rates["ar"]["median_seconds"]))
-        at_prompt = {a: self.predicted_run_seconds(a, batch=batch, mode=mode, cache_growth=False) for a in rates}
-        prompt_ratio = None
-        if len(rates) == 2 and all(at_prompt.values()):
-            prompt_ratio = ((rates["echo"]["tokens"] / at_prompt["echo"]) / (rates["ar"]["tokens"] / at_prompt["ar"]))
+        prompt_ar, prompt_echo = (self.predicted(a, batch=batch, mode=mode, cache_growth=False) for a in ("ar", "echo"))
+        prompt_ratio = prompt_echo / prompt_ar if prompt_ar and prompt_echo else None
         fit_ar = self.predicted("ar", batch=batch, fit=True, mode=mode)
         fit_echo = self.predicted("echo", batch=batch, fit=True, mode=mode)
         return {
@@ -290,6 +289,7 @@ def _run(config: BenchConfig, *, images: Sequence[Image.Image] | None, image_lab
         images = [phantom_cxr((512, 512), seed=i) for i in range(max(config.batches))]
     images = list(images)
     probe_arm = arms["echo"] if "echo" in arms else next(iter(arms.values()))
+    probe_prompt = encode_studies(probe_arm.checkpoint.processor, images, 1)[0]
     gc.collect()
     # Keep the collector's full passes over the loaded models out of the timings: the arms' and the probe's
     # alike (a probe run after unfreezing had its t(1) median 10-70 % above the same forwards in the runs).
@@ -299,8 +299,8 @@ def _run(config: BenchConfig, *, images: Sequence[Image.Image] | None, image_lab
     try:
         # One probe per batch size, its rounds interleaved with that batch's timed rounds (then topped up to
         # --probe-repeats): the forwards are priced in the same moments as the runs they predict.
-        probing = {batch: ForwardProbe(probe_arm.checkpoint.model, probe_arm.checkpoint.processor,
-                                       encode_studies(probe_arm.checkpoint.processor, images, 1)[0], batch=batch,
+        probing = {batch: ForwardProbe(probe_arm.checkpoint.model, probe_arm.checkpoint.processor, probe_prompt,
+                                       batch=batch,
                                        query_lengths=sorted(set(config.query_lengths)
                                                             | set(schedule_query_lengths(config.arms, b))),
                                        grow_cache=config.max_new_tokens)
@@ -319,10 +319,9 @@ def _run(config: BenchConfig, *, images: Sequence[Image.Image] | None, image_lab
         gc.unfreeze()
     check_uniform_settings({c.arm: c.settings for c in cells})
     check_uniform_settings({"probe": probe_arm.settings, "arms": settings})
-    prompt_length = encode_studies(probe_arm.checkpoint.processor, images, 1)[0].length
     return BenchReport(
         config=config, device=device_name(probe_arm.checkpoint.model.device), settings=settings, block_length=b,
-        prompt_length=prompt_length, images=image_label, cells=cells, cost_probes=probes,
+        prompt_length=probe_prompt.length, images=image_label, cells=cells, cost_probes=probes,
         load_average=(before, load_average()), wall_seconds=time.perf_counter() - start,
     )
 

@@ -253,12 +253,11 @@ class BlockDiffusionSampler(Sampler):
     def _commit(self, lay: _Layout, lo: int, hi: int, logits: torch.Tensor, n: int, generator,
                 block_conf: torch.Tensor, *, on_commit, block: int, step: int) -> torch.Tensor:
         """Sample, apply the commit rule in place on the canvas; return the updated commit confidences."""
+        if n >= self.block_length:  # one step per block: every masked position is committed
+            return self._commit_all(lay, lo, hi, logits, generator, on_commit=on_commit, block=block)
         tokens, conf = sample_tokens(logits, self.config, generator)  # (B, b), (B, b)
         cur_masked = lay.masked[:, lo:hi].clone()  # (B, b); a copy: the canvas is updated below
-        if n >= self.block_length:  # one step per block: every masked position is committed
-            sel = cur_masked
-        else:
-            sel = commit_mask(cur_masked, conf, n=n, threshold=self.config.threshold)  # (B, b)
+        sel = commit_mask(cur_masked, conf, n=n, threshold=self.config.threshold)  # (B, b)
         lay.x[:, lo:hi] = torch.where(sel, tokens, lay.x[:, lo:hi])
         lay.masked[:, lo:hi] = cur_masked & ~sel
         if on_commit is not None:
