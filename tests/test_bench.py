@@ -248,8 +248,10 @@ def test_report_predicts_each_arm_from_the_probe_medians(data, checkpoint_b8):
             expected = probe["prefill_seconds"] + sum(
                 n * (medians[int(T)] + (grown[int(T)] - medians[int(T)]) * v["mean_cache_growth"].get(T, 0) / span)
                 for T, n in v["forwards"].items())
-            assert v["predicted_seconds"] == pytest.approx(expected, rel=1e-4)
-            assert v["predicted_seconds_prompt_cache"] == pytest.approx(at_prompt, rel=1e-4)
+            # the JSON keeps seconds to the microsecond and cache growth to 1/100 token: a millisecond-scale
+            # prediction of the tiny model is compared within that rounding, not only relatively
+            assert v["predicted_seconds"] == pytest.approx(expected, rel=1e-4, abs=2e-6)
+            assert v["predicted_seconds_prompt_cache"] == pytest.approx(at_prompt, rel=1e-4, abs=1e-6)
             # the run's own split: seconds inside the model's forwards, the rest the sampler's
             assert v["forward_seconds_in_run"] == pytest.approx(cells[arm]["median_forward_seconds"], rel=1e-4)
             assert 0 < cells[arm]["median_forward_seconds"] < cells[arm]["median_wall_seconds"]
