@@ -213,10 +213,10 @@ def finetune_on_corrections(
         ValueError: too few corrections for the split, or none left to train on after de-duplication.
         FileExistsError: ``out_dir`` already holds ``teacher/`` or ``student/``.
     """
+    from echo_model.data import ImageHasher, deduplicate, remove_overlap
     from echo_model.loading import load_checkpoint
     from echo_model.sampling import SamplerConfig
 
-    from .data import ImageHasher, deduplicate, remove_overlap
     from .pipeline import train_dcd, train_rad
 
     out_dir = Path(out_dir)
