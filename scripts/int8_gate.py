@@ -12,11 +12,14 @@ and reports:
 * the share of studies whose two reports are identical;
 * the paired ROUGE-L difference int8 - fp32 with its paired-bootstrap interval (``echo_eval``'s
   ``compare_predictions``); the gate passes for a sampler iff the interval's lower end is >= -0.01;
+* the share of well-formed drafts of both (the report check, ``echo_model.report_check``): reported beside
+  the gate, so that a weight format that garbles more drafts shows, though the gate is ROUGE-L's;
 * the speed of both (mean seconds per report, tokens per second over all reports), the machine and its
   load average.
 
-IU X-ray ships reports only, so the studies are drafted text-only from their indication, as ``echo-eval``
-does when a study's views cannot be read. Exit status 0 when every sampler passes, 1 otherwise.
+IU X-ray ships reports only, so its studies are drafted text-only from their indication, as ``echo-eval``
+does when a study's views cannot be read; a set with images (``DATA/covid_cxr_notes``) exercises the vision
+tower's int8 weights too. The JSON's ``prompt`` says which. Exit status 0 when every sampler passes, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class SpeedFigures:
 
     @classmethod
     def of(cls, predictions: Sequence[Any]) -> SpeedFigures:
+        """The figures of one arm's predictions (``echo_eval.evaluation.StudyPrediction``)."""
         seconds = sum(p.seconds or 0.0 for p in predictions)
         tokens = sum(p.tokens or 0 for p in predictions)
         n = max(len(predictions), 1)
@@ -64,13 +68,36 @@ class SamplerGate:
     fp32: SpeedFigures
     int8: SpeedFigures
     passed: bool
+    well_formed_fp32: float | None = None
+    well_formed_int8: float | None = None
 
     def line(self) -> str:
         speed = self.int8.tokens_per_second / self.fp32.tokens_per_second if self.fp32.tokens_per_second else 0.0
+        well = ("" if self.well_formed_fp32 is None or self.well_formed_int8 is None else
+                f", well-formed {100 * self.well_formed_fp32:.1f} -> {100 * self.well_formed_int8:.1f} %")
         return (f"{self.sampler}: {self.n} studies, identical {100 * self.identical_share:.1f} %, ROUGE-L "
                 f"{self.rouge_l_fp32:.4f} -> {self.rouge_l_int8:.4f} (int8 - fp32 {self.rouge_l_delta:+.4f}, 95 % "
-                f"[{self.rouge_l_low:+.4f}, {self.rouge_l_high:+.4f}]), {self.fp32.tokens_per_second:.1f} -> "
+                f"[{self.rouge_l_low:+.4f}, {self.rouge_l_high:+.4f}]){well}, {self.fp32.tokens_per_second:.1f} -> "
                 f"{self.int8.tokens_per_second:.1f} tok/s ({speed:.2f}x): {'PASS' if self.passed else 'FAIL'}")
+
+
+def well_formed_share(predictions: Sequence[Any]) -> float | None:
+    """The share of predictions whose report check found nothing; None when a prediction carries no check
+    (``warnings`` None: read from a file written before the check existed)."""
+    if not predictions or any(p.warnings is None for p in predictions):
+        return None
+    return sum(not p.warnings for p in predictions) / len(predictions)
+
+
+def prompt_kind(predictions: Sequence[Any]) -> str:
+    """What the drafts were given: ``"images"`` when every study had its views, ``"text-only (indication)"`` when
+    none had, else how many of them went without (a study whose views could not be read is drafted text-only)."""
+    with_images = sum((p.images or 0) > 0 for p in predictions)
+    if with_images == len(predictions):
+        return "images"
+    if with_images == 0:
+        return "text-only (indication)"
+    return f"images ({len(predictions) - with_images} of {len(predictions)} studies text-only)"
 
 
 def gate_sampler(sampler: str, fp32: Sequence[Any], int8: Sequence[Any], *, n_resamples: int = 1000,
@@ -86,6 +113,7 @@ def gate_sampler(sampler: str, fp32: Sequence[Any], int8: Sequence[Any], *, n_re
         sampler=sampler, n=len(a), identical_share=same / len(a), rouge_l_fp32=rouge.b, rouge_l_int8=rouge.a,
         rouge_l_delta=rouge.delta, rouge_l_low=rouge.low, rouge_l_high=rouge.high,
         fp32=SpeedFigures.of(b), int8=SpeedFigures.of(a), passed=rouge.low >= low,
+        well_formed_fp32=well_formed_share(b), well_formed_int8=well_formed_share(a),
     )
 
 
@@ -147,17 +175,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = SamplerConfig(max_new_tokens=args.max_new_tokens)
     load_before, started = load_average(), time.perf_counter()
     gates: list[SamplerGate] = []
+    prompt = "text-only (indication)"
     for sampler in args.samplers:
         drafters = {name: drafting(load_arm(args.model, sampler, mode), sampler, config)
                     for name, mode in (("fp32", "none"), ("int8", "int8"))}
         preds = draft_interleaved(records, drafters, chunk=args.chunk)
+        prompt = prompt_kind(preds["fp32"])
         gates.append(gate_sampler(sampler, preds["fp32"], preds["int8"], n_resamples=args.n_resamples,
                                   seed=args.seed))
         print(gates[-1].line(), flush=True)
     passed = all(g.passed for g in gates)
     data = {
         "data": Path(args.data).name, "split": args.split, "studies": len(records), "model": args.model or "embedded",
-        "prompt": "text-only (indication)", "max_new_tokens": args.max_new_tokens, "gate_low": GATE_LOW,
+        "prompt": prompt, "max_new_tokens": args.max_new_tokens, "gate_low": GATE_LOW,
         "n_resamples": args.n_resamples, "seed": args.seed, "device": device_name("cpu"), "threads": args.threads,
         "load_average": [load_before, load_average()], "wall_seconds": round(time.perf_counter() - started, 1),
         "samplers": {g.sampler: asdict(g) for g in gates}, "passed": passed,

@@ -256,7 +256,41 @@ def speed_table(results: Path) -> list[str]:
              "* Fixed length ignores `<eos>`: once the trained teacher has written `<eos>` it fills the rest with confident "
              "`<eos>` tokens several per step, which flatters its tokens per forward in this table.",
              "", "![speed](results/speed.png)"]
-    return rows
+    return rows + real_speed_rows(results)
+
+
+def real_speed_rows(results: Path) -> list[str]:
+    """ECHO / AR at natural length on real radiographs, per thread count and weight format
+    (``scripts/natural_speed.py``), with the int8 gate's figures on the same radiographs."""
+    d = _json(results / "speed_real.json")
+    if not d:
+        return []
+    rows = ["", (f"**Natural length on real radiographs** (`python scripts/natural_speed.py --data DATA/covid_cxr_notes`: "
+                 f"{d['files'].replace('RG1_UNCR.dcm', '`RG1_UNCR.dcm`')}, {d['studies']} studies, each drafted once per arm per round, {d['rounds']} rounds "
+                 f"in turn, {d['device']}; medians of the rounds):"), "",
+            ("| threads, weights | ECHO / AR, tokens/s | the rounds | per report | predicted | prefill (ms) | "
+             "first block ECHO / AR (ms) | tokens ECHO / AR |"),
+            "|---|---|---|---|---|---|---|---|"]
+    for c in d["configs"]:
+        m = c["median"]
+        each = ", ".join(f"{r['speedup']:.2f}" for r in c["rounds"])
+        rows.append(f"| {c['label']} | **{m['speedup']:.2f}×** | {each} | {m['per_report']:.2f}× | "
+                    f"{m['predicted']:.2f}× | {m['prefill_ms']:.1f} | {m['echo_first_block_ms']:.1f} / "
+                    f"{m['ar_first_block_ms']:.1f} | {m['echo_tokens']:.0f} / {m['ar_tokens']:.0f} |")
+    gate = _json(results / "int8_gate_covid.json")
+    if gate:
+        parts = []
+        for name, g in gate["samplers"].items():
+            well = (f", well-formed {g['well_formed_fp32']:.0%} → {g['well_formed_int8']:.0%}"
+                    if g.get("well_formed_fp32") is not None else "")
+            parts.append(f"`{name}` identical {g['identical_share']:.0%}, ROUGE-L int8 − fp32 {g['rouge_l_delta']:+.4f} "
+                         f"[{g['rouge_l_low']:+.4f}, {g['rouge_l_high']:+.4f}]{well}")
+        rows += ["", (f"* The int8 weights on the {gate['studies']} {gate['data']} {gate['split']} radiographs "
+                      f"(`results/int8_gate_covid.json`, views drafted): {'; '.join(parts)}: "
+                      f"{'PASS' if gate['passed'] else 'FAIL'}. The prefill (vision tower and prompt) and ECHO's "
+                      "16-token forwards are mostly arithmetic, which int8 weights and a second thread make cheaper; AR's "
+                      "one-token forwards are mostly dispatch, which neither changes much.")]
+    return rows + ["", "![speed on real radiographs](results/speed_real.png)"]
 
 
 def render(root: Path = ROOT) -> str:

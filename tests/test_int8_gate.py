@@ -14,7 +14,7 @@ from echo_model.device import INT8_GATE, Int8Gate, check_quantization
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from int8_gate import GATE_LOW, draft_interleaved, gate_sampler
+from int8_gate import GATE_LOW, draft_interleaved, gate_sampler, prompt_kind, well_formed_share
 
 REFERENCES = [
     "The lungs are clear. No pleural effusion or pneumothorax. Heart size is normal.",
@@ -58,6 +58,32 @@ def test_one_changed_report_counts_in_the_share_and_whitespace_does_not() -> Non
     gate = gate_sampler("echo", _predictions(FP32), _predictions(int8), n_resamples=200)
     assert gate.identical_share == pytest.approx(23 / 24)
     assert gate.rouge_l_delta < 0
+
+
+def test_the_well_formed_shares_are_reported_beside_the_gate() -> None:
+    fp32, int8 = _predictions(FP32), _predictions(FP32)
+    for p in fp32:
+        p.warnings = []
+    for i, p in enumerate(int8):
+        p.warnings = ["The draft stops mid-sentence"] if i < 6 else []
+    gate = gate_sampler("echo", fp32, int8, n_resamples=200)
+    assert gate.well_formed_fp32 == 1.0 and gate.well_formed_int8 == pytest.approx(18 / 24)
+    assert gate.passed  # the gate is ROUGE-L's; the check's share is reported, not gated
+    assert "well-formed 100.0 -> 75.0 %" in gate.line()
+    # predictions read from files written before the check existed carry no warnings at all: no share
+    assert well_formed_share(_predictions(FP32)) is None and well_formed_share([]) is None
+    assert "well-formed" not in gate_sampler("echo", _predictions(FP32), _predictions(FP32), n_resamples=50).line()
+
+
+def test_the_prompt_says_whether_the_views_were_drafted() -> None:
+    text_only = _predictions(FP32[:4])
+    assert prompt_kind(text_only) == "text-only (indication)"
+    with_views = _predictions(FP32[:4])
+    for p in with_views:
+        p.images = 1
+    assert prompt_kind(with_views) == "images"
+    with_views[2].images = 0  # a study whose view could not be read goes text-only
+    assert prompt_kind(with_views) == "images (1 of 4 studies text-only)"
 
 
 def test_arms_draft_in_alternating_chunks() -> None:

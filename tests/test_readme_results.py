@@ -71,3 +71,18 @@ def test_speed_headline_is_the_natural_length_speedup_per_report():
     fixed = f"Throughput speed-up of `echo` over `ar` at {speed['settings']['max_new_tokens']} tokens"
     assert headline in section and fixed in section
     assert section.index(headline) < section.index(fixed)
+
+
+def test_speed_on_real_radiographs_reports_every_configuration():
+    import json
+
+    section = _renderer().render(ROOT).split("### Speed", 1)[1]
+    real = json.loads((ROOT / "results" / "speed_real.json").read_text())
+    assert real["configs"], "no configuration measured"
+    for c in real["configs"]:
+        m = c["median"]
+        assert f"| {c['label']} | **{m['speedup']:.2f}×** |" in section
+        assert ", ".join(f"{r['speedup']:.2f}" for r in c["rounds"]) in section  # every round, not only the median
+    gate = json.loads((ROOT / "results" / "int8_gate_covid.json").read_text())
+    assert gate["prompt"] == "images"  # the image path's weights were gated, not only the text-only IU drafts
+    assert f"{gate['samplers']['echo']['rouge_l_low']:+.4f}" in section
