@@ -19,7 +19,9 @@ report is handed on while longer ones still decode.
 Cancelling a row (the client stops or disconnects) only marks it: its events are dropped, the batch goes on
 for the others, and the worker closes the sampler when every row is finished or cancelled. Sampled drafts
 (temperature > 0) are never shared: one sampling generator serves a whole batch, so a shared row would not
-draw the tokens it draws alone; they run as batches of one.
+draw the tokens it draws alone; they run as batches of one. Neither are drafts of int8 weights
+(``ECHO_QUANTIZE=int8``): dynamic int8 scales a layer's input over the whole batch, so a row's numbers would
+depend on its companions.
 
 This module holds no model code: the rows bring the function that starts their sampler.
 """
@@ -64,10 +66,14 @@ class BatchKey:
     alone: object | None = None
 
     @classmethod
-    def of(cls, *, model: str, sampler: str, config: SamplerConfig) -> BatchKey:
+    def of(cls, *, model: str, sampler: str, config: SamplerConfig, shares: bool = True) -> BatchKey:
         """The key of a draft; a sampled one (temperature > 0) gets a key of its own, and a greedy one ignores the
-        seed (it draws nothing), so greedy drafts that differ only in their seed share a batch."""
-        if config.temperature > 0:
+        seed (it draws nothing), so greedy drafts that differ only in their seed share a batch.
+
+        ``shares=False`` gives every draft a key of its own: a model whose rows are not independent of each other
+        (int8 weights, :func:`echo_model.device.shares_batches`) drafts each study alone, as it would be drafted
+        without company."""
+        if config.temperature > 0 or not shares:
             return cls(model=model, sampler=sampler, config=config, alone=object())
         return cls(model=model, sampler=sampler, config=dataclasses.replace(config, seed=None))
 

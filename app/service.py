@@ -533,6 +533,7 @@ class DraftingService:
 
         The images are encoded here, in the caller's thread, while a running batch keeps the device busy.
         """
+        from echo_model.device import shares_batches
         from echo_model.sampling import build_sampler
 
         t0 = time.perf_counter()
@@ -543,7 +544,9 @@ class DraftingService:
         def start(prompts: Sequence[Any]) -> Generator[Any, None, Any]:
             return build_sampler(sampler, checkpoint.model, checkpoint.processor, config).stream(list(prompts))
 
-        row = BatchRow(key=BatchKey.of(model=label, sampler=sampler, config=config), prompt=prompt, start=start)
+        key = BatchKey.of(model=label, sampler=sampler, config=config,
+                          shares=shares_batches(getattr(drafter, "quantize", "none")))
+        row = BatchRow(key=key, prompt=prompt, start=start)
         row.figures.encode_s = encode_s
         self.batcher.submit(row)
 

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
@@ -485,6 +485,8 @@ class RunReport:
     skipped: dict[str, int] = field(default_factory=dict)
     errors: int = 0
     summary: BatchSummary = field(default_factory=BatchSummary)
+    #: what the run changed of what was asked, in words (the command prints each as a ``note:`` line)
+    notes: list[str] = field(default_factory=list)
 
 
 def run_batch(
@@ -507,8 +509,16 @@ def run_batch(
         ValueError: a usage error (missing input, ``out`` exists without ``resume``, a resumed output without
             its key file); nothing was drafted.
     """
+    from .device import shares_batches
     from .studies import discover_studies, load_or_create_key
 
+    notes: list[str] = []
+    quantize = getattr(drafter, "quantize", "none")
+    if options.batch_size > 1 and not shares_batches(quantize):
+        notes.append(f"--quantize {quantize}: the weights quantize each layer's input over the whole batch, so a "
+                     f"study's draft would depend on the studies beside it; drafting one study at a time "
+                     f"(--batch-size 1, not {options.batch_size})")
+        options = replace(options, batch_size=1)
     out = Path(out)
     key_path = Path(key_file) if key_file is not None else out.with_name(out.name + ".key")
     if not out.parent.is_dir():
@@ -526,6 +536,9 @@ def run_batch(
         merge_parts(out)  # the shares of an interrupted multi-process run
         out.touch()
     ranks.wait()
+    if progress is not None and ranks.rank == 0:
+        for note in notes:
+            print(f"note: {note}", file=progress, flush=True)
     key = load_or_create_key(key_path, create=False)
     done = read_finished(out, repair=False)
     keys = [study_key(key, s.identity) for s in found.studies]
@@ -537,7 +550,7 @@ def run_batch(
                                 progress=progress if ranks.rank == 0 else None)
     ranks.wait()
     report = RunReport(status=EXIT_OK, found=len(found.studies), already_done=len(found.studies) - len(todo),
-                       skipped=dict(found.skipped), summary=summary)
+                       skipped=dict(found.skipped), summary=summary, notes=notes)
     if ranks.rank == 0:
         if ranks.count > 1:
             merge_parts(out)

@@ -18,7 +18,7 @@ import torch
 from .checkpoint import EchoCheckpoint
 
 __all__ = ["INT8_GATE", "QUANTIZATIONS", "Int8Gate", "auto_threads", "check_quantization", "device_name",
-           "load_average", "quantization_of", "quantize_checkpoint"]
+           "load_average", "quantization_of", "quantize_checkpoint", "shares_batches"]
 
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8")
 
@@ -83,6 +83,26 @@ def check_quantization(mode: str, gate: Int8Gate | None = None) -> str:
     if mode == "int8" and not gate.passed:
         raise ValueError(f"int8 weights are refused: their quality gate failed ({gate.summary()})")
     return mode
+
+
+def shares_batches(mode: str) -> bool:
+    """Whether drafts made with weights ``mode`` may decode in one batch and each still be the draft it is alone.
+
+    ``none`` (fp32 / bf16): yes; every row's numbers are its own, and a batch equals its single runs token for
+    token (left padding in multiples of b; ``tests/test_batch.py``, ``tests/test_app_batching.py``).
+
+    ``int8``: no. Dynamic quantization (``torch.ao.quantization.quantize_dynamic``) quantizes the input of every
+    ``Linear`` with one scale taken over the whole input tensor: over every study of the batch, and over a shorter
+    prompt's left padding. A study's numbers, and so at times its tokens, then depend on which studies share its
+    batch: of 64 covid_cxr_notes radiographs drafted by the embedded student with int8 weights, 35 got another
+    report at batch 8 than alone (with fp32 weights, none). Such drafts are made one study at a time.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if mode not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {mode!r}")
+    return mode == "none"
 
 
 def quantization_of(module: torch.nn.Module) -> str:

@@ -53,13 +53,14 @@ def reports(path: Path) -> dict[str, str]:
     return {r["id"]: r["draft"]["report"] if "draft" in r else f"ERROR {r['error']}" for r in rows}
 
 
-def timed_runs(files: list[str], work: Path, *, sizes: tuple[int, ...], repeats: int, tokens: int) -> dict:
+def timed_runs(files: list[str], work: Path, *, sizes: tuple[int, ...], repeats: int, tokens: int,
+               quantize: str = "none") -> dict:
     """Interleaved in-process runs; per batch size the wall times, phase times, model calls and reports."""
     from echo_model.batch import BatchOptions, run_batch
     from echo_model.drafting import Drafter
     from echo_model.sampling import SamplerConfig
 
-    drafter = Drafter(None, device="cpu")
+    drafter = Drafter(None, device="cpu", quantize=quantize)
     hf = drafter.checkpoint("echo").model.model
     calls = [0]
     timing = {"began": 0.0, "prefill": 0.0, "decode": 0.0}
@@ -119,11 +120,13 @@ def timed_runs(files: list[str], work: Path, *, sizes: tuple[int, ...], repeats:
     return {"sizes": out, "eight": {"batch8_calls": batch8, "alone_calls": alone}}
 
 
-def kill_and_resume(files: list[str], work: Path, *, tokens: int, key: Path, expected: dict[str, str]) -> dict:
+def kill_and_resume(files: list[str], work: Path, *, tokens: int, key: Path, expected: dict[str, str],
+                    quantize: str = "none") -> dict:
     """The CLI at batch 8, SIGKILL after two batches' rows, then --resume; lost / doubled / differing studies."""
     out = work / "killed.jsonl"
     cmd = [sys.executable, "-m", "echo_model.cli", "--batch", *files, "--one-per-file", "--out", str(out),
-           "--key-file", str(key), "--batch-size", "8", "--max-new-tokens", str(tokens), "--device", "cpu"]
+           "--key-file", str(key), "--batch-size", "8", "--max-new-tokens", str(tokens), "--device", "cpu",
+           "--quantize", quantize]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     while proc.poll() is None:
@@ -174,6 +177,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see docs/speed.md)")
+    ap.add_argument("--quantize", default="none", choices=["none", "int8"],
+                    help="weights of the drafting model (int8: dynamic, as echo-report --quantize int8)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--baseline-repo", type=Path, default=None,
                     help="a checkout from before --batch: also time one echo-report per study (start-up included) "
@@ -185,13 +190,14 @@ def main() -> int:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the subprocess of the kill test
     files = pick_files(args.data, args.studies)
     load = os.getloadavg()[0]
-    print(f"{len(files)} studies, torch threads {args.threads}, load average {load:.2f} on {os.cpu_count()} cores")
+    print(f"{len(files)} studies, torch threads {args.threads}, weights {args.quantize}, load average {load:.2f} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        timed = timed_runs(files, work, sizes=(1, 8), repeats=args.repeats, tokens=args.max_new_tokens)
+        timed = timed_runs(files, work, sizes=(1, 8), repeats=args.repeats, tokens=args.max_new_tokens,
+                           quantize=args.quantize)
         sizes = timed["sizes"]
         killed = kill_and_resume(files, work, tokens=args.max_new_tokens, key=work / "bench.key",
-                                 expected=sizes[8]["reports"])
+                                 expected=sizes[8]["reports"], quantize=args.quantize)
         cli = None
         if args.baseline_repo is not None:
             print("command line, start-up included:")
@@ -203,6 +209,7 @@ def main() -> int:
     eight = timed["eight"]
     result = {
         "studies": len(files), "drafted": sizes[8]["found"] - sizes[8]["errors"], "threads": args.threads,
+        "quantize": args.quantize,
         "load_average_before": load, "load_average_after": os.getloadavg()[0], "repeats": args.repeats,
         "max_new_tokens": args.max_new_tokens,
         "median_seconds": med, "studies_per_second": rate, "speedup_b8_over_b1": rate[8] / rate[1],

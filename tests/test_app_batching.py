@@ -18,6 +18,7 @@ from app.batching import BatchKey, BatchRow, DraftBatcher
 from app.service import BlockStep, DraftingService, Services
 from app.settings import AppSettings
 from app.store import Store
+from echo_model.device import quantization_of
 from echo_model.sampling import SamplerConfig
 
 INDICATIONS = ("cough", None, "fever and chest pain for three days")
@@ -30,10 +31,11 @@ def model_dir(tmp_path_factory, checkpoint) -> Path:
     return path
 
 
-def _service(model_dir: Path, tmp_path: Path, *, max_batch: int = 3, window_ms: int = 10_000) -> Services:
+def _service(model_dir: Path, tmp_path: Path, *, max_batch: int = 3, window_ms: int = 10_000,
+             quantize: str = "none") -> Services:
     """Services whose batcher waits (long) until ``max_batch`` drafts are there, so a test's threads always meet."""
     settings = AppSettings(models=(str(model_dir),), data_dir=tmp_path / "data", upload_cache_dir=tmp_path / "c",
-                           max_batch=max_batch, batch_window_ms=window_ms)
+                           max_batch=max_batch, batch_window_ms=window_ms, quantize=quantize)
     return Services(settings=settings, drafting=DraftingService(settings), store=Store(settings.data_dir))
 
 
@@ -150,6 +152,24 @@ def test_sampled_drafts_are_not_shared_and_keep_their_seeded_text(model_dir, tmp
     for i in range(2):
         assert steps[i][-1].draft.report == alone[i][-1].draft.report
         assert steps[i][-1].batch["batch_rows"] == 1
+
+
+def test_int8_drafts_are_not_shared_and_equal_their_single_runs(model_dir, tmp_path) -> None:
+    """Dynamic int8 scales a layer's input over the whole batch: such drafts run alone, whatever arrives with
+    them (the batcher would otherwise wait for its second row here: max_batch 2, a 10 s window)."""
+    config = SamplerConfig(max_new_tokens=16)
+    alone = [list(_stream(_service(model_dir, tmp_path / "alone", max_batch=1, quantize="int8"), i, config))
+             for i in range(2)]
+    shared = _service(model_dir, tmp_path / "shared", max_batch=2, quantize="int8")
+    assert quantization_of(_model(shared)) == "int8-dynamic"
+    steps = _concurrently(shared, config, 2)
+    assert sorted(shared.drafting.batcher.batches) == [1, 1]
+    for i in range(2):
+        assert steps[i][-1].draft.report == alone[i][-1].draft.report
+        assert steps[i][-1].batch["batch_rows"] == 1
+    fp32 = _service(model_dir, tmp_path / "fp32", max_batch=2)
+    _concurrently(fp32, config, 2)
+    assert fp32.drafting.batcher.batches == [2]  # the same two drafts share a batch with fp32 weights
 
 
 # ------------------------------------------------------------------ the batcher and the gate alone

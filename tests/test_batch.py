@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import free_port, synthetic_cxr
 
 from echo_model.batch import BatchOptions, prepare_study, read_finished, run_batch
 from echo_model.cli import main
 from echo_model.data.records import read_jsonl
+from echo_model.device import shares_batches
 from echo_model.drafting import Drafter
 from echo_model.imaging.synthetic import dicom_bytes, synthetic_dicom_dataset
 from echo_model.sampling import SamplerConfig
@@ -219,6 +221,50 @@ def test_a_batch_of_eight_costs_the_model_calls_of_its_longest_study(model_dir, 
     b8 = {r["id"]: r["draft"]["report"] for r in _rows(tmp_path / "b8.jsonl")}
     one = {r["id"]: r["draft"]["report"] for i in range(8) for r in _rows(tmp_path / f"one{i}.jsonl")}
     assert b8 == one and len(set(b8.values())) > 1
+
+
+def test_int8_weights_draft_one_study_at_a_time_so_no_draft_depends_on_its_batch(model_dir, tmp_path, capsys):
+    root = _studies(tmp_path / "in", 3)
+    drafter = Drafter(str(model_dir), device="cpu", quantize="int8")
+    rows: list[int] = []
+    hf = drafter.checkpoint("echo").model.model
+    handle = hf.register_forward_pre_hook(lambda _m, _a, kw: rows.append(int(kw["input_ids"].shape[0])),
+                                          with_kwargs=True)
+    config = SamplerConfig(max_new_tokens=24)
+    try:
+        report = run_batch([str(root)], out=tmp_path / "b8.jsonl", drafter=drafter, progress=sys.stderr,
+                           options=BatchOptions(batch_size=8, config=config))
+        batched = list(rows)
+        singles = []
+        for i in range(3):
+            rows.clear()
+            run_batch([str(root / f"s{i}")], out=tmp_path / f"one{i}.jsonl", key_file=tmp_path / "b8.jsonl.key",
+                      drafter=drafter, options=BatchOptions(batch_size=1, config=config))
+            singles.append(len(rows))
+    finally:
+        handle.remove()
+    assert set(batched) == {1} and len(batched) == sum(singles)  # every model call decoded one study
+    assert len(report.notes) == 1 and "one study at a time (--batch-size 1, not 8)" in report.notes[0]
+    assert "note: --quantize int8" in capsys.readouterr().err
+    b8 = {r["id"]: r["draft"]["report"] for r in _rows(tmp_path / "b8.jsonl")}
+    one = {r["id"]: r["draft"]["report"] for i in range(3) for r in _rows(tmp_path / f"one{i}.jsonl")}
+    assert b8 == one and len(b8) == 3
+
+
+def test_dynamic_int8_scales_a_layer_input_over_the_whole_batch():
+    """Why int8 drafts do not share batches: one row's int8 output changes with its companion, fp32's does not."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 64)
+    int8 = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)
+    row = torch.randn(1, 4, 64)  # (1, q, D)
+    loud = 50 * torch.randn(1, 4, 64)  # a companion whose inputs span a much wider range
+    with torch.inference_mode():
+        alone, together = int8(row), int8(torch.cat([row, loud]))[:1]  # (1, q, D) each
+        assert not torch.equal(alone, together)
+        assert torch.allclose(linear(row), linear(torch.cat([row, loud]))[:1], atol=1e-6)
+    assert shares_batches("none") and not shares_batches("int8")
+    with pytest.raises(ValueError, match="int4"):
+        shares_batches("int4")
 
 
 # ---------------------------------------------------------------------------------------------- interruption
