@@ -251,6 +251,8 @@ def test_int8_weights_draft_one_study_at_a_time_so_no_draft_depends_on_its_batch
     assert b8 == one and len(b8) == 3
 
 
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
 def test_dynamic_int8_scales_a_layer_input_over_the_whole_batch():
     """Why int8 drafts do not share batches: one row's int8 output changes with its companion, fp32's does not."""
     torch.manual_seed(0)
