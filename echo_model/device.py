@@ -88,8 +88,10 @@ def check_quantization(mode: str, gate: Int8Gate | None = None) -> str:
 def shares_batches(mode: str) -> bool:
     """Whether drafts made with weights ``mode`` may decode in one batch and each still be the draft it is alone.
 
-    ``none`` (fp32 / bf16): yes; every row's numbers are its own, and a batch equals its single runs token for
-    token (left padding in multiples of b; ``tests/test_batch.py``, ``tests/test_app_batching.py``).
+    ``none`` (fp32 / bf16): yes; no layer mixes the rows, and on a CPU a batch equals its single runs token for
+    token (left padding in multiples of b; ``tests/test_batch.py``, ``tests/test_app_batching.py``). On a GPU
+    the kernels a batch size selects may round differently, which can move a near-tie, as with any batched
+    inference.
 
     ``int8``: no. Dynamic quantization (``torch.ao.quantization.quantize_dynamic``) quantizes the input of every
     ``Linear`` with one scale taken over the whole input tensor: over every study of the batch, and over a shorter
