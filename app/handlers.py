@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,6 +429,10 @@ class Handlers:
         Outputs follow :data:`DRAFT_FIELDS`; the last update carries the saved draft's id. The uploads are
         stored (de-identified, originals deleted) first; then the draft waits for a slot on the device, or is
         refused at once with "The drafting queue is full ..." when every slot and waiting place is taken.
+
+        With ``ECHO_FALLBACK`` (``settings.fallback``), a draft that fails the report check is drafted again by
+        each of those samplers in turn, in the same slot, until one passes: every attempt is stored as its own
+        draft (the warned ones stay in History) and the last one is shown, its status saying why.
         """
         started = time.perf_counter()  # end to end: from here (Generate) to the last committed block
         with user_errors():
@@ -449,11 +453,21 @@ class Handlers:
                 if uploaded_s is not None:  # stored by an earlier upload: its seconds are the front of end to end
                     phases["upload_s"] = uploaded_s
                 progress(None, desc="Loading the model and encoding the images")
-                yield from self._draft_stream(
+                config = _sampler_config(max_new_tokens, temperature, threshold, seed)
+                draft = yield from self._draft_stream(
                     study, user=user, indication=indication, language=language, model=model, sampler=sampler,
-                    config=_sampler_config(max_new_tokens, temperature, threshold, seed), prefix=None,
-                    parent=None, started=started, phases=phases,
+                    config=config, prefix=None, parent=None, started=started, phases=phases,
                 )
+                for name in (n for n in self.settings.fallback if n != sampler):
+                    if draft is None or not draft.check_warnings:
+                        break
+                    note = (f"Drafted again by the {name}: the {draft.sampler} draft failed the report check "
+                            f"({'; '.join(draft.check_warnings)}) and stays in History.")
+                    progress(None, desc=f"Drafting again with the {name}")
+                    draft = yield from self._draft_stream(
+                        study, user=user, indication=indication, language=language, model=model, sampler=name,
+                        config=config, prefix=None, parent=None, started=started, phases=phases, note=note,
+                    )
 
     def redraft(
         self,
@@ -500,19 +514,21 @@ class Handlers:
 
     def _draft_stream(self, study: StudyInfo, *, user: str, indication: str, language: str, model: str,
                       sampler: str, config: Any, prefix: str | None, parent: str | None,
-                      started: float | None = None, phases: dict[str, float] | None = None,
-                      ) -> Iterator[tuple[Any, ...]]:
-        """Stream one :class:`DraftView` per committed block and save the draft with the last one.
+                      started: float | None = None, phases: dict[str, float] | None = None, note: str = "",
+                      ) -> Generator[tuple[Any, ...], None, Any]:
+        """Stream one :class:`DraftView` per committed block and save the draft with the last one; return the
+        finished ``echo_model.drafting.Draft`` (None when the stream was closed before it finished).
 
         ``started``: ``time.perf_counter()`` when the request arrived; the timings then hold ``end_to_end_s``
         (to the latest block: reading images, waiting for the device and loading the model included).
         ``phases``: seconds spent before drafting (``read_s`` storing the uploads, ``gate_s`` waiting for
         admission), kept in the timings with the shared batch's figures (``BlockStep.batch``).
+        ``note``: said before the status of every update (why this draft is being written).
         """
         label = self.drafting.check_model(model)
         input_warnings = [f"{img.label}: {w}" for img in study.images for w in img.warnings]
-        for note in input_warnings:
-            gr.Warning(note)
+        for warning in input_warnings:
+            gr.Warning(warning)
         images = load_study_images(study)
         kwargs = {"model": label, "sampler": sampler, "language": language, "config": config,
                   "indication": indication.strip() or None, "warnings": input_warnings}
@@ -526,6 +542,7 @@ class Handlers:
         trace: list[dict[str, Any]] = []
         per_block_ms: list[float] = []
         first_block_s = 0.0
+        finished = None
         for step in steps:
             written += [(p.text, p.confidence) for p in step.pieces]
             shown += _pieces_view(step.pieces)
@@ -550,7 +567,8 @@ class Handlers:
                 report_view=shown + ([] if step.done else [(MASK_GLYPH * step.block_length, "masked")]),
                 language=language, study_id=study.id,
                 blocks=_block_rows(trace),
-                warnings="\n".join(input_warnings), status="Drafting…", current=drafting,
+                warnings="\n".join(input_warnings), status=f"{note} Drafting…" if note else "Drafting…",
+                current=drafting,
                 evidence=evidence_html(sentence_evidence(written), pending=0 if step.done else step.block_length),
             )
             view.findings, view.impression = split_report(step.report)
@@ -559,6 +577,9 @@ class Handlers:
                 saved = self._save_draft(step.draft, study=study, user=user, label=label, trace=trace,
                                          timing=timing, parent=parent, seed=config.seed)
                 view.draft_id, view.status = saved.id, _status_text(saved)
+                if note:
+                    view.status = f"{note} {view.status}"
+                finished = step.draft
                 # what storing the draft took, shown with this reply (the stored timings cannot hold it)
                 view.timing = {**saved.timings, "store_s": round(time.perf_counter() - saving, 4)}
                 # The plain running text while blocks stream; the region layout once the draft is finished.
@@ -568,6 +589,7 @@ class Handlers:
                 view.timing = timing
             view.summary = _summary(view.timing)
             yield view.outputs()
+        return finished
 
     def _save_draft(self, draft: Any, *, study: StudyInfo, user: str, label: str, trace: list[dict[str, Any]],
                     timing: dict[str, Any], parent: str | None, seed: int | None) -> DraftInfo:

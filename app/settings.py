@@ -27,6 +27,9 @@ not deep inside a request.
 ``ECHO_CPU_THREADS``           torch threads of the served app on a CPU (default: every core but one)
 ``ECHO_QUANTIZE``              ``none`` (default) or ``int8``: dynamic int8 weights on a CPU, offered while
                                its quality gate passes (``scripts/int8_gate.py``, docs/speed.md)
+``ECHO_FALLBACK``              samplers that draft a study again, in turn, when its draft fails the report
+                               check, e.g. ``teacher,ar`` (as ``echo-report --fallback``; default: none, the
+                               Draft tab offers *Re-draft with the teacher* instead)
 ``ECHO_EXPORT_LICENCE``        licence string written into exported records (default ``unknown``)
 ``ECHO_RACE_AR_MODEL``         the AR arm of the Race tab: ``embedded`` (default, the embedded Stage I AR
                                checkpoint), a folder or a hub id (official ECHO releases have no AR sibling)
@@ -130,6 +133,9 @@ class AppSettings:
         cpu_threads: torch threads of the served app on a CPU (``None`` = every core but one, see
             :func:`app.batching.tune_for_drafting`).
         quantize: ``none`` or ``int8`` (every drafting model's weights, the Race's arms alike).
+        fallback: samplers that draft the study again, in turn, when *Generate*'s draft fails the report check
+            (``ECHO_FALLBACK``, as ``echo-report --fallback``); each attempt is its own stored draft, and the
+            last one is shown. Empty (the default): the warned draft is shown with *Re-draft with the teacher*.
         export_licence: licence string of exported correction records.
         race_ar_model: checkpoint of the Race tab's AR arm (``"embedded"`` = the embedded AR checkpoint); the
             official ECHO checkpoints come without an AR sibling, so the baseline is configured separately.
@@ -156,6 +162,7 @@ class AppSettings:
     batch_window_ms: int = 0
     cpu_threads: int | None = None
     quantize: str = "none"
+    fallback: tuple[str, ...] = ()
     export_licence: str = "unknown"
     race_ar_model: str = EMBEDDED
     max_file_size: str = "200mb"
@@ -185,6 +192,13 @@ class AppSettings:
                 check_quantization(self.quantize)
             except ValueError as err:
                 raise SettingsError(f"ECHO_QUANTIZE={self.quantize}: {err}") from None
+        if self.fallback:
+            from echo_model.sampling import check_fallback
+
+            try:
+                check_fallback("", self.fallback)
+            except ValueError as err:
+                raise SettingsError(f"ECHO_FALLBACK={','.join(self.fallback)}: {err}") from None
         if self.max_batch < 1 or self.batch_window_ms < 0:
             raise SettingsError(f"ECHO_MAX_BATCH must be >= 1 and ECHO_BATCH_WINDOW_MS >= 0, got "
                                 f"{self.max_batch} and {self.batch_window_ms}")
@@ -208,6 +222,7 @@ class AppSettings:
             batch_window_ms=_int(env, "ECHO_BATCH_WINDOW_MS", 0, minimum=0),
             cpu_threads=_int(env, "ECHO_CPU_THREADS", 0) if env.get("ECHO_CPU_THREADS", "").strip() else None,
             quantize=env.get("ECHO_QUANTIZE", "").strip().lower() or "none",
+            fallback=tuple(n.strip().lower() for n in env.get("ECHO_FALLBACK", "").split(",") if n.strip()),
             export_licence=env.get("ECHO_EXPORT_LICENCE", "").strip() or "unknown",
             race_ar_model=env.get("ECHO_RACE_AR_MODEL", "").strip() or EMBEDDED,
             max_file_size=env.get("ECHO_MAX_FILE_SIZE", "").strip() or "200mb",

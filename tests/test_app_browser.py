@@ -50,14 +50,14 @@ def _browser() -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def served_app(root: Path, checkpoint, *, max_new_tokens: int) -> Iterator[tuple[str, Services]]:
+def served_app(root: Path, checkpoint, *, max_new_tokens: int, **settings: Any) -> Iterator[tuple[str, Services]]:
     """The app on loopback under ``root``, the tiny checkpoint standing in for the embedded one (as the README
-    shows it); the URL and the app's services."""
+    shows it); the URL and the app's services. ``settings``: further :class:`AppSettings` fields."""
     saved = os.environ.get("ECHO_ASSETS_DIR")
     os.environ["ECHO_ASSETS_DIR"] = str(root / "assets")
     checkpoint.save_pretrained(embedded_path("student"))
     settings = AppSettings(data_dir=root / "data", max_new_tokens=max_new_tokens, server_name="127.0.0.1",
-                           server_port=free_port())
+                           server_port=free_port(), **settings)
     services = Services.create(settings)
     demo = build_demo(settings, services=services)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))

@@ -13,9 +13,9 @@ from conftest import synthetic_cxr
 from app.handlers import DRAFT_FIELDS, VIEWER_FIELDS, Handlers
 from app.main import build_demo
 from app.service import MASK_GLYPH, DraftingService, Services
-from app.settings import AppSettings
-from echo_model.data.records import EDIT_REASONS
+from app.settings import AppSettings, SettingsError
 from echo_model.data import load_dataset
+from echo_model.data.records import EDIT_REASONS
 
 F = {name: i for i, name in enumerate(DRAFT_FIELDS)}
 # gr.Warning outside a running server falls back to warnings.warn; the app's input warnings are expected here.
@@ -273,3 +273,38 @@ def test_stop_leaves_the_study_without_a_draft(handlers: Handlers) -> None:
     assert "no draft yet" in banner
     signed = Current(study_id="s" * 32, draft_id="d" * 32, version=1, state="signed")
     assert handlers.draft_stopped(signed)[1] == signed  # Stop when nothing drafts changes nothing
+
+
+def test_fallback_drafts_a_warned_study_again_and_keeps_every_attempt(tmp_path: Path, model_dir: Path) -> None:
+    settings = AppSettings(models=(str(model_dir),), data_dir=tmp_path / "data", upload_cache_dir=tmp_path / "cache",
+                           max_new_tokens=12, fallback=("teacher", "ar"))
+    h = Handlers(Services.create(settings))
+    updates = _generate(h, [_upload(h, seed=3)])
+    study_id = updates[-1][F["study_id"]]
+    rows = sorted((r for r in h.store.history("local") if r.study_id == study_id and r.draft_id),
+                  key=lambda r: r.created_at)
+    drafts = [h.store.get_draft(r.draft_id, "local") for r in rows]
+    samplers = [d.sampler for d in drafts]
+    assert samplers[:2] == ["echo", "teacher"] and samplers == ["echo", "teacher", "ar"][: len(samplers)]
+    for earlier in drafts[:-1]:  # every attempt but the last failed the check, and each is kept
+        assert earlier.warnings
+    assert len(drafts) == 3 or not [w for w in drafts[-1].warnings if not w.startswith("view ")]
+    # the editor shows the last attempt, and says why it is not the one-step draft
+    last = updates[-1]
+    assert last[F["draft_id"]] == drafts[-1].id
+    assert "the echo draft failed the report check" in last[F["status"]] or \
+        "the teacher draft failed the report check" in last[F["status"]]
+    ids = [u[F["draft_id"]] for u in updates if u[F["draft_id"]]]
+    assert ids == [d.id for d in drafts]  # each attempt's finished draft was on screen once, in order
+    redrafting = [u for u in updates if u[F["status"]].startswith("Drafted again by the teacher")]
+    assert redrafting and all("failed the report check" in u[F["status"]] for u in redrafting)
+
+
+def test_fallback_settings_are_checked_at_start() -> None:
+    env = {"ECHO_FALLBACK": " Teacher , ar "}
+    assert AppSettings.from_env(env).fallback == ("teacher", "ar")
+    assert AppSettings.from_env({}).fallback == ()
+    with pytest.raises(SettingsError, match=r"ECHO_FALLBACK=teacher,foo: unknown fallback sampler 'foo'"):
+        AppSettings.from_env({"ECHO_FALLBACK": "teacher,foo"})
+    with pytest.raises(SettingsError, match="names a sampler twice"):
+        AppSettings.from_env({"ECHO_FALLBACK": "ar,ar"})
