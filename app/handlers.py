@@ -430,9 +430,10 @@ class Handlers:
         stored (de-identified, originals deleted) first; then the draft waits for a slot on the device, or is
         refused at once with "The drafting queue is full ..." when every slot and waiting place is taken.
 
-        With ``ECHO_FALLBACK`` (``settings.fallback``), a draft that fails the report check is drafted again by
-        each of those samplers in turn, in the same slot, until one passes: every attempt is stored as its own
-        draft (the warned ones stay in History) and the last one is shown, its status saying why.
+        A draft that fails the report check is drafted again by each fallback sampler in turn
+        (:meth:`DraftingService.fallback_for`: ``ECHO_FALLBACK``, or the teacher then AR for the embedded family's
+        one-step drafts), in the same slot, until one passes: every attempt is stored as its own draft (the
+        warned ones stay in History) and the last one is shown, its status saying why.
         """
         started = time.perf_counter()  # end to end: from here (Generate) to the last committed block
         with user_errors():
@@ -458,7 +459,7 @@ class Handlers:
                     study, user=user, indication=indication, language=language, model=model, sampler=sampler,
                     config=config, prefix=None, parent=None, started=started, phases=phases,
                 )
-                for name in (n for n in self.settings.fallback if n != sampler):
+                for name in self.drafting.fallback_for(model, sampler):
                     if draft is None or not draft.check_warnings:
                         break
                     note = (f"Drafted again by the {name}: the {draft.sampler} draft failed the report check "

@@ -371,6 +371,18 @@ class DraftingService:
             raise ValueError(f"model {label!r} is not offered by this app; choose one of {list(self.settings.models)}")
         return label
 
+    def fallback_for(self, label: str | None, sampler: str) -> tuple[str, ...]:
+        """The samplers that draft a study again, in turn, when a ``sampler`` draft of model ``label`` fails the
+        report check: ``ECHO_FALLBACK`` less the draft's own sampler, or, with it unset, the model's default
+        (:func:`echo_model.drafting.default_fallback`: the teacher, then AR, for the embedded family's one-step
+        drafts)."""
+        from echo_model.drafting import default_fallback
+
+        label = self.check_model(label)
+        if self.settings.fallback is None:
+            return default_fallback(label, sampler)
+        return tuple(name for name in self.settings.fallback if name != sampler)
+
     def drafter(self, label: str | None = None) -> Drafter:
         label = self.check_model(label)
         with self._lock:

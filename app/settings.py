@@ -28,8 +28,8 @@ not deep inside a request.
 ``ECHO_QUANTIZE``              ``none`` (default) or ``int8``: dynamic int8 weights on a CPU, offered while
                                its quality gate passes (``scripts/int8_gate.py``, docs/speed.md)
 ``ECHO_FALLBACK``              samplers that draft a study again, in turn, when its draft fails the report
-                               check, e.g. ``teacher,ar`` (as ``echo-report --fallback``; default: none, the
-                               Draft tab offers *Re-draft with the teacher* instead)
+                               check, e.g. ``teacher,ar``, or ``none`` (as ``echo-report --fallback``; unset:
+                               ``teacher,ar`` for one-step drafts of the embedded family, none for other models)
 ``ECHO_EXPORT_LICENCE``        licence string written into exported records (default ``unknown``)
 ``ECHO_RACE_AR_MODEL``         the AR arm of the Race tab: ``embedded`` (default, the embedded Stage I AR
                                checkpoint), a folder or a hub id (official ECHO releases have no AR sibling)
@@ -103,6 +103,16 @@ def _database_url(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _fallback(env: Mapping[str, str]) -> tuple[str, ...] | None:
+    """``ECHO_FALLBACK``: unset = None (each model's default), ``none`` = (), else the named samplers."""
+    raw = env.get("ECHO_FALLBACK", "").strip().lower()
+    if not raw:
+        return None
+    if raw == "none":
+        return ()
+    return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
 def _default_upload_cache() -> Path:
     """Gradio's upload cache (``GRADIO_TEMP_DIR`` or ``<tmp>/gradio``), the only place we delete files from."""
     env = os.environ.get("GRADIO_TEMP_DIR")
@@ -135,7 +145,9 @@ class AppSettings:
         quantize: ``none`` or ``int8`` (every drafting model's weights, the Race's arms alike).
         fallback: samplers that draft the study again, in turn, when *Generate*'s draft fails the report check
             (``ECHO_FALLBACK``, as ``echo-report --fallback``); each attempt is its own stored draft, and the
-            last one is shown. Empty (the default): the warned draft is shown with *Re-draft with the teacher*.
+            last one is shown. Empty (the default here): the warned draft is shown with *Re-draft with the
+            teacher*. ``None`` (``ECHO_FALLBACK`` unset): each request's default,
+            :func:`echo_model.drafting.default_fallback` of its model and sampler.
         export_licence: licence string of exported correction records.
         race_ar_model: checkpoint of the Race tab's AR arm (``"embedded"`` = the embedded AR checkpoint); the
             official ECHO checkpoints come without an AR sibling, so the baseline is configured separately.
@@ -162,7 +174,7 @@ class AppSettings:
     batch_window_ms: int = 0
     cpu_threads: int | None = None
     quantize: str = "none"
-    fallback: tuple[str, ...] = ()
+    fallback: tuple[str, ...] | None = ()
     export_licence: str = "unknown"
     race_ar_model: str = EMBEDDED
     max_file_size: str = "200mb"
@@ -222,7 +234,7 @@ class AppSettings:
             batch_window_ms=_int(env, "ECHO_BATCH_WINDOW_MS", 0, minimum=0),
             cpu_threads=_int(env, "ECHO_CPU_THREADS", 0) if env.get("ECHO_CPU_THREADS", "").strip() else None,
             quantize=env.get("ECHO_QUANTIZE", "").strip().lower() or "none",
-            fallback=tuple(n.strip().lower() for n in env.get("ECHO_FALLBACK", "").split(",") if n.strip()),
+            fallback=_fallback(env),
             export_licence=env.get("ECHO_EXPORT_LICENCE", "").strip() or "unknown",
             race_ar_model=env.get("ECHO_RACE_AR_MODEL", "").strip() or EMBEDDED,
             max_file_size=env.get("ECHO_MAX_FILE_SIZE", "").strip() or "200mb",

@@ -14,7 +14,9 @@ were skipped (non-chest modalities, other files) or studies could not be read (t
 2 on usage errors.
 
 Without ``--model`` each sampler uses its embedded checkpoint (ar -> AR, teacher and vanilla -> teacher,
-echo -> student). Errors go to stderr as one line, with exit status 2 (bad input: a folder, a missing or
+echo -> student), and a one-step draft (echo, vanilla) that fails the report check is drafted again by the
+teacher, then AR (``--fallback teacher,ar``, :func:`echo_model.drafting.default_fallback`; ``--fallback none``
+keeps the one-step draft and its warnings). Errors go to stderr as one line, with exit status 2 (bad input: a folder, a missing or
 unreadable file, not an image) or 1 (anything else). Loading the weights shows a progress line only when it
 takes more than a second (a cached checkpoint loads silently).
 """
@@ -36,7 +38,9 @@ from .sampling import SAMPLERS
 
 
 def sampler_list(text: str) -> tuple[str, ...]:
-    """``teacher,ar`` -> ``("teacher", "ar")``; an unknown name is a usage error naming it."""
+    """``teacher,ar`` -> ``("teacher", "ar")``, ``none`` -> ``()``; an unknown name is a usage error naming it."""
+    if text.strip().lower() == "none":
+        return ()
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in SAMPLERS]
     if unknown or not names:
@@ -61,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quantize", default="none", choices=["none", "int8"],
                     help="int8: dynamic int8 weights (CPU only), offered while its quality gate passes "
                          "(scripts/int8_gate.py; docs/speed.md)")
-    ap.add_argument("--fallback", type=sampler_list, default=(), metavar="SAMPLER[,SAMPLER]",
-                    help="when a draft fails the report check, re-draft it with these samplers in turn (e.g. "
-                         "--fallback teacher,ar after the one-step echo); the output keeps the drafts it replaced "
-                         "(JSON: 'replaced')")
+    ap.add_argument("--fallback", type=sampler_list, default=None, metavar="SAMPLER[,SAMPLER]|none",
+                    help="when a draft fails the report check, re-draft it with these samplers in turn; the output "
+                         "keeps the drafts it replaced (JSON: 'replaced'). Default: teacher,ar for a one-step "
+                         "sampler of the embedded family, none otherwise; 'none' keeps the first draft")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     batch = ap.add_argument_group("many studies (--batch)")
     batch.add_argument("--batch", nargs="+", metavar="DIR_OR_FILE", default=None,
@@ -210,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"echo-report: error: {problem}", file=sys.stderr)
         return 2
+    if args.fallback is None:  # not named: the default for this model and sampler (valid by construction)
+        from .drafting import default_fallback
+
+        args.fallback = default_fallback(args.model, args.sampler)
     if args.batch is not None:
         return run_batch_command(args)
     # Heavy imports after argument parsing, so --help is instant.

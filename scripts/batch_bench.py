@@ -126,7 +126,7 @@ def kill_and_resume(files: list[str], work: Path, *, tokens: int, key: Path, exp
     out = work / "killed.jsonl"
     cmd = [sys.executable, "-m", "echo_model.cli", "--batch", *files, "--one-per-file", "--out", str(out),
            "--key-file", str(key), "--batch-size", "8", "--max-new-tokens", str(tokens), "--device", "cpu",
-           "--quantize", quantize]
+           "--quantize", quantize, "--fallback", "none"]  # the drafts run_batch made above: no re-drafts
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     while proc.poll() is None:
@@ -161,7 +161,8 @@ def cli_comparison(files: list[str], work: Path, *, base: Path, repeats: int, to
             else:
                 out = work / f"cli{rep}.jsonl"
                 subprocess.run([sys.executable, "-m", "echo_model.cli", "--batch", *files, "--one-per-file", "--out",
-                                str(out), "--batch-size", "8", "--max-new-tokens", str(tokens), "--device", "cpu"],
+                                str(out), "--batch-size", "8", "--max-new-tokens", str(tokens), "--device", "cpu",
+                                "--fallback", "none"],  # as the base checkout drafts: no re-drafts
                                cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True, capture_output=True)
             (old_s if arm == "old" else new_s).append(time.perf_counter() - start)
             print(f"  repeat {rep} {arm}: {(old_s if arm == 'old' else new_s)[-1]:.1f} s for {len(files)} studies",

@@ -101,7 +101,7 @@ from echo_model.sampling import SAMPLER_SPECS
 models = {"echo": sys.argv[3], "teacher": sys.argv[4], "vanilla": sys.argv[4], "ar": sys.argv[5]}
 out = {}
 for name in SAMPLER_SPECS:
-    cmd = ["echo-report", "--json", "--sampler", name, "--model", models[name], sys.argv[1]]
+    cmd = ["echo-report", "--json", "--sampler", name, "--model", models[name], "--fallback", "none", sys.argv[1]]
     done = subprocess.run(cmd, capture_output=True, text=True)
     row = json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip().splitlines()[-1:]}
     out[name] = {k: row.get(k) for k in ("warnings", "tokens", "forward_passes", "error") if k in row}

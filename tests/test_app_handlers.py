@@ -303,8 +303,24 @@ def test_fallback_drafts_a_warned_study_again_and_keeps_every_attempt(tmp_path: 
 def test_fallback_settings_are_checked_at_start() -> None:
     env = {"ECHO_FALLBACK": " Teacher , ar "}
     assert AppSettings.from_env(env).fallback == ("teacher", "ar")
-    assert AppSettings.from_env({}).fallback == ()
+    assert AppSettings.from_env({"ECHO_FALLBACK": "None"}).fallback == ()
+    assert AppSettings.from_env({}).fallback is None  # unset: each model's default
     with pytest.raises(SettingsError, match=r"ECHO_FALLBACK=teacher,foo: unknown fallback sampler 'foo'"):
         AppSettings.from_env({"ECHO_FALLBACK": "teacher,foo"})
     with pytest.raises(SettingsError, match="names a sampler twice"):
         AppSettings.from_env({"ECHO_FALLBACK": "ar,ar"})
+
+
+def test_each_request_gets_its_models_fallback(tmp_path: Path, model_dir: Path) -> None:
+    def service(**kw: Any) -> DraftingService:
+        return DraftingService(AppSettings(data_dir=tmp_path / "d", **kw))
+
+    default = service(fallback=None, models=("embedded", str(model_dir)))
+    assert default.fallback_for(None, "echo") == ("teacher", "ar")  # the embedded family's one-step draft
+    assert default.fallback_for("embedded", "teacher") == ()
+    assert default.fallback_for(str(model_dir), "echo") == ()  # another checkpoint: drafted as asked
+    named = service(fallback=("teacher", "ar"))
+    assert named.fallback_for(None, "teacher") == ("ar",)  # never the draft's own sampler
+    assert service().fallback_for(None, "echo") == ()  # settings made in code: none unless named
+    with pytest.raises(ValueError, match="not offered"):
+        default.fallback_for("other", "echo")

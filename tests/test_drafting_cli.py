@@ -59,10 +59,24 @@ def test_redraft_keeps_the_prefix(model_dir):
 
 
 def test_embedded_checkpoint_runs(image_file, capsys):
-    assert main(["--json", "--max-new-tokens", "16", str(image_file)]) == 0
+    assert main(["--json", "--fallback", "none", "--max-new-tokens", "16", str(image_file)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["model"] == "embedded:student"
+    assert out["model"] == "embedded:student" and out["replaced"] == []
     assert 1 <= out["tokens"] <= 16
+
+
+def test_the_embedded_students_failed_draft_is_drafted_again_by_default(image_file, capsys):
+    assert main(["--json", "--fallback", "none", "--max-new-tokens", "16", str(image_file)]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert "The draft stops mid-sentence" in alone["warnings"]  # 16 tokens: the one-step draft is cut short
+    assert main(["--json", "--max-new-tokens", "16", str(image_file)]) == 0  # no --fallback: teacher, then AR
+    out = json.loads(capsys.readouterr().out)
+    assert out["replaced"][0]["sampler"] == "echo" and out["replaced"][0]["report"] == alone["report"]
+    assert out["sampler"] in ("teacher", "ar") and out["model"] == f"embedded:{out['sampler']}"
+    assert [r["sampler"] for r in out["replaced"]] == ["echo", "teacher"][: len(out["replaced"])]
+    # a sampler named by the user, or a checkpoint given by path, is drafted as asked
+    assert main(["--json", "--sampler", "teacher", "--max-new-tokens", "16", str(image_file)]) == 0
+    assert json.loads(capsys.readouterr().out)["replaced"] == []
 
 
 @pytest.fixture(scope="module")

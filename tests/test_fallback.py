@@ -50,6 +50,16 @@ def test_a_draft_that_passes_is_kept_and_input_warnings_never_trigger_a_fallback
     assert draft.warnings == ["view 1: low contrast"] and draft.check_warnings == []
 
 
+def test_the_default_fallback_covers_the_embedded_familys_one_step_drafts_only():
+    assert drafting.default_fallback(None, "echo") == ("teacher", "ar") == drafting.EMBEDDED_FALLBACK
+    assert drafting.default_fallback("embedded", "vanilla") == ("teacher", "ar")
+    assert drafting.default_fallback("embedded", "teacher") == () and drafting.default_fallback(None, "ar") == ()
+    for model in ("embedded:student", "/models/echo", "Midea-AIRC/ECHO_block8"):
+        assert drafting.default_fallback(model, "echo") == ()
+    with pytest.raises(ValueError, match="fast"):
+        drafting.default_fallback(None, "fast")
+
+
 @pytest.mark.parametrize(("sampler", "fallback", "message"), [
     ("echo", ["echo"], "names the draft's own sampler 'echo'"),
     ("echo", ["teacher", "teacher"], "names a sampler twice"),
