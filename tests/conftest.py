@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +98,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: What a failed rendezvous of ``accelerate launch`` says: the port chosen by :func:`free_port` was taken by
+#: another socket before torchrun bound it (a race of the machine, not of the code under test).
+RENDEZVOUS_FAILURE = re.compile(r"EADDRINUSE|address already in use|DistNetworkError|failed to listen|"
+                                r"TCPStore|Connection refused", re.IGNORECASE)
+
+
+def accelerate_launch(launcher: str, args: Sequence[str], *, env: Mapping[str, str],
+                      timeout: float = 600) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with two CPU processes (gloo) on a free loopback port, running ``args``; launched
+    again on another port once when the first try failed in the rendezvous. Fails the test with the end of the
+    launcher's stderr otherwise."""
+    for attempt in (1, 2):
+        run = subprocess.run([launcher, "launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu",
+                              "--mixed_precision", "no", "--main_process_port", str(free_port()),
+                              "--dynamo_backend", "no", *args],
+                             check=False, env=dict(env), capture_output=True, text=True, timeout=timeout)
+        if run.returncode == 0 or attempt == 2 or not RENDEZVOUS_FAILURE.search(run.stderr):
+            break
+    assert run.returncode == 0, f"accelerate launch failed (exit {run.returncode}):\n{run.stderr[-3000:]}"
+    return run
 
 
 def pg_unavailable(reason: str) -> None:

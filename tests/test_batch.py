@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, synthetic_cxr
+from conftest import accelerate_launch, synthetic_cxr
 
 from echo_model.batch import BatchOptions, prepare_study, read_finished, run_batch
 from echo_model.cli import main
@@ -334,11 +334,7 @@ def test_two_processes_split_the_studies_and_merge_one_file(model_dir, tmp_path)
     root = _studies(tmp_path / "in", 5)
     out = tmp_path / "two.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    run = subprocess.run([launcher, "launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu",
-                          "--mixed_precision", "no", "--main_process_port", str(free_port()), "--dynamo_backend", "no",
-                          "-m", *_cli(model_dir, root, out, "--batch-size", "2")[2:]],
-                         check=False, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
+    accelerate_launch(launcher, ["-m", *_cli(model_dir, root, out, "--batch-size", "2")[2:]], env=env)
     assert not list(tmp_path.glob("two.jsonl.part*"))
     rows = _rows(out)
     one = tmp_path / "one.jsonl"

@@ -20,7 +20,7 @@ PROBE = Path(__file__).parent / "accelerate_probe.py"
 
 @pytest.mark.slow
 def test_two_process_step_equals_one_process_step(tmp_path, tokenizer):
-    from conftest import free_port, make_checkpoint
+    from conftest import accelerate_launch, make_checkpoint
 
     model_dir = tmp_path / "model"
     make_checkpoint(tokenizer, block_length=4, std=0.02, sharpen=1.0).save_pretrained(model_dir)
@@ -29,9 +29,7 @@ def test_two_process_step_equals_one_process_step(tmp_path, tokenizer):
         pytest.skip("the accelerate launcher is not on PATH")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(PROBE.parent.parent))
     two, one = tmp_path / "two", tmp_path / "one"
-    subprocess.run([launcher, "launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu", "--mixed_precision", "no",
-                    "--main_process_port", str(free_port()), "--dynamo_backend", "no", str(PROBE), str(two), "--model", str(model_dir)],
-                   check=True, env=env, timeout=600, capture_output=True)
+    accelerate_launch(launcher, [str(PROBE), str(two), "--model", str(model_dir)], env=env)
     subprocess.run([sys.executable, str(PROBE), str(one), "--batch", "4", "--model", str(model_dir)], check=True, env=env, timeout=600,
                    capture_output=True)
     seen0 = json.loads((two / "seen0.json").read_text())
