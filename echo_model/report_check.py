@@ -96,8 +96,10 @@ def _report_vocabulary() -> frozenset[str]:
     return frozenset(text.split())
 
 
+@lru_cache(maxsize=1)
 def known_words() -> frozenset[str]:
-    """The English dictionary plus the training-report vocabulary (lower case)."""
+    """The English dictionary plus the training-report vocabulary (lower case); built once per process (the
+    union of the ~100,000-word dictionary took 2.3 ms, half the report check's time)."""
     return _dictionary() | _report_vocabulary()
 
 

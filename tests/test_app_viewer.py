@@ -214,3 +214,18 @@ def test_a_png_view_position_is_asked_once_and_stored(tmp_path: Path) -> None:
         store.set_view(study.id, "alice", position=7, view="pa")
     with pytest.raises(StoreError, match="another user"):
         store.set_view(study.id, "bob", position=0, view="pa")
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.int16, np.int32, np.uint32])
+def test_integer_originals_are_kept_exactly_without_a_float_copy(dtype: type) -> None:
+    """The integer fast path of encode_original gives what the float64 path gives: the values exactly, from
+    their minimum, also where ``x - min`` does not fit the type (signed data spanning both signs)."""
+    info = np.iinfo(dtype)
+    lo = max(int(info.min), -30_000)
+    values = np.array([[lo, lo + 1], [lo + 65_535 if lo + 65_535 <= info.max else int(info.max), 0]], dtype=dtype)
+    original = encode_original(values)
+    assert original.stored.dtype == np.uint16
+    assert (original.slope, original.intercept) == (1.0, float(lo))
+    assert np.array_equal(original.values(), values.astype(np.float64))
+    wide = encode_original(np.array([[0, 70_000]], dtype=np.int32))  # wider than 16 bits: quantised, not wrapped
+    assert wide.slope > 1.0 and wide.stored.tolist() == [[0, 65_535]]

@@ -449,3 +449,34 @@ def test_window_rejects_invalid_parameters(center: float, width: float, function
 
     with pytest.raises(ValueError, match=r"window|VOI LUT function"):
         Window(center=center, width=width, function=function)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32])
+@pytest.mark.parametrize(
+    ("center", "width", "function"),
+    [(1000.0, 3000.0, "LINEAR"), (0.5, 1.0, "LINEAR"), (-300.0, 20_000.0, "LINEAR_EXACT"), (200.0, 900.0, "SIGMOID")],
+)
+def test_integer_pixels_are_windowed_exactly_as_their_float_values(
+    dtype: type, center: float, width: float, function: str
+) -> None:
+    """Integer data go through a table over their range; every pixel must get the float mapping's value, at
+    each end of a signed type's range too (where ``x - min`` overflows the type itself)."""
+    from echo_model.imaging.tone import Window, _window_levels, window_to_uint8
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(3)
+    lo, hi = max(int(info.min), -20_000), min(int(info.max), 20_000)  # int16: 40,001 levels, not 2**16
+    values = rng.integers(lo, hi, size=(40, 50), endpoint=True).astype(dtype)
+    values.flat[:2] = lo, hi  # (H, W) the type's (or the test's) extremes
+    window = Window(center=center, width=width, function=function)
+    ours = window_to_uint8(values, window)
+    assert ours.dtype == np.uint8 and ours.shape == values.shape
+    assert np.array_equal(ours, _window_levels(values.astype(np.float64), window))
+
+
+def test_integer_pixels_beyond_the_table_take_the_float_path() -> None:
+    from echo_model.imaging.tone import _LUT_LEVELS, Window, _window_levels, window_to_uint8
+
+    values = np.array([[0, _LUT_LEVELS * 4], [7, 123_456]], dtype=np.int64)  # (2, 2) wider than the table
+    window = Window(center=100_000.0, width=300_000.0)
+    assert np.array_equal(window_to_uint8(values, window), _window_levels(values.astype(np.float64), window))

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .tone import offsets_from
+
 __all__ = ["ORIGINAL_LEVELS", "OriginalPixels", "decode_original_png", "encode_original", "original_png"]
 
 #: Levels of the stored original (unsigned 16 bit).
@@ -50,6 +52,11 @@ def encode_original(values: np.ndarray) -> OriginalPixels:
     x = np.asarray(values)
     if x.ndim != 2 or x.size == 0 or not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"originals must be a non-empty 2-D numeric array, got {x.dtype} of shape {x.shape}")
+    if np.issubdtype(x.dtype, np.integer):  # finite and whole by type: no float64 copy, no checks
+        low_i, high_i = int(x.min()), int(x.max())
+        if high_i - low_i < ORIGINAL_LEVELS:
+            return OriginalPixels(offsets_from(x, low_i).astype(np.uint16), slope=1.0,
+                                  intercept=float(low_i))
     x = x.astype(np.float64)
     if not np.all(np.isfinite(x)):
         raise ValueError("originals must be finite (the array holds NaN or infinity)")

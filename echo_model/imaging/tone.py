@@ -17,6 +17,7 @@ __all__ = [
     "colourfulness",
     "composite_on_black",
     "data_range_window",
+    "offsets_from",
     "window_to_uint8",
 ]
 
@@ -52,9 +53,36 @@ def data_range_window(values: np.ndarray) -> Window:
     return Window(center=low + width / 2.0, width=width, function="LINEAR_EXACT")
 
 
+#: Integer images spanning at most this many levels are windowed through a lookup table.
+_LUT_LEVELS = 1 << 17
+
+
 def window_to_uint8(values: np.ndarray, window: Window) -> np.ndarray:
-    """Map values through ``window`` to 0..255 (uint8), following DICOM PS3.3 C.11.2.1.2/3."""
-    x = np.asarray(values, dtype=np.float64)
+    """Map values through ``window`` to 0..255 (uint8), following DICOM PS3.3 C.11.2.1.2/3.
+
+    Integer data (a detector's 12-16-bit values) go through a table of the window's output over their own
+    range: the same numbers as mapping every pixel, at a fraction of the cost (4 passes over a 3.6-megapixel
+    CR instead of 8 in float64).
+    """
+    x = np.asarray(values)
+    if np.issubdtype(x.dtype, np.integer) and x.size > 0:
+        low, high = int(x.min()), int(x.max())
+        if high - low < _LUT_LEVELS:
+            table = _window_levels(np.arange(low, high + 1, dtype=np.float64), window)  # (levels,) uint8
+            return table[offsets_from(x, low)]  # (H, W) uint8
+    return _window_levels(np.asarray(x, dtype=np.float64), window)
+
+
+def offsets_from(x: np.ndarray, low: int) -> np.ndarray:
+    """``x - low`` for integer ``x >= low`` without overflow: in ``x``'s own type when unsigned (the difference
+    never exceeds the values), in int64 when signed (a negative ``low`` can take it past the type's maximum)."""
+    if np.issubdtype(x.dtype, np.unsignedinteger):
+        return x - x.dtype.type(low)
+    return np.subtract(x, low, dtype=np.int64)
+
+
+def _window_levels(x: np.ndarray, window: Window) -> np.ndarray:
+    """The window's 8-bit output at each float64 value of ``x``."""
     c, w = window.center, window.width
     if window.function == "LINEAR":
         if w <= 1.0:
