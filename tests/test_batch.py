@@ -275,36 +275,40 @@ def _cli(model_dir: Path, root: Path, out: Path, *extra: str) -> list[str]:
             "--max-new-tokens", TOKENS, "--device", "cpu", *extra]
 
 
-#: Studies of the runs a test interrupts: enough that the rest cannot all be drafted between two polls.
-N_INTERRUPTED = 40
+#: ``python -m echo_model.cli ARGS`` with Ctrl-C raising KeyboardInterrupt, as in a terminal, also where the test
+#: runner was started with SIGINT ignored (a shell starts a background job so), which every child inherits.
+_WITH_CTRL_C = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "sys.argv[0] = 'echo-report'; runpy.run_module('echo_model.cli', run_name='__main__')")
 
 
 def _interrupt(cmd: list[str], out: Path, *, after_rows: int, sig: signal.Signals, env: dict) -> subprocess.Popen:
     """Start the CLI, wait until ``out`` holds ``after_rows`` lines, send ``sig``; the process is left to end."""
+    if cmd[1:3] == ["-m", "echo_model.cli"]:
+        cmd = [cmd[0], "-c", _WITH_CTRL_C, *cmd[3:]]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_text().count("\n") >= after_rows:
             break
-        time.sleep(0.005)  # the tiny model drafts a study in a few ms: a slow poll can miss the whole run
+        time.sleep(0.05)
     proc.send_signal(sig)
     return proc
 
 
 @pytest.mark.slow
 def test_resume_after_kill_9_loses_and_doubles_nothing(model_dir, tmp_path):
-    root = _studies(tmp_path / "in", N_INTERRUPTED)
+    root = _studies(tmp_path / "in", 10)
     out = tmp_path / "drafts.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     _interrupt(_cli(model_dir, root, out, "--batch-size", "1"), out, after_rows=3, sig=signal.SIGKILL, env=env).communicate()
     before = len(_rows(out))
-    assert 3 <= before < N_INTERRUPTED  # killed mid-run
+    assert 3 <= before < 10  # killed mid-run
     with out.open("ab") as fh:  # and a power cut in the middle of a line
         fh.write(b'{"schema": "echo.study/1", "id": "abc", "find')
     assert subprocess.run(_cli(model_dir, root, out, "--resume", "--batch-size", "4"), check=False, env=env,
                           capture_output=True).returncode == 0
     rows = _rows(out)
-    assert len(rows) == N_INTERRUPTED and len({r["id"] for r in rows}) == N_INTERRUPTED
+    assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
     whole = tmp_path / "whole.jsonl"
     shutil.copy(str(out) + ".key", str(whole) + ".key")
     assert main(["--model", str(model_dir), "--batch", str(root), "--out", str(whole), "--max-new-tokens", TOKENS]) == 0
@@ -313,14 +317,14 @@ def test_resume_after_kill_9_loses_and_doubles_nothing(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_whole_lines_and_says_how_to_resume(model_dir, tmp_path):
-    root = _studies(tmp_path / "in", N_INTERRUPTED)
+    root = _studies(tmp_path / "in", 10)
     out = tmp_path / "drafts.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = _interrupt(_cli(model_dir, root, out, "--batch-size", "1"), out, after_rows=2, sig=signal.SIGINT, env=env)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "--resume" in err
     text = out.read_text()
-    assert text.endswith("\n") and 2 <= len(_rows(out)) < N_INTERRUPTED  # whole lines, all of them JSON
+    assert text.endswith("\n") and 2 <= len(_rows(out)) < 10  # whole lines, all of them JSON
 
 
 def test_resume_cuts_an_unterminated_last_line(tmp_path):
