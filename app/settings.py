@@ -105,12 +105,10 @@ def _database_url(env: Mapping[str, str]) -> str | None:
 
 def _fallback(env: Mapping[str, str]) -> tuple[str, ...] | None:
     """``ECHO_FALLBACK``: unset = None (each model's default), ``none`` = (), else the named samplers."""
+    from echo_model.sampling import parse_sampler_names
+
     raw = env.get("ECHO_FALLBACK", "").strip().lower()
-    if not raw:
-        return None
-    if raw == "none":
-        return ()
-    return tuple(n.strip() for n in raw.split(",") if n.strip())
+    return parse_sampler_names(raw) if raw else None
 
 
 def _default_upload_cache() -> Path:

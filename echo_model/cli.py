@@ -34,16 +34,14 @@ import time
 from collections.abc import Iterator, Sequence
 
 from . import __version__
-from .sampling import SAMPLERS
+from .sampling import SAMPLERS, parse_sampler_names
 
 
 def sampler_list(text: str) -> tuple[str, ...]:
     """``teacher,ar`` -> ``("teacher", "ar")``, ``none`` -> ``()``; an unknown name is a usage error naming it."""
-    if text.strip().lower() == "none":
-        return ()
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    names = parse_sampler_names(text)
     unknown = [n for n in names if n not in SAMPLERS]
-    if unknown or not names:
+    if unknown or (not names and text.strip().lower() != "none"):  # "" or "," name nothing; "none" is ()
         raise argparse.ArgumentTypeError(f"{text!r}: give sampler names separated by commas, from {', '.join(SAMPLERS)}")
     return names
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .base import BlockEvent, GenerationResult, RunFigures, Sampler, SamplerConfig, drain, num_transfer_tokens, sample_tokens
     from .block import BlockDiffusionSampler, CommitStep
     from .commit import commit_mask
-    from .registry import SAMPLER_ROLES, SAMPLER_SPECS, SAMPLERS, SamplerSpec, build_sampler, check_fallback, sampler_spec
+    from .registry import SAMPLER_ROLES, SAMPLER_SPECS, SAMPLERS, SamplerSpec, build_sampler, check_fallback, parse_sampler_names, sampler_spec
 
 _EXPORTS: dict[str, str] = {
     "ARSampler": "ar",
@@ -28,7 +28,8 @@ _EXPORTS: dict[str, str] = {
     "BlockDiffusionSampler": "block", "CommitStep": "block",
     "commit_mask": "commit",
     "SAMPLERS": "registry", "SAMPLER_ROLES": "registry", "SAMPLER_SPECS": "registry", "SamplerSpec": "registry",
-    "build_sampler": "registry", "check_fallback": "registry", "sampler_spec": "registry",
+    "build_sampler": "registry", "check_fallback": "registry", "parse_sampler_names": "registry",
+    "sampler_spec": "registry",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # this module imports no torch, so command lines can list the
     from ..processing import EchoProcessor
     from .base import Sampler, SamplerConfig
 
-__all__ = ["SAMPLERS", "SAMPLER_ROLES", "SAMPLER_SPECS", "SamplerSpec", "build_sampler", "check_fallback", "sampler_spec"]
+__all__ = ["SAMPLERS", "SAMPLER_ROLES", "SAMPLER_SPECS", "SamplerSpec", "build_sampler", "check_fallback", "parse_sampler_names",
+           "sampler_spec"]
 
 Kind = Literal["ar", "block"]
 
@@ -129,6 +130,18 @@ def build_sampler(
     if spec.kind == "ar":
         return ARSampler(model, processor, config, name=name)
     return BlockDiffusionSampler(model, processor, config, name=name)
+
+
+def parse_sampler_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of samplers as ``--fallback`` and ``ECHO_FALLBACK`` take it; ``none`` is the empty
+    list. The names are not checked here (:func:`check_fallback` does).
+
+    >>> parse_sampler_names("teacher, ar"), parse_sampler_names("none")
+    (('teacher', 'ar'), ())
+    """
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def check_fallback(sampler: str, fallback: Sequence[str]) -> tuple[str, ...]:
