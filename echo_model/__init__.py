@@ -3,4 +3,4 @@
 Import what you need from the submodules; this package imports nothing heavy at import time.
 """
 
-__version__ = "0.6.3"
+__version__ = "0.6.4"

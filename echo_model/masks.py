@@ -11,6 +11,8 @@ additive 4-D float mask that the stock transformers attention accepts.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -80,3 +82,23 @@ def to_attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)  # (B, q, k)
     bias.masked_fill_(~mask, torch.finfo(dtype).min)
     return bias[:, None]  # (B, 1, q, k)
+
+
+def block_causal_bias(length: int, block_length: int, dtype: torch.dtype, *,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """:func:`to_attention_bias` of :func:`block_causal_mask`, ``(1, 1, length, length)``, made once per
+    ``(length, b, dtype, device)`` and shared by every caller: read it (slice, expand), never write into it.
+
+    Why: a sampler needs the whole bias of its canvas once per call (every forward reads a slice of it), and an
+    unpadded canvas has the same one each time: building it is four ops over ``length**2`` entries (1.4 MB at
+    the 610 columns of a 512-token report), paid before the first block. Padded batches still build their own
+    (:func:`with_key_padding`).
+    """
+    return _block_causal_bias(int(length), int(block_length), dtype, torch.device(device) if device is not None
+                              else torch.device("cpu"))
+
+
+@functools.lru_cache(maxsize=4)
+def _block_causal_bias(length: int, block_length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):  # an ordinary tensor, usable inside and outside inference mode
+        return to_attention_bias(block_causal_mask(length, block_length, device=device), dtype)  # (1, 1, L, L)

@@ -48,6 +48,8 @@ def prompt_images(prompts: Sequence[StudyPrompt]) -> tuple[torch.Tensor | None, 
     with_images = [p for p in prompts if p.pixel_values is not None]
     if not with_images:
         return None, None
+    if len(with_images) == 1:  # no copy of one study's pixels (a megabyte or more, copied before every draft)
+        return with_images[0].pixel_values, with_images[0].image_grid_thw
     return torch.cat([p.pixel_values for p in with_images]), torch.cat([p.image_grid_thw for p in with_images])
 
 

@@ -75,6 +75,9 @@ class RoundFigures:
     ar_tokens: float
     echo_over_its_prediction: float
     load_average: float | None
+    # against each run's own forwards replayed back to back (echo-bench's replay); None in older files
+    measured_over_replayed: float | None = None
+    echo_over_its_replay: float | None = None
 
     @classmethod
     def of(cls, bench: dict[str, Any], load_average: float | None = None) -> RoundFigures:
@@ -96,6 +99,9 @@ class RoundFigures:
             ar_first_block_ms=1e3 * ar["median_first_block_seconds"],
             echo_tokens=echo["tokens"], ar_tokens=ar["tokens"],
             echo_over_its_prediction=1 + pred["arms"]["echo"]["overhead"], load_average=load_average,
+            measured_over_replayed=pred.get("measured_over_replayed_speedup"),
+            echo_over_its_replay=(1 + pred["arms"]["echo"]["overhead_replayed"]
+                                  if pred["arms"]["echo"].get("overhead_replayed") is not None else None),
         )
 
 
@@ -104,9 +110,10 @@ def summarize(config: Config, rounds: Sequence[RoundFigures]) -> dict[str, Any]:
     if not rounds:
         raise ValueError(f"no rounds for {config.label}")
     names = [k for k in asdict(rounds[0]) if k != "load_average"]
+    values = {k: [getattr(r, k) for r in rounds if getattr(r, k) is not None] for k in names}
     return {
         "threads": config.threads, "quantize": config.quantize, "label": config.label,
-        "median": {k: statistics.median(getattr(r, k) for r in rounds) for k in names},
+        "median": {k: statistics.median(v) if v else None for k, v in values.items()},
         "rounds": [asdict(r) for r in rounds],
     }
 
@@ -204,7 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         each = ", ".join(f"{r['speedup']:.2f}" for r in c["rounds"])
         print(f"{c['label']}: ECHO/AR {m['speedup']:.2f}x tok/s (rounds {each}), {m['per_report']:.2f}x per report, "
               f"predicted {m['predicted']:.2f}x ({m['measured_over_predicted']:.0%}), "
-              f"prefill {m['prefill_ms']:.1f} ms, "
+              + (f"against the replayed forwards {m['measured_over_replayed']:.1%} (ECHO "
+                 f"{m['echo_over_its_replay']:.3f}x its replay), " if m.get("measured_over_replayed") else "")
+              + f"prefill {m['prefill_ms']:.1f} ms, "
               f"first block {m['echo_first_block_ms']:.1f} / {m['ar_first_block_ms']:.1f} ms, tokens "
               f"{m['echo_tokens']:.0f} / {m['ar_tokens']:.0f}")
     if args.json:

@@ -72,6 +72,39 @@ def test_forward_timer_counts_only_the_models_forwards_and_leaves_no_hooks(check
     assert not layer._forward_hooks and not layer._forward_pre_hooks
 
 
+@pytest.mark.parametrize("arm", ["echo", "ar", "teacher"])
+def test_replay_makes_the_runs_forwards_again_at_the_same_shapes(checkpoint_b8, images, arm, monkeypatch):
+    """replay_forwards gives each recorded forward the run's query length and the cache length it read (the
+    fused forward keeps one block, a read-only one none, AR every token), images on the prefill only."""
+    from echo_eval.bench.measure import ForwardTimer, encode_studies, replay_forwards
+    from echo_model.sampling import SamplerConfig, build_sampler
+
+    model, processor = checkpoint_b8.model, checkpoint_b8.processor
+    sampler = build_sampler(arm, model, processor, SamplerConfig(max_new_tokens=MAX_NEW, fixed_length=True))
+    prompt = encode_studies(processor, images, 1)
+    with ForwardTimer([model.model], record=True) as timer:
+        result = sampler.generate(prompt)[0]
+        calls = timer.take_calls()
+    assert not timer.calls and len(calls) == result.model_calls
+    run = [(c.kwargs["input_ids"].shape[1], c.cache_length, c.kwargs.get("pixel_values") is not None) for c in calls]
+    assert run[0][1:] == (0, True) and not any(images for _, _, images in run[1:])
+    seen = []
+    forward = model.model.forward
+
+    def spy(**kwargs):
+        seen.append((kwargs["input_ids"].shape[1], kwargs["cache"].get_seq_length(),
+                     kwargs.get("pixel_values") is not None))
+        return forward(**kwargs)
+
+    monkeypatch.setattr(model.model, "forward", spy)
+    assert replay_forwards(calls) > 0
+    assert seen == run
+    if arm == "echo":  # one prefill, a read-only first block, then fused [previous | current] forwards
+        b = model.block_length
+        assert [q for q, _, _ in run[2:]] == [2 * b] * (len(run) - 2)
+        assert [c for _, c, _ in run[2:]] == [run[1][1] + b * k for k in range(len(run) - 2)]
+
+
 def test_json_has_required_keys_and_serialises(data):
     for key in ("speedup_ar_over_echo", "speedup_teacher_over_echo", "device", "threads", "dtype", "cost_model",
                 "quantization", "measured_over_cap", "decode_speedup_ar_over_echo", "results", "speedups"):
@@ -258,6 +291,11 @@ def test_report_predicts_each_arm_from_the_probe_medians(data, checkpoint_b8):
             assert 0 < v["outside_forward_share"] < 1
             assert v["measured_seconds"] == pytest.approx(cells[arm]["median_seconds"], rel=1e-4)
             assert v["overhead"] == pytest.approx(v["measured_seconds"] / v["predicted_seconds"] - 1, abs=1e-3)
+            # each run's own forwards replayed right after it: the overhead is the median of the runs' ratios
+            assert v["replayed_seconds"] == pytest.approx(cells[arm]["median_replayed_seconds"], rel=1e-4)
+            assert v["replayed_seconds"] > 0
+            assert cells[arm]["replayed_seconds_min_max"][0] > 0  # every run replayed, the deferred last one too
+            assert v["overhead_replayed"] == pytest.approx(cells[arm]["median_over_replayed"] - 1, abs=1e-4)
         if mode == "natural":
             continue
         fixed = cells
@@ -273,9 +311,16 @@ def test_report_predicts_each_arm_from_the_probe_medians(data, checkpoint_b8):
         # equal token counts in fixed mode: the ratio of rates is the ratio of seconds
         assert pred["measured_over_predicted_speedup"] == pytest.approx(ratio, rel=1e-2)
     assert data["overheads"] == {a: v["overhead"] for a, v in data["predictions"]["1"]["arms"].items()}
+    head = data["predictions"]["1"]
+    assert data["echo_measured_over_replayed"] == pytest.approx(1 + head["arms"]["echo"]["overhead_replayed"], abs=1e-4)
+    assert head["measured_over_replayed_speedup"] == pytest.approx(
+        (1 + head["arms"]["ar"]["overhead_replayed"]) / (1 + head["arms"]["echo"]["overhead_replayed"]), abs=1e-3)
+    assert data["meets_target_replayed"] == (data["echo_measured_over_replayed"] <= 1.05
+                                             and data["measured_over_replayed_speedup"] >= 0.95)
     assert data["predicted_speedup_ar_over_echo"] == data["predictions"]["1"]["predicted_speedup_ar_over_echo"]
     text = format_report(data)
     assert "overhead" in text and "reported, not targets" in text and "of predicted" in text
+    assert "replayed back to back" in text and "against the runs' own forwards replayed" in text
     assert "natural length, batch 2:" in text
 
 

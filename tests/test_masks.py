@@ -57,3 +57,20 @@ def test_attention_bias_values():
     assert bias[0, 0, 0, 0] == 0 and bias[0, 0, 0, 1] == torch.finfo(torch.float32).min
     with pytest.raises(ValueError, match="bool"):
         to_attention_bias(m.float(), torch.float32)
+
+
+def test_block_causal_bias_is_the_masks_bias_made_once_per_shape():
+    """The samplers' shared bias equals the one built from the mask, and is reused, not rebuilt, for the same
+    (length, b, dtype, device); another shape or dtype gets its own. It is an ordinary tensor even when first made
+    under inference mode (a sampler's), so later callers outside that mode can use it."""
+    from echo_model.masks import block_causal_bias
+
+    with torch.inference_mode():
+        first = block_causal_bias(21, 8, torch.float32)
+    assert not first.is_inference()
+    assert first.shape == (1, 1, 21, 21)
+    assert torch.equal(first, to_attention_bias(block_causal_mask(21, 8), torch.float32))
+    assert block_causal_bias(21, 8, torch.float32, device="cpu") is first
+    assert block_causal_bias(21, 4, torch.float32) is not first
+    other = block_causal_bias(21, 8, torch.float64)
+    assert other.dtype == torch.float64 and torch.equal(other, to_attention_bias(block_causal_mask(21, 8), torch.float64))

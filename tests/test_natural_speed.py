@@ -29,7 +29,9 @@ def _bench(*, echo_s: float, ar_s: float, echo_tok: float = 75, ar_tok: float = 
         ],
         "predictions_natural": {"1": {"predicted_speedup_ar_over_echo": predicted,
                                       "measured_over_predicted_speedup": 0.95,
-                                      "arms": {"echo": {"overhead": 0.08}, "ar": {"overhead": 0.02}}}},
+                                      "measured_over_replayed_speedup": 0.97,
+                                      "arms": {"echo": {"overhead": 0.08, "overhead_replayed": 0.05},
+                                               "ar": {"overhead": 0.02, "overhead_replayed": 0.02}}}},
         "cost_models": {"1": {"prefill_seconds": 0.0156}},
     }
 
@@ -50,6 +52,11 @@ def test_round_figures_read_the_natural_cells() -> None:
     assert r.speedup < r.per_report  # ECHO wrote fewer tokens than AR
     assert r.predicted == 3.0 and r.measured_over_predicted == 0.95
     assert r.echo_over_its_prediction == pytest.approx(1.08)
+    assert r.measured_over_replayed == 0.97 and r.echo_over_its_replay == pytest.approx(1.05)
+    older = _bench(echo_s=0.050, ar_s=0.150)  # a file written before the benchmark replayed the runs
+    del older["predictions_natural"]["1"]["measured_over_replayed_speedup"]
+    del older["predictions_natural"]["1"]["arms"]["echo"]["overhead_replayed"]
+    assert RoundFigures.of(older).echo_over_its_replay is None
     assert r.prefill_ms == pytest.approx(15.6) and r.echo_first_block_ms == pytest.approx(20) and r.ar_tokens == 83
     with pytest.raises(ValueError, match="no natural-length batch-1 cells"):
         RoundFigures.of({**_bench(echo_s=0.05, ar_s=0.15), "results": []})

@@ -101,3 +101,21 @@ def test_sampler_config_validation():
 def test_unknown_sampler_name(checkpoint):
     with pytest.raises(ValueError, match="unknown sampler 'fast'"):
         build_sampler("fast", checkpoint.model, checkpoint.processor)
+
+
+def test_to_host_reads_ids_and_confidences_exactly():
+    """What a sampler's step reads back: token ids as ints, float32 confidences as the same numbers, the shapes
+    kept; the accelerator path (one stacked float64 copy) gives the same lists as the CPU path."""
+    from echo_model.sampling.base import to_host
+
+    ids = torch.tensor([[151643, 5, 0], [7, 2**24 + 1, 3]])  # ids beyond float32's exact integers
+    conf = torch.tensor([[0.1, 0.25, 1.0], [0.3, 0.7, 0.123456789]], dtype=torch.float32)
+    cpu_ids, cpu_conf = to_host(ids, conf)
+    assert cpu_ids == ids.tolist() and all(isinstance(v, int) for row in cpu_ids for v in row)
+    assert cpu_conf == conf.tolist() and cpu_conf[1][2] == float(conf[1, 2])
+    copied = to_host(ids, conf, one_copy=True)  # the accelerator's way: one stacked float64 copy
+    assert copied == [cpu_ids, cpu_conf] and all(isinstance(v, int) for row in copied[0] for v in row)
+    tokens, confidence = to_host(torch.tensor([3, 4]), torch.tensor([0.5, 0.25]))  # AR: one token per row
+    assert tokens == [3, 4] and confidence == [0.5, 0.25]
+    with pytest.raises(ValueError, match="no tensors"):
+        to_host()

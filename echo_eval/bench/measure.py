@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Self
 
 import numpy as np
@@ -58,6 +58,13 @@ class RunSample:
     decode_tokens_per_second: float
     block_tokens: list[int]
     forward_seconds: float = 0.0
+    replayed_seconds: float = 0.0
+
+    @property
+    def over_replayed(self) -> float:
+        """The run's wall time over its own forwards replayed back to back (:func:`replay_forwards`); 0 when
+        not replayed."""
+        return self.wall_seconds / self.replayed_seconds if self.replayed_seconds > 0 else 0.0
 
     @property
     def outside_forward_seconds(self) -> float:
@@ -123,7 +130,7 @@ class ArmResult:
                                "runs": len(self.runs)}
         for name in ("seconds", "first_block_seconds", "tokens_per_second", "batch_tokens_per_second",
                      "decode_tokens_per_second", "wall_seconds", "forward_seconds", "outside_forward_seconds",
-                     "outside_forward_share"):
+                     "outside_forward_share", "replayed_seconds", "over_replayed"):
             s = self.spread(name)
             out[f"median_{name}"] = round(s.median, 6)
             out[f"{name}_iqr"] = [round(s.q25, 6), round(s.q75, 6)]
@@ -175,23 +182,45 @@ def encode_studies(processor: EchoProcessor, images: Sequence[Image.Image], coun
     return [encoded[i % len(encoded)] for i in range(count)]
 
 
+@dataclass
+class RecordedForward:
+    """One forward a run made, as the sampler called the Hugging Face module: its keyword arguments (the
+    sampler's own tensors, referenced, not copied; the cache left out) and how many keys the run's cache held
+    when it began. Enough to make the same forward again (:func:`replay_forwards`): a forward's cost does not
+    depend on the token values, only on the shapes, so the canvas the sampler has since filled in does not
+    matter."""
+
+    module: torch.nn.Module
+    kwargs: dict[str, Any]
+    cache_length: int
+    cached: bool
+
+
 class ForwardTimer:
     """Seconds spent inside the models' forwards while it is entered (forward pre- and post-hooks on each model):
     the part of a run the cost model prices; the rest of the run's wall time is the sampler's own (masks,
     sampling, bookkeeping, Python). Measured in the run itself, so it shares the run's moment on a noisy machine,
     unlike the probe. On a GPU each hook synchronises first (host time would only count the launches).
 
-    A hook costs a few microseconds per forward (about 0.3 % of a 1-token forward of the embedded model).
+    With ``record``, each forward is also kept as a :class:`RecordedForward` until :meth:`take_calls` (for
+    :func:`replay_forwards`). A hook costs a few microseconds per forward (about 0.3 % of a 1-token forward of
+    the embedded model); recording adds a list append and the cache length.
     """
 
-    def __init__(self, models: Iterable[torch.nn.Module]):
+    def __init__(self, models: Iterable[torch.nn.Module], *, record: bool = False):
         self.models = list({id(m): m for m in models}.values())
         self.seconds = 0.0
+        self.record = record
+        self.calls: list[RecordedForward] = []
         self._began = 0.0
         self._handles: list[Any] = []
         self._cuda = any(p.is_cuda for m in self.models for p in m.parameters())
 
-    def _pre(self, module: torch.nn.Module, args: Any) -> None:
+    def _pre(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        if self.record:
+            cache = kwargs.get("cache")
+            self.calls.append(RecordedForward(module, {k: v for k, v in kwargs.items() if k != "cache"},
+                                              cache.get_seq_length() if cache is not None else 0, cache is not None))
         if self._cuda:
             torch.cuda.synchronize()
         self._began = time.perf_counter()
@@ -201,15 +230,51 @@ class ForwardTimer:
             torch.cuda.synchronize()
         self.seconds += time.perf_counter() - self._began
 
+    def take_calls(self) -> list[RecordedForward]:
+        """The forwards recorded since the last call (and forget them)."""
+        calls, self.calls = self.calls, []
+        return calls
+
     def __enter__(self) -> Self:
         for m in self.models:
-            self._handles += [m.register_forward_pre_hook(self._pre), m.register_forward_hook(self._post)]
+            self._handles += [m.register_forward_pre_hook(self._pre, with_kwargs=True),
+                              m.register_forward_hook(self._post)]
         return self
 
     def __exit__(self, *exc: object) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self.calls.clear()
+
+
+@torch.inference_mode()  # as in the samplers
+def replay_forwards(calls: Sequence[RecordedForward]) -> float:
+    """Seconds the forwards of one run take when made again back to back, with nothing between them: what the
+    run would cost if its sampler cost nothing (the prediction ``echo-bench`` holds each arm to).
+
+    Each call gets the run's own arguments and a fresh cache that is cropped after it, as the run's cache was, to
+    the length the next call found (``keep_kv``: the fused forward keeps one block, a read-only forward none). So
+    every forward has the run's query length, cache length, mask, images and logits columns, and it comes at the
+    same place after the prefill: on a CPU the forwards that follow a prefill run slower for a while (about 5.1
+    against 4.1 ms for the first of 14 equal 16-query forwards of the embedded model, docs/speed.md §2), which a
+    probe timing each query length in steady bursts does not see. The crop is timed with its forward.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=calls[0].module.config) if calls and calls[0].cached else None
+    device = next(calls[0].module.parameters()).device if calls else torch.device("cpu")
+    total = 0.0
+    for i, call in enumerate(calls):
+        keep = calls[i + 1].cache_length if i + 1 < len(calls) and calls[i + 1].cached else None
+        sync_device(device)
+        t0 = time.perf_counter()
+        call.module.forward(**call.kwargs, cache=cache if call.cached else None)  # forward(): no timer hooks
+        if cache is not None and keep is not None and cache.get_seq_length() > keep:
+            cache.crop(keep - cache.get_seq_length())
+        sync_device(device)
+        total += time.perf_counter() - t0
+    return total
 
 
 def _timed_generate(sampler: Any, prompts: list[StudyPrompt], device: torch.device,
@@ -243,6 +308,13 @@ def measure_cell(
     timed round r drafts images ``r*batch ... r*batch+batch-1`` (modulo their number) instead of the first
     ``batch`` images every round; every arm drafts the same studies in a round. With ``probe``, each timed round
     ends with one of its rounds, so the forward costs are timed in the same moments as the runs they predict.
+
+    Every timed run's forwards are replayed (:func:`replay_forwards`, ``RunSample.replayed_seconds``). Forwards
+    that follow the same model's forwards run faster than forwards after other work (1-3 % on the embedded
+    student over a 64-token run: the weights are still in the caches), so a replay right after its run would
+    be favoured. Even rounds therefore replay a run just before the arm's next run, where it follows what the
+    run followed (another arm, the probe); odd rounds replay right after the run, which itself followed that
+    replay. Each run and its replay start alike.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -271,13 +343,30 @@ def measure_cell(
 
         rounds = tqdm(rounds, desc=f"{mode:7s} batch {batch}", unit="round", leave=False)
     # The Hugging Face module inside each EchoModel: every forward a sampler makes goes through it.
-    with ForwardTimer(a.checkpoint.model.model for a in arms.values()) as timer:
+    deferred: dict[str, tuple[int, list[RecordedForward]]] = {}
+
+    def replay_deferred(n: str) -> None:
+        if n in deferred:
+            index, calls = deferred.pop(n)
+            out[n].runs[index] = replace(out[n].runs[index], replayed_seconds=replay_forwards(calls))
+
+    with ForwardTimer((a.checkpoint.model.model for a in arms.values()), record=True) as timer:
         for r in rounds:
             for n, a in arms.items():
                 out[n].settings.append(a.settings)
-                out[n].runs.append(_timed_generate(samplers[n], round_prompts(n, r), a.checkpoint.model.device, timer))
+                replay_deferred(n)
+                timer.take_calls()  # drop what came before this run (the probe's forwards, a replay's none)
+                run = _timed_generate(samplers[n], round_prompts(n, r), a.checkpoint.model.device, timer)
+                calls = timer.take_calls()
+                if r % 2:
+                    run = replace(run, replayed_seconds=replay_forwards(calls))
+                else:
+                    deferred[n] = (len(out[n].runs), calls)
+                out[n].runs.append(run)
             if probe is not None:
                 probe.round()  # between the runs' timing windows: not counted as any run's forwards
+        for n in list(deferred):
+            replay_deferred(n)
     return out
 
 

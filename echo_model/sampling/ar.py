@@ -11,10 +11,10 @@ from collections.abc import Callable, Generator, Sequence
 
 import torch
 
-from ..masks import block_causal_mask, to_attention_bias, with_key_padding
+from ..masks import block_causal_bias, block_causal_mask, to_attention_bias, with_key_padding
 from ..modeling import EchoModel, prompt_images, text_positions
 from ..processing import EchoProcessor, StudyPrompt
-from .base import BlockEvent, GenerationResult, Sampler, SamplerConfig, sample_tokens
+from .base import BlockEvent, GenerationResult, Sampler, SamplerConfig, sample_tokens, to_host
 
 
 class ARSampler(Sampler):
@@ -44,8 +44,11 @@ class ARSampler(Sampler):
             positions[:, i, pads[i] : P] = rope.cpu()
             positions[:, i, P:] = text_positions(P, T - P, delta, shift=pads[i])
         x, valid, positions = x.to(device), valid.to(device), positions.to(device)
-        causal = with_key_padding(block_causal_mask(T, 1, device=device), valid, 0)  # (B, T, T), built once
-        bias_all = to_attention_bias(causal, self.model.dtype)  # (B, 1, T, T)
+        if any(pads):  # (B, 1, T, T), built once per call; shared between calls without padding
+            bias_all = to_attention_bias(with_key_padding(block_causal_mask(T, 1, device=device), valid, 0),
+                                         self.model.dtype)
+        else:
+            bias_all = block_causal_bias(T, 1, self.model.dtype, device=device).expand(B, 1, T, T)
         pixels, grid = prompt_images(prompts)
         pixels = pixels.to(device, self.model.dtype) if pixels is not None else None
         grid = grid.to(device) if grid is not None else None
@@ -68,7 +71,7 @@ class ARSampler(Sampler):
             x[:, t] = tokens
             lo = t
             # The step's one device sync (the one <eos> needs): tokens and confidences in one copy.
-            step_tokens, step_conf = torch.stack([tokens.double(), conf.double()]).tolist()  # (2, B)
+            step_tokens, step_conf = to_host(tokens, conf)  # (B,), (B,)
             now = clock()
             for i in range(B):
                 if done[i]:

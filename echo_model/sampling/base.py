@@ -235,6 +235,27 @@ def sample_tokens(
     return tokens.view(shape), conf.view(shape)
 
 
+def to_host(*tensors: torch.Tensor, one_copy: bool | None = None) -> list[Any]:
+    """Tensors of one shape as nested Python lists (integer tensors as ints), with at most one device sync.
+
+    On an accelerator they are stacked as float64 (exact for token ids below 2**53, float32 confidences and
+    step numbers) and read in one device-to-host copy: the one sync a sampler's step needs (the ``<eos>``
+    check). On a CPU there is nothing to wait for, and each is read as it is: the conversions and the stack
+    are ops of their own, and right after a forward each costs tens of microseconds. ``one_copy`` forces
+    either way (None: by the device).
+    """
+    if not tensors:
+        raise ValueError("no tensors given")
+    if not (one_copy if one_copy is not None else tensors[0].device.type != "cpu"):
+        return [t.tolist() for t in tensors]
+    rows = torch.stack([t.double() for t in tensors]).tolist()
+    return [r if t.is_floating_point() else _as_ints(r) for t, r in zip(tensors, rows)]
+
+
+def _as_ints(values: Any) -> Any:
+    return [_as_ints(v) for v in values] if isinstance(values, list) else int(values)
+
+
 def make_generator(config: SamplerConfig, device: torch.device) -> torch.Generator | None:
     if config.temperature == 0:
         return None

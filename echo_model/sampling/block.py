@@ -26,10 +26,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ..masks import block_causal_mask, to_attention_bias, with_key_padding
+from ..masks import block_causal_bias, block_causal_mask, to_attention_bias, with_key_padding
 from ..modeling import EchoModel, prompt_images, text_positions
 from ..processing import EchoProcessor, StudyPrompt
-from .base import BlockEvent, GenerationResult, Sampler, SamplerConfig, num_transfer_tokens, sample_tokens
+from .base import (
+    BlockEvent,
+    GenerationResult,
+    Sampler,
+    SamplerConfig,
+    num_transfer_tokens,
+    sample_tokens,
+    to_host,
+)
 from .commit import commit_mask
 
 
@@ -206,13 +214,18 @@ class BlockDiffusionSampler(Sampler):
             positions[:, i, start[i] :] = text_positions(start[i], T - start[i], delta, shift=pad)
         pixel_values, grid = prompt_images(prompts)
         valid = valid.to(device)
-        # The whole block-causal bias once per call; every forward takes a slice of it.
-        allow = with_key_padding(block_causal_mask(T, b, device=device), valid, 0)  # (B, T, T)
+        dtype = self.model.dtype
+        # The whole block-causal bias once per call; every forward takes a slice of it. Without padding it is
+        # the same for every call of this length: shared, not rebuilt.
+        if any(pads):
+            bias = to_attention_bias(with_key_padding(block_causal_mask(T, b, device=device), valid, 0), dtype)
+        else:
+            bias = block_causal_bias(T, b, dtype, device=device).expand(B, 1, T, T)  # (B, 1, T, T)
         return _Layout(
             x=x.to(device), masked=masked.to(device), valid=valid, positions=positions.to(device),
-            bias=to_attention_bias(allow, self.model.dtype),
+            bias=bias,
             start=start, end_block=end_block, prefix_blocks=M,
-            pixel_values=pixel_values.to(device, self.model.dtype) if pixel_values is not None else None,
+            pixel_values=pixel_values.to(device, dtype) if pixel_values is not None else None,
             image_grid_thw=grid.to(device) if grid is not None else None,
         )
 
@@ -237,8 +250,12 @@ class BlockDiffusionSampler(Sampler):
         committed, so the commit rule has nothing to choose. Returns the ``(B, b)`` confidences (positions that
         were not masked, the prompt's tail in the first block, are never read)."""
         tokens, conf = sample_tokens(logits, self.config, generator)  # (B, b), (B, b)
-        sel = lay.masked[:, lo:hi].clone()  # (B, b)
-        lay.x[:, lo:hi] = torch.where(sel, tokens, lay.x[:, lo:hi])
+        if lo >= max(lay.start):  # no prompt tail in the block (every block after the first): all masked
+            lay.x[:, lo:hi] = tokens
+            sel = lay.masked[:, lo:hi].clone() if on_commit is not None else None  # (B, b), all True
+        else:
+            sel = lay.masked[:, lo:hi].clone()  # (B, b)
+            lay.x[:, lo:hi] = torch.where(sel, tokens, lay.x[:, lo:hi])
         lay.masked[:, lo:hi] = False
         if on_commit is not None:
             self._report_commit(lay, lo, hi, on_commit, block=block, step=1, sel=sel, tokens=tokens, logits=logits)
@@ -296,9 +313,9 @@ def _generated(result: GenerationResult) -> list[int]:
 
 def _to_host(ids: torch.Tensor, conf: torch.Tensor,
              step: torch.Tensor | None) -> tuple[list[list[int]], list[list[float]], list[list[int]]]:
-    """``(B, b)`` token ids, confidences and commit steps (None: all 1) as Python lists, in one device-to-host
-    copy."""
-    parts = [ids.double(), conf.double()] + ([step.double()] if step is not None else [])
-    rows = torch.stack(parts).tolist()  # (2 or 3, B, b); float32 -> 64 is exact
-    steps = [[int(s) for s in r] for r in rows[2]] if step is not None else [[1] * ids.shape[1] for _ in rows[0]]
-    return [[int(t) for t in r] for r in rows[0]], rows[1], steps
+    """``(B, b)`` token ids, confidences and commit steps (None: all 1) as Python lists (:func:`to_host`)."""
+    if step is None:
+        ids_rows, conf_rows = to_host(ids, conf)
+        return ids_rows, conf_rows, [[1] * ids.shape[1] for _ in ids_rows]
+    ids_rows, conf_rows, step_rows = to_host(ids, conf, step)
+    return ids_rows, conf_rows, step_rows
