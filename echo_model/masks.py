@@ -102,3 +102,20 @@ def block_causal_bias(length: int, block_length: int, dtype: torch.dtype, *,
 def _block_causal_bias(length: int, block_length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):  # an ordinary tensor, usable inside and outside inference mode
         return to_attention_bias(block_causal_mask(length, block_length, device=device), dtype)  # (1, 1, L, L)
+
+
+def canvas_bias(length: int, block_length: int, dtype: torch.dtype, *, batch: int = 1,
+                key_valid: torch.Tensor | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """The additive block-causal bias ``(batch, 1, length, length)`` of a sampler's whole canvas (every forward
+    reads a slice of it).
+
+    ``key_valid`` ``(batch, length)`` bool, False at left padding: padding keys are hidden
+    (:func:`with_key_padding`) in a bias built for this call. None (no row is padded): the shared
+    :func:`block_causal_bias`, expanded over the batch, not rebuilt.
+    """
+    if key_valid is None:
+        return block_causal_bias(length, block_length, dtype, device=device).expand(batch, 1, length, length)
+    if key_valid.shape != (batch, length):
+        raise ValueError(f"key_valid must be ({batch}, {length}), got {tuple(key_valid.shape)}")
+    return to_attention_bias(with_key_padding(block_causal_mask(length, block_length, device=device), key_valid, 0),
+                             dtype)

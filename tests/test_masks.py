@@ -74,3 +74,20 @@ def test_block_causal_bias_is_the_masks_bias_made_once_per_shape():
     assert block_causal_bias(21, 4, torch.float32) is not first
     other = block_causal_bias(21, 8, torch.float64)
     assert other.dtype == torch.float64 and torch.equal(other, to_attention_bias(block_causal_mask(21, 8), torch.float64))
+
+
+def test_canvas_bias_shares_the_unpadded_bias_and_hides_padding_keys():
+    """A sampler's canvas: without padding, the shared bias over the batch (a view, nothing built); with left
+    padding, a bias of its own in which padding keys are hidden and a padding query sees itself."""
+    from echo_model.masks import block_causal_bias, canvas_bias
+
+    shared = canvas_bias(12, 4, torch.float32, batch=3)
+    assert shared.shape == (3, 1, 12, 12)
+    assert shared.data_ptr() == block_causal_bias(12, 4, torch.float32).data_ptr()
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    valid[1, :4] = False  # row 1 left-padded by one block
+    padded = canvas_bias(12, 4, torch.float32, batch=2, key_valid=valid)
+    assert torch.equal(padded, to_attention_bias(with_key_padding(block_causal_mask(12, 4), valid, 0), torch.float32))
+    assert torch.equal(padded[0], shared[0])
+    with pytest.raises(ValueError, match=r"key_valid must be \(3, 12\), got \(2, 12\)"):
+        canvas_bias(12, 4, torch.float32, batch=3, key_valid=valid)

@@ -310,7 +310,7 @@ def measure_cell(
     ends with one of its rounds, so the forward costs are timed in the same moments as the runs they predict.
 
     Every timed run's forwards are replayed (:func:`replay_forwards`, ``RunSample.replayed_seconds``). Forwards
-    that follow the same model's forwards run faster than forwards after other work (1-3 % on the embedded
+    that follow the same model's forwards run faster than forwards after other work (2-3 % on the embedded
     student over a 64-token run: the weights are still in the caches), so a replay right after its run would
     be favoured. Even rounds therefore replay a run just before the arm's next run, where it follows what the
     run followed (another arm, the probe); odd rounds replay right after the run, which itself followed that

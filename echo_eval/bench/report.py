@@ -197,8 +197,8 @@ class BenchReport:
         echo_ratio = (echo_pred["measured_seconds"] / echo_pred["predicted_seconds"]
                       if echo_pred.get("predicted_seconds") else None)
         vs_predicted = head.get("measured_over_predicted_speedup")
-        echo_replayed = echo_pred.get("overhead_replayed")
-        echo_replayed = 1 + echo_replayed if echo_replayed is not None else None
+        echo_over_replay = echo_pred.get("overhead_replayed")
+        echo_replayed = 1 + echo_over_replay if echo_over_replay is not None else None
         vs_replayed = head.get("measured_over_replayed_speedup")
         out: dict[str, Any] = {
             "device": self.device,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Generator, Sequence
 
 import torch
 
-from ..masks import block_causal_bias, block_causal_mask, to_attention_bias, with_key_padding
+from ..masks import canvas_bias
 from ..modeling import EchoModel, prompt_images, text_positions
 from ..processing import EchoProcessor, StudyPrompt
 from .base import BlockEvent, GenerationResult, Sampler, SamplerConfig, sample_tokens, to_host
@@ -44,11 +44,8 @@ class ARSampler(Sampler):
             positions[:, i, pads[i] : P] = rope.cpu()
             positions[:, i, P:] = text_positions(P, T - P, delta, shift=pads[i])
         x, valid, positions = x.to(device), valid.to(device), positions.to(device)
-        if any(pads):  # (B, 1, T, T), built once per call; shared between calls without padding
-            bias_all = to_attention_bias(with_key_padding(block_causal_mask(T, 1, device=device), valid, 0),
-                                         self.model.dtype)
-        else:
-            bias_all = block_causal_bias(T, 1, self.model.dtype, device=device).expand(B, 1, T, T)
+        # (B, 1, T, T), causal (b = 1); shared between calls when no row is padded
+        bias_all = canvas_bias(T, 1, self.model.dtype, batch=B, key_valid=valid if any(pads) else None, device=device)
         pixels, grid = prompt_images(prompts)
         pixels = pixels.to(device, self.model.dtype) if pixels is not None else None
         grid = grid.to(device) if grid is not None else None

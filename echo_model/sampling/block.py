@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..masks import block_causal_bias, block_causal_mask, to_attention_bias, with_key_padding
+from ..masks import canvas_bias
 from ..modeling import EchoModel, prompt_images, text_positions
 from ..processing import EchoProcessor, StudyPrompt
 from .base import (
@@ -215,12 +215,8 @@ class BlockDiffusionSampler(Sampler):
         pixel_values, grid = prompt_images(prompts)
         valid = valid.to(device)
         dtype = self.model.dtype
-        # The whole block-causal bias once per call; every forward takes a slice of it. Without padding it is
-        # the same for every call of this length: shared, not rebuilt.
-        if any(pads):
-            bias = to_attention_bias(with_key_padding(block_causal_mask(T, b, device=device), valid, 0), dtype)
-        else:
-            bias = block_causal_bias(T, b, dtype, device=device).expand(B, 1, T, T)  # (B, 1, T, T)
+        # (B, 1, T, T): every forward takes a slice of it; shared between calls when no row is padded
+        bias = canvas_bias(T, b, dtype, batch=B, key_valid=valid if any(pads) else None, device=device)
         return _Layout(
             x=x.to(device), masked=masked.to(device), valid=valid, positions=positions.to(device),
             bias=bias,
@@ -314,8 +310,5 @@ def _generated(result: GenerationResult) -> list[int]:
 def _to_host(ids: torch.Tensor, conf: torch.Tensor,
              step: torch.Tensor | None) -> tuple[list[list[int]], list[list[float]], list[list[int]]]:
     """``(B, b)`` token ids, confidences and commit steps (None: all 1) as Python lists (:func:`to_host`)."""
-    if step is None:
-        ids_rows, conf_rows = to_host(ids, conf)
-        return ids_rows, conf_rows, [[1] * ids.shape[1] for _ in ids_rows]
-    ids_rows, conf_rows, step_rows = to_host(ids, conf, step)
-    return ids_rows, conf_rows, step_rows
+    rows = to_host(ids, conf, *([step] if step is not None else []))
+    return rows[0], rows[1], rows[2] if step is not None else [[1] * ids.shape[1] for _ in rows[0]]
